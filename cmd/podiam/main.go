@@ -1,0 +1,4 @@
+// Command podiam serves AWS IAM credentials to Kubernetes pods.
+package main
+
+func main() {}
