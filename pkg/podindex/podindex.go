@@ -1,0 +1,262 @@
+// Package podindex answers "which pod is calling from this IP?" for the
+// server. It is the first step of the credential path and the one that
+// decides identity, so it prefers refusing to guessing: terminal and
+// hostNetwork pods never match, and two live pods on one address are an
+// error, not a coin toss. Lookups for an address not seen yet wait on
+// informer events rather than polling, because a new pod's SDK asks for
+// credentials within milliseconds of starting.
+package podindex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+)
+
+// IndexIP is the informer index from pod address to pods.
+const IndexIP = "podiam-ip"
+
+var (
+	// ErrNotFound means no live pod holds the address.
+	ErrNotFound = errors.New("no live pod has this address")
+	// ErrConflict means several live pods claim the address, so the caller's
+	// identity is ambiguous.
+	ErrConflict = errors.New("several live pods claim this address")
+)
+
+// Config tunes an Index.
+type Config struct {
+	// ExtraIndexers are added to the informer with the IP index, so that
+	// other steps (the credential cache's "is this role in use") can share
+	// one informer.
+	ExtraIndexers cache.Indexers
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Index looks pods up by address.
+type Index struct {
+	informer cache.SharedIndexInformer
+	now      func() time.Time
+
+	mu      sync.Mutex
+	waiters map[string]map[chan struct{}]struct{}
+}
+
+// New adds the indexes and an event handler to a pod informer that has not
+// been started yet.
+func New(informer cache.SharedIndexInformer, cfg Config) (*Index, error) {
+	idx := &Index{
+		informer: informer,
+		now:      cfg.Now,
+		waiters:  map[string]map[chan struct{}]struct{}{},
+	}
+	if idx.now == nil {
+		idx.now = time.Now
+	}
+	indexers := cache.Indexers{IndexIP: IPIndexFunc}
+	for name, fn := range cfg.ExtraIndexers {
+		indexers[name] = fn
+	}
+	if err := informer.AddIndexers(indexers); err != nil {
+		return nil, fmt.Errorf("add pod indexers: %w", err)
+	}
+	_, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { idx.wake(obj) },
+		UpdateFunc: func(_, obj any) { idx.wake(obj) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("add pod event handler: %w", err)
+	}
+	return idx, nil
+}
+
+// HasSynced reports whether the informer has delivered its initial list.
+func (i *Index) HasSynced() bool { return i.informer.HasSynced() }
+
+// Lookup returns the pod that holds ip, waiting for informer events until
+// ctx is done if no live pod holds it yet. A conflict is returned at once:
+// waiting would not make the answer less ambiguous.
+func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return nil, fmt.Errorf("parse address %q: %w", ip, err)
+	}
+	ip = addr.Unmap().String()
+	for {
+		// Register before looking so that an event arriving between the
+		// look and the wait is not missed.
+		ch := i.register(ip)
+		pod, err := i.Resolve(ip)
+		if !errors.Is(err, ErrNotFound) {
+			i.unregister(ip, ch)
+			return pod, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			i.unregister(ip, ch)
+			return nil, fmt.Errorf("%w (waited: %w)", ErrNotFound, context.Cause(ctx))
+		}
+	}
+}
+
+// Resolve returns the pod that holds ip now, without waiting.
+func (i *Index) Resolve(ip string) (*corev1.Pod, error) {
+	objs, err := i.informer.GetIndexer().ByIndex(IndexIP, ip)
+	if err != nil {
+		return nil, fmt.Errorf("index lookup: %w", err)
+	}
+	pods := make([]*corev1.Pod, 0, len(objs))
+	for _, obj := range objs {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			pods = append(pods, pod)
+		}
+	}
+	return Choose(pods, i.now())
+}
+
+// Choose picks the pod entitled to an address among those indexed under it.
+// A non-terminating pod wins over terminating ones, because a terminating
+// pod's address may already be handed to its successor; a terminating pod
+// alone keeps the address until its deletion deadline so that its shutdown
+// handler can still reach AWS.
+func Choose(pods []*corev1.Pod, now time.Time) (*corev1.Pod, error) {
+	var active, terminating []*corev1.Pod
+	for _, pod := range pods {
+		if !Live(pod) {
+			continue
+		}
+		if dt := pod.DeletionTimestamp; dt != nil {
+			if now.Before(dt.Time) {
+				terminating = append(terminating, pod)
+			}
+			continue
+		}
+		active = append(active, pod)
+	}
+	switch {
+	case len(active) == 1:
+		return active[0], nil
+	case len(active) > 1:
+		return nil, ErrConflict
+	case len(terminating) == 1:
+		return terminating[0], nil
+	case len(terminating) > 1:
+		return nil, ErrConflict
+	}
+	return nil, ErrNotFound
+}
+
+// Live reports whether a pod can be given credentials by address at all.
+// hostNetwork pods share the node's address, so indexing them would hand
+// their role to every other hostNetwork process on the node.
+func Live(pod *corev1.Pod) bool {
+	if pod.Spec.HostNetwork {
+		return false
+	}
+	switch pod.Status.Phase {
+	case corev1.PodSucceeded, corev1.PodFailed:
+		return false
+	}
+	return true
+}
+
+// IPs returns every address of a pod in canonical form: status.podIPs, or
+// status.podIP when podIPs is empty (older API servers).
+func IPs(pod *corev1.Pod) []string {
+	var out []string
+	add := func(s string) {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return
+		}
+		c := addr.Unmap().String()
+		for _, have := range out {
+			if have == c {
+				return
+			}
+		}
+		out = append(out, c)
+	}
+	for _, p := range pod.Status.PodIPs {
+		add(p.IP)
+	}
+	if len(out) == 0 && pod.Status.PodIP != "" {
+		add(pod.Status.PodIP)
+	}
+	return out
+}
+
+// HostIPs returns the node addresses of a pod in canonical form.
+func HostIPs(pod *corev1.Pod) []string {
+	var out []string
+	for _, h := range pod.Status.HostIPs {
+		if addr, err := netip.ParseAddr(h.IP); err == nil {
+			out = append(out, addr.Unmap().String())
+		}
+	}
+	if len(out) == 0 && pod.Status.HostIP != "" {
+		if addr, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
+			out = append(out, addr.Unmap().String())
+		}
+	}
+	return out
+}
+
+// IPIndexFunc indexes live pods under each of their addresses.
+func IPIndexFunc(obj any) ([]string, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok || !Live(pod) {
+		return nil, nil
+	}
+	return IPs(pod), nil
+}
+
+func (i *Index) register(ip string) chan struct{} {
+	ch := make(chan struct{})
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	set := i.waiters[ip]
+	if set == nil {
+		set = map[chan struct{}]struct{}{}
+		i.waiters[ip] = set
+	}
+	set[ch] = struct{}{}
+	return ch
+}
+
+func (i *Index) unregister(ip string, ch chan struct{}) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if set, ok := i.waiters[ip]; ok {
+		delete(set, ch)
+		if len(set) == 0 {
+			delete(i.waiters, ip)
+		}
+	}
+}
+
+// wake releases every lookup waiting for one of the pod's addresses. It is
+// called from informer handlers, so it only closes channels.
+func (i *Index) wake(obj any) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	ips := IPs(pod)
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	for _, ip := range ips {
+		for ch := range i.waiters[ip] {
+			close(ch)
+		}
+		delete(i.waiters, ip)
+	}
+}

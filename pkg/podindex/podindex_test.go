@@ -1,0 +1,241 @@
+package podindex
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+type podOpt func(*corev1.Pod)
+
+func mkPod(name string, opts ...podOpt) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: types.UID("uid-" + name)},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+func ips(addrs ...string) podOpt {
+	return func(p *corev1.Pod) {
+		for _, a := range addrs {
+			p.Status.PodIPs = append(p.Status.PodIPs, corev1.PodIP{IP: a})
+		}
+		if len(addrs) > 0 {
+			p.Status.PodIP = addrs[0]
+		}
+	}
+}
+
+func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
+func hostNet(p *corev1.Pod)          { p.Spec.HostNetwork = true }
+func deleting(at time.Time) podOpt {
+	return func(p *corev1.Pod) { ts := metav1.NewTime(at); p.DeletionTimestamp = &ts }
+}
+
+func TestChoose(t *testing.T) {
+	tests := []struct {
+		name    string
+		pods    []*corev1.Pod
+		want    string
+		wantErr error
+	}{
+		{"none", nil, "", ErrNotFound},
+		{"one running", []*corev1.Pod{mkPod("a")}, "a", nil},
+		{"pending with ip is live", []*corev1.Pod{mkPod("a", phase(corev1.PodPending))}, "a", nil},
+		{"succeeded skipped", []*corev1.Pod{mkPod("a", phase(corev1.PodSucceeded))}, "", ErrNotFound},
+		{"failed skipped", []*corev1.Pod{mkPod("a", phase(corev1.PodFailed))}, "", ErrNotFound},
+		{"hostNetwork skipped", []*corev1.Pod{mkPod("a", hostNet)}, "", ErrNotFound},
+		{"ip reuse: finished old pod, new pod wins",
+			[]*corev1.Pod{mkPod("old", phase(corev1.PodSucceeded)), mkPod("new")}, "new", nil},
+		{"two live pods conflict", []*corev1.Pod{mkPod("a"), mkPod("b")}, "", ErrConflict},
+		{"terminating within grace keeps credentials",
+			[]*corev1.Pod{mkPod("a", deleting(t0.Add(time.Second)))}, "a", nil},
+		{"terminating past deadline refused",
+			[]*corev1.Pod{mkPod("a", deleting(t0.Add(-time.Second)))}, "", ErrNotFound},
+		{"terminating exactly at deadline refused",
+			[]*corev1.Pod{mkPod("a", deleting(t0))}, "", ErrNotFound},
+		{"non-terminating pod wins over terminating one",
+			[]*corev1.Pod{mkPod("old", deleting(t0.Add(time.Minute))), mkPod("new")}, "new", nil},
+		{"order does not matter",
+			[]*corev1.Pod{mkPod("new"), mkPod("old", deleting(t0.Add(time.Minute)))}, "new", nil},
+		{"two terminating pods conflict",
+			[]*corev1.Pod{mkPod("a", deleting(t0.Add(time.Minute))), mkPod("b", deleting(t0.Add(time.Minute)))}, "", ErrConflict},
+		{"two live pods conflict even with a terminating one",
+			[]*corev1.Pod{mkPod("a"), mkPod("b"), mkPod("c", deleting(t0.Add(time.Minute)))}, "", ErrConflict},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Choose(tc.pods, t0)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if tc.wantErr == nil && got.Name != tc.want {
+				t.Fatalf("got %s, want %s", got.Name, tc.want)
+			}
+		})
+	}
+}
+
+func TestIPIndexFunc(t *testing.T) {
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		want []string
+	}{
+		{"dual stack indexes every address", mkPod("a", ips("10.0.0.1", "fd00::1")), []string{"10.0.0.1", "fd00::1"}},
+		{"podIP only (older API)", func() *corev1.Pod { p := mkPod("a"); p.Status.PodIP = "10.0.0.2"; return p }(), []string{"10.0.0.2"}},
+		{"IPv4-mapped IPv6 canonicalised", mkPod("a", ips("::ffff:10.0.0.3")), []string{"10.0.0.3"}},
+		{"IPv6 canonicalised", mkPod("a", ips("FD00:0::01")), []string{"fd00::1"}},
+		{"garbage ignored", mkPod("a", ips("not-an-ip", "10.0.0.4")), []string{"10.0.0.4"}},
+		{"hostNetwork never indexed", mkPod("a", ips("10.0.0.5"), hostNet), nil},
+		{"terminal never indexed", mkPod("a", ips("10.0.0.6"), phase(corev1.PodFailed)), nil},
+		{"no address", mkPod("a"), nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := IPIndexFunc(tc.pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("got %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
+func TestTransform(t *testing.T) {
+	del := metav1.NewTime(t0)
+	in := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "p", Namespace: "ns", UID: "u", ResourceVersion: "7", DeletionTimestamp: &del,
+			Labels:        map[string]string{"app": "x"},
+			Annotations:   map[string]string{"iam.amazonaws.com/role": "r", "other/big": "zzz"},
+			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
+		},
+		Spec: corev1.PodSpec{
+			NodeName: "n1", HostNetwork: true, ServiceAccountName: "sa",
+			Containers: []corev1.Container{{Name: "c", Image: "img"}},
+		},
+		Status: corev1.PodStatus{
+			Phase: corev1.PodRunning, PodIP: "10.0.0.1", HostIP: "192.168.0.1",
+			PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}}, HostIPs: []corev1.HostIP{{IP: "192.168.0.1"}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}},
+		},
+	}
+	out, err := Transform(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := out.(*corev1.Pod)
+	if p.Name != "p" || p.Namespace != "ns" || p.UID != "u" || p.ResourceVersion != "7" || p.DeletionTimestamp == nil {
+		t.Errorf("identity lost: %+v", p.ObjectMeta)
+	}
+	if len(p.Annotations) != 1 || p.Annotations["iam.amazonaws.com/role"] != "r" {
+		t.Errorf("annotations = %v, want only iam.amazonaws.com/*", p.Annotations)
+	}
+	if p.Labels != nil || p.ManagedFields != nil || p.Spec.Containers != nil || p.Status.Conditions != nil {
+		t.Errorf("unneeded fields kept: %+v", p)
+	}
+	if p.Spec.NodeName != "n1" || !p.Spec.HostNetwork || p.Spec.ServiceAccountName != "sa" {
+		t.Errorf("spec lost: %+v", p.Spec)
+	}
+	if p.Status.Phase != corev1.PodRunning || len(p.Status.PodIPs) != 1 || len(p.Status.HostIPs) != 1 || p.Status.HostIP != "192.168.0.1" {
+		t.Errorf("status lost: %+v", p.Status)
+	}
+	again, _ := Transform(p)
+	if again.(*corev1.Pod).Annotations["iam.amazonaws.com/role"] != "r" {
+		t.Error("transform is not idempotent")
+	}
+	ns, _ := Transform(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns",
+		Annotations: map[string]string{"iam.amazonaws.com/permitted": ".*", "x": "y"}}})
+	if a := ns.(*corev1.Namespace).Annotations; len(a) != 1 || a["iam.amazonaws.com/permitted"] != ".*" {
+		t.Errorf("namespace annotations = %v", a)
+	}
+	tomb := "not a pod"
+	if got, _ := Transform(tomb); got != tomb {
+		t.Error("unknown types must pass through")
+	}
+}
+
+// TestLookupWaitsForEvent checks the pod-start race: a lookup that starts
+// before the pod has its address returns as soon as the informer sees it.
+// The fake clientset stands in for the API here because only the event
+// plumbing is under test; the integration tests use a real API server.
+func TestLookupWaitsForEvent(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	inf := factory.Core().V1().Pods().Informer()
+	idx, err := New(inf, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+
+	type result struct {
+		pod *corev1.Pod
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer wcancel()
+		p, err := idx.Lookup(wctx, "10.1.2.3")
+		done <- result{p, err}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("lookup returned before the pod existed: %v %v", r.pod, r.err)
+	default:
+	}
+	pod := mkPod("late", ips("10.1.2.3"))
+	if _, err := client.CoreV1().Pods("ns").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil || r.pod.Name != "late" {
+			t.Fatalf("got %v %v", r.pod, r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("lookup did not wake on the informer event")
+	}
+
+	// An address nobody takes times out with ErrNotFound and leaves no waiter.
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer scancel()
+	if _, err := idx.Lookup(sctx, "10.9.9.9"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+	idx.mu.Lock()
+	n := len(idx.waiters)
+	idx.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d waiters leaked", n)
+	}
+	if _, err := idx.Lookup(ctx, "not-an-ip"); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("bad address err = %v", err)
+	}
+}
