@@ -40,7 +40,7 @@ func ips(addrs ...string) podOpt {
 }
 
 func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
-func hostNet(p *corev1.Pod)          { p.Spec.HostNetwork = true }
+func hostNet(p *corev1.Pod)           { p.Spec.HostNetwork = true }
 func deleting(at time.Time) podOpt {
 	return func(p *corev1.Pod) { ts := metav1.NewTime(at); p.DeletionTimestamp = &ts }
 }
