@@ -67,4 +67,3 @@ func toStatus(err error) error {
 	}
 	return status.Error(codes.Internal, err.Error())
 }
-

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFlagsBoolForms(t *testing.T) {
+	tests := []struct {
+		args []string
+		want bool
+	}{
+		{nil, true}, // default below
+		{[]string{"--iptables-remove"}, true},
+		{[]string{"-iptables-remove"}, true},
+		{[]string{"--iptables-remove=true"}, true},
+		{[]string{"--iptables-remove=false"}, false},
+		{[]string{"--no-iptables-remove"}, false},
+		{[]string{"-no-iptables-remove"}, false},
+		{[]string{"--no-iptables-remove", "--iptables-remove"}, true},
+	}
+	for _, tc := range tests {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		v := fs.Bool("iptables-remove", true, "")
+		if err := parseFlags(fs, tc.args); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if *v != tc.want {
+			t.Errorf("%v: got %v, want %v", tc.args, *v, tc.want)
+		}
+	}
+}
+
+func TestParseFlagsErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+	}{
+		{"unknown flag", []string{"--nope"}},
+		{"no- of a non-bool flag", []string{"--no-port"}},
+		{"no- with a value", []string{"--no-iptables=1"}},
+		{"bad duration", []string{"--wait=soon"}},
+		{"positional argument", []string{"extra"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := flag.NewFlagSet("t", flag.ContinueOnError)
+			fs.Bool("iptables", false, "")
+			fs.Int("port", 1, "")
+			fs.Duration("wait", time.Second, "")
+			if err := parseFlags(fs, tc.args); !errors.Is(err, errUsage) {
+				t.Fatalf("err = %v, want a usage error", err)
+			}
+		})
+	}
+}
+
+func TestParseFlagsLiteralNoFlag(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	x := fs.Bool("x", true, "")
+	noX := fs.Bool("no-x", false, "")
+	if err := parseFlags(fs, []string{"--no-x"}); err != nil {
+		t.Fatal(err)
+	}
+	if !*x || !*noX {
+		t.Fatal("a flag literally named no-x must win over negation")
+	}
+}
+
+func validServer() serverConfig {
+	var c serverConfig
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.register(fs)
+	if err := parseFlags(fs, []string{"--cert=c", "--key=k", "--ca=a"}); err != nil {
+		panic(err)
+	}
+	return c
+}
+
+func TestServerConfigDefaults(t *testing.T) {
+	c := validServer()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.SessionDuration != time.Hour || c.SessionRefresh != 40*time.Minute || c.PodWait != 900*time.Millisecond || c.Session != "kiam" {
+		t.Fatalf("defaults drifted from DESIGN.md: %+v", c)
+	}
+}
+
+func TestServerConfigValidate(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*serverConfig)
+		want   string
+	}{
+		{"no tls", func(c *serverConfig) { c.TLS = tlsFlags{} }, "mutual TLS is always on"},
+		{"refresh not below duration", func(c *serverConfig) { c.SessionRefresh = time.Hour }, "--session-refresh"},
+		{"zero refresh", func(c *serverConfig) { c.SessionRefresh = 0 }, "--session-refresh"},
+		{"short session against AWS", func(c *serverConfig) { c.SessionDuration = time.Minute; c.SessionRefresh = 30 * time.Second }, "below STS's minimum"},
+		{"too long session", func(c *serverConfig) { c.SessionDuration = 13 * time.Hour }, "maximum"},
+		{"both base ARN flags", func(c *serverConfig) {
+			c.RoleBaseARN = "arn:aws:iam::123456789012:role/"
+			c.RoleBaseARNAutodetect = true
+		}, "exclusive"},
+		{"bad base ARN", func(c *serverConfig) { c.RoleBaseARN = "arn:aws:iam::12:role/" }, "--role-base-arn"},
+		{"bad assume role", func(c *serverConfig) { c.AssumeRoleARN = "kiam-server" }, "--assume-role-arn"},
+		{"bad level", func(c *serverConfig) { c.Log.Level = "loud" }, "--level"},
+		{"bad bind", func(c *serverConfig) { c.Bind = "nowhere" }, "--bind"},
+		{"negative keepalive", func(c *serverConfig) { c.GRPCKeepaliveTime = -time.Second }, "--grpc-keepalive-time-duration"},
+		{"zero pod wait", func(c *serverConfig) { c.PodWait = 0 }, "--pod-wait"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validServer()
+			tc.mutate(&c)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want mention of %q", err, tc.want)
+			}
+		})
+	}
+	c := validServer()
+	c.customSTSEndpoint = true
+	c.SessionDuration, c.SessionRefresh = 20*time.Second, 10*time.Second
+	if err := c.Validate(); err != nil {
+		t.Fatalf("short sessions against a local STS: %v", err)
+	}
+}
+
+func TestRunExitCodes(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{nil, 2, "usage"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{[]string{"server", "--no-such-flag"}, 2, "no-such-flag"},
+		{[]string{"server"}, 2, "--ca, --cert, --key required"},
+		{[]string{"server", "--cert=a", "--key=b", "--ca=c", "--session-duration=banana"}, 2, "invalid value"},
+		{[]string{"health", "--cert=a", "--key=b", "--ca=c", "--server-address=nohost"}, 2, "--server-address"},
+		{[]string{"help"}, 0, "usage"},
+	}
+	for _, tc := range tests {
+		var stdout, stderr bytes.Buffer
+		code := run(tc.args, &stdout, &stderr)
+		if code != tc.code || !strings.Contains(stdout.String()+stderr.String(), tc.out) {
+			t.Errorf("%v: code %d output %q; want %d containing %q", tc.args, code, stdout.String()+stderr.String(), tc.code, tc.out)
+		}
+	}
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Installs what the integration and e2e tests run for real (etcd, kube-apiserver,
+# moto as STS, iptables and network namespaces, the AWS CLI) on a fresh Debian
+# machine, as root. It is idempotent and silent when everything is present, so
+# CI can call it before every test run.
+#
+# The package indexes and PyPI may be unreachable on these machines, so nothing
+# is fetched unless it is missing: apt-get update runs at most once, and pip
+# runs only for absent Python packages (a local wheel directory given in
+# PIP_FIND_LINKS is honoured by pip itself).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+say() { echo "install-deps: $*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+as_root() {
+  if [[ $(id -u) -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run: $*"
+  fi
+}
+
+# --- apt packages -----------------------------------------------------------
+
+apt_packages=(etcd-server iptables iproute2 protobuf-compiler wrk curl)
+
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+apt_updated=false
+apt_install() {
+  local missing=() p
+  for p in "$@"; do
+    installed "$p" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install ${missing[*]} by hand"
+  say "installing apt packages: ${missing[*]}"
+  if ! $apt_updated; then
+    as_root apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt_updated=true
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+    die "apt-get install ${missing[*]} failed"
+}
+
+apt_install "${apt_packages[@]}"
+
+# --- python packages ----------------------------------------------------------
+
+if ! command -v python3 >/dev/null 2>&1; then
+  apt_install python3
+fi
+if ! python3 -m pip --version >/dev/null 2>&1; then
+  apt_install python3-pip
+fi
+
+# pip_missing lists the pip requirements whose module or command is absent.
+pip_missing=()
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
+  pip_missing+=('moto[server]')
+fi
+if ! python3 -c 'import boto3' >/dev/null 2>&1; then
+  pip_missing+=(boto3)
+fi
+if ! command -v aws >/dev/null 2>&1; then
+  pip_missing+=(awscli)
+fi
+
+if ((${#pip_missing[@]})); then
+  say "installing python packages: ${pip_missing[*]}${PIP_FIND_LINKS:+ (find-links: $PIP_FIND_LINKS)}"
+  pip_args=(install --quiet --disable-pip-version-check)
+  # Debian's python refuses pip installs into the system environment (PEP 668);
+  # these are test tools on a throwaway CI machine, so override it there.
+  stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+  if [[ -f "$stdlib/EXTERNALLY-MANAGED" ]]; then
+    pip_args+=(--break-system-packages)
+  fi
+  pip_env=()
+  [[ -n "${PIP_FIND_LINKS:-}" ]] && pip_env+=("PIP_FIND_LINKS=$PIP_FIND_LINKS")
+  if ! as_root env "${pip_env[@]}" python3 -m pip "${pip_args[@]}" "${pip_missing[@]}"; then
+    die "pip install ${pip_missing[*]} failed: PyPI may be unreachable; put wheels for them in a directory and set PIP_FIND_LINKS to it"
+  fi
+  hash -r
+  command -v moto_server >/dev/null 2>&1 || die "moto_server still not on PATH after pip install (check pip's script directory)"
+  command -v aws >/dev/null 2>&1 || die "aws still not on PATH after pip install (check pip's script directory)"
+fi
+
+# --- kube-apiserver -----------------------------------------------------------
+
+command -v go >/dev/null 2>&1 || die "go not found on PATH; it is needed to build kube-apiserver"
+"$root/hack/install-kube-apiserver.sh"
