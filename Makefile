@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit integration proto verify tools fmt vet
+.PHONY: build test unit deps proto verify check-agent-deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -26,3 +26,31 @@ proto: $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$
 	  --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  proto/podiam/v1/podiam.proto
+
+# deps installs everything the tests need on a fresh Debian machine.
+deps:
+	./hack/install-deps.sh
+
+# test is the one command that runs every test: unit, integration against a
+# real kube-apiserver, etcd and moto, and the end-to-end suite in network
+# namespaces (root). Nothing is skipped for a missing tool: it fails.
+test: deps
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/)
+
+# Packages on the agent's path must not link client-go or the AWS SDK.
+AGENT_PKGS := ./pkg/tlsconfig ./pkg/rpcstatus ./proto/...
+check-agent-deps:
+	@bad=$$($(GO) list -deps $(AGENT_PKGS) | grep -E '^(k8s.io/client-go|github.com/aws/)' || true); \
+	if [ -n "$$bad" ]; then echo "agent packages link forbidden dependencies:"; echo "$$bad"; exit 1; fi; \
+	echo "agent packages link neither client-go nor the AWS SDK"
+
+# verify fails when formatting, vet, generated code or agent dependencies
+# are not as committed.
+verify: check-agent-deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(MAKE) proto
+	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)

@@ -26,8 +26,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/podiam/podiam/pkg/tlsconfig"
-	"github.com/podiam/podiam/test/testenv"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
+	"github.com/podiam/podiam/test/testenv"
 )
 
 var podiamBin string
@@ -223,4 +223,3 @@ func tail(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
-

@@ -21,8 +21,8 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/rpcstatus"
-	"github.com/podiam/podiam/test/testenv"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
+	"github.com/podiam/podiam/test/testenv"
 )
 
 const (
