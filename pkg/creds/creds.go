@@ -55,3 +55,13 @@ var (
 	// ErrUnavailable means STS could not be reached, failed, or throttled.
 	ErrUnavailable = errors.New("sts unavailable")
 )
+
+// PodCredentials is what an agent learns about the pod at one address in
+// one answer from the server.
+type PodCredentials struct {
+	PodUID      string
+	Namespace   string
+	Name        string
+	RoleARN     string
+	Credentials Credentials
+}
