@@ -258,6 +258,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		Credentials: credentials,
 		Events:      recorder,
 		Watcher:     watcher,
+		Synced:      func() bool { return podInformer.HasSynced() && nsInformer.HasSynced() },
 	}, reg, log.With("component", "server"))
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 // Bounded metric values for the outcome of a credential request.
 const (
 	resultBadRequest        = "bad_request"
+	resultNotSynced         = "not_synced"
 	resultPodUnknown        = "pod_unknown"
 	resultIPConflict        = "ip_conflict"
 	resultWrongNode         = "wrong_node"
@@ -38,6 +39,7 @@ func (e *decisionError) Unwrap() error { return e.err }
 
 var resultCodes = map[string]codes.Code{
 	resultBadRequest:        codes.InvalidArgument,
+	resultNotSynced:         codes.Unavailable,
 	resultPodUnknown:        codes.NotFound,
 	resultNoRole:            codes.NotFound,
 	resultIPConflict:        codes.FailedPrecondition,

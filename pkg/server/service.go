@@ -84,6 +84,10 @@ type Deps struct {
 	Credentials CredentialSource
 	Events      record.EventRecorder
 	Watcher     *NodeWatcher
+	// Synced reports whether the pod and namespace informers have synced.
+	// Until then every answer would be "unknown pod", which agents take as
+	// proof that a pod is gone, so the service answers Unavailable instead.
+	Synced func() bool
 }
 
 // Service implements the podiam.v1.Credentials gRPC service.
@@ -104,7 +108,7 @@ type Service struct {
 // New checks the configuration and registers the service's metrics.
 func New(cfg Config, deps Deps, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
 	if deps.Pods == nil || deps.Namespaces == nil || deps.Keys == nil || deps.Policy == nil ||
-		deps.Credentials == nil || deps.Events == nil || deps.Watcher == nil {
+		deps.Credentials == nil || deps.Events == nil || deps.Watcher == nil || deps.Synced == nil {
 		return nil, errors.New("server: every dependency is required")
 	}
 	if cfg.PodWait <= 0 {
@@ -167,6 +171,9 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		return nil, deny(resultBadRequest, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("invalid pod address %q: %w", ip, err))
 	}
 	ip = addr.Unmap().String()
+	if !s.deps.Synced() {
+		return nil, deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced pods and namespaces yet"))
+	}
 
 	wctx, cancel := context.WithTimeout(ctx, s.cfg.PodWait)
 	pod, err := s.deps.Pods.Lookup(wctx, ip)
@@ -281,6 +288,11 @@ func (s *Service) logDenial(log *slog.Logger, pod *corev1.Pod, reason, msg strin
 
 // WatchNodePods streams changes to the pods on the agent's node.
 func (s *Service) WatchNodePods(req *pb.WatchNodePodsRequest, stream pb.Credentials_WatchNodePodsServer) error {
+	// A snapshot from unsynced informers would tell the agent that pods
+	// it knows are gone.
+	if !s.deps.Synced() {
+		return toStatus(deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced yet")))
+	}
 	return s.deps.Watcher.Stream(stream.Context(), req.GetHostIp(), stream.Send)
 }
 
