@@ -41,7 +41,7 @@ unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/)
 
 # Packages on the agent's path must not link client-go or the AWS SDK.
-AGENT_PKGS := ./pkg/tlsconfig ./pkg/rpcstatus ./proto/...
+AGENT_PKGS := ./pkg/imds ./pkg/agentcache ./pkg/serverclient ./pkg/route ./pkg/iptables ./pkg/tlsconfig ./pkg/rpcstatus ./pkg/statuserr ./pkg/creds ./proto/...
 check-agent-deps:
 	@bad=$$($(GO) list -deps $(AGENT_PKGS) | grep -E '^(k8s.io/client-go|github.com/aws/)' || true); \
 	if [ -n "$$bad" ]; then echo "agent packages link forbidden dependencies:"; echo "$$bad"; exit 1; fi; \

@@ -27,7 +27,7 @@ as_root() {
 
 # --- apt packages -----------------------------------------------------------
 
-apt_packages=(etcd-server iptables iproute2 protobuf-compiler wrk curl)
+apt_packages=(etcd-server iptables iproute2 conntrack protobuf-compiler wrk curl)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -96,3 +96,31 @@ fi
 
 command -v go >/dev/null 2>&1 || die "go not found on PATH; it is needed to build kube-apiserver"
 "$root/hack/install-kube-apiserver.sh"
+
+# --- SDK clients of the e2e test ------------------------------------------------
+# The end-to-end test runs unmodified AWS SDKs inside pod network namespaces:
+# the AWS CLI and boto3 (above), the JavaScript SDK v3 pinned in
+# test/e2e/js/package-lock.json, and an aws-sdk-go-v2 program in the main
+# module (test/e2e/gosdk).
+
+if ! command -v node >/dev/null 2>&1; then
+  apt_install nodejs
+fi
+if ! command -v npm >/dev/null 2>&1; then
+  apt_install npm
+fi
+node_major=$(node -e 'process.stdout.write(process.versions.node.split(".")[0])')
+((node_major >= 20)) || die "node $(node --version) is too old for the JavaScript SDK v3 in test/e2e/js (it needs 20 or later)"
+
+# npm ci runs only when node_modules is missing or older than the lock file,
+# so the usual run is silent and needs no registry.
+js_dir="$root/test/e2e/js"
+if [[ ! -f "$js_dir/node_modules/.package-lock.json" || "$js_dir/package-lock.json" -nt "$js_dir/node_modules/.package-lock.json" ]]; then
+  say "installing the JavaScript SDK for the e2e test (npm ci in test/e2e/js)"
+  (cd "$js_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) ||
+    die "npm ci in test/e2e/js failed: the npm registry may be unreachable"
+fi
+
+# Building the Go client fetches its modules now rather than in the middle of
+# the test; the build cache makes later runs instant.
+(cd "$root" && go build -o /dev/null ./test/e2e/gosdk) || die "building the e2e Go SDK client (test/e2e/gosdk) failed"

@@ -1,14 +1,19 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/podiam/podiam/pkg/tlsconfig"
 )
 
 // errUsage marks errors in the command line; main exits 2 for them.
@@ -112,4 +117,23 @@ func (t *tlsFlags) validate() error {
 		return fmt.Errorf("mutual TLS is always on: %s required", strings.Join(slices.Sorted(slices.Values(missing)), ", "))
 	}
 	return nil
+}
+
+// client builds the mutual TLS configuration for dialing serverAddress. Go
+// sends no SNI for an IP address, so for one the certificate's IP SAN is
+// verified explicitly; for a name, gRPC's authority is used.
+func (t *tlsFlags) client(serverAddress string, log *slog.Logger) (*tls.Config, error) {
+	host, _, _ := net.SplitHostPort(serverAddress)
+	name := ""
+	if _, err := netip.ParseAddr(host); err == nil {
+		name = host
+	}
+	cfg, err := tlsconfig.Client(tlsconfig.Config{
+		Files:      tlsconfig.Files{Cert: t.Cert, Key: t.Key, CA: t.CA},
+		ServerName: name,
+	}, log)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return cfg, nil
 }

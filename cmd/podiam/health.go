@@ -13,8 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/podiam/podiam/pkg/tlsconfig"
 )
 
 // healthConfig is `podiam health`, KIAM's liveness probe for the server.
@@ -48,13 +46,9 @@ func (c *healthConfig) Validate() error {
 
 // runHealth exits 0 only when the server reports SERVING.
 func runHealth(ctx context.Context, cfg healthConfig, stdout io.Writer) error {
-	host, _, _ := net.SplitHostPort(cfg.ServerAddress)
-	tlsCfg, err := tlsconfig.Client(tlsconfig.Config{
-		Files:      tlsconfig.Files{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA},
-		ServerName: host,
-	}, slog.New(slog.DiscardHandler))
+	tlsCfg, err := cfg.TLS.client(cfg.ServerAddress, slog.New(slog.DiscardHandler))
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, max(cfg.Timeout, cfg.GatewayTimeoutCreation))
 	defer cancel()

@@ -166,8 +166,9 @@ func (c *serverConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// minServe is how long credentials must still be valid for the server to
-// hand them out while STS is failing; the agent's own floor is the same.
+// minServe is how long credentials must still be valid to be handed out
+// while their source is failing: STS for the server, every server for the
+// agent.
 const minServe = 5 * time.Minute
 
 func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
