@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps proto verify check-agent-deps
+.PHONY: build test unit deps fuzz proto verify check-agent-deps
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -36,6 +36,13 @@ deps:
 # namespaces (root). Nothing is skipped for a missing tool: it fails.
 test: deps
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+# fuzz runs each fuzz target briefly; make fuzz FUZZTIME=10m for a real hunt.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/imds
+	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/role
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/)
