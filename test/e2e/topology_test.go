@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// Addresses inside the namespaces this test creates; nothing outside them
+// ever sees these.
+const (
+	nodeIP      = "10.77.0.1"
+	metadataIP  = "169.254.169.254"
+	agentPort   = 8181
+	serverPort  = 9610
+	serverMetr  = 9620
+	agentMetr   = 9621
+	hostIfWild  = "pdm+"
+	podIPFormat = "10.78.0.%d"
+)
+
+// podNet is one pod namespace as the node sees it.
+type podNet struct {
+	NS   string // network namespace name
+	Veth string // host side, in the node namespace
+	IP   string
+}
+
+// topology is the node namespace this process runs in and the pod
+// namespaces the supervisor created.
+type topology struct {
+	NodeNS string
+	PodNS  []string // pod1..pod5
+	BinDir string
+	ip     string
+}
+
+// childTopology reads what the supervisor prepared and checks that this
+// process really runs in the node namespace: every address the test uses
+// depends on it.
+func childTopology(t *testing.T) *topology {
+	t.Helper()
+	node := os.Getenv(envNodeNS)
+	if node == "" {
+		t.Fatalf("%s is not set: run the e2e test with go test as root, its TestMain prepares the namespaces", envNodeNS)
+	}
+	topo := &topology{
+		NodeNS: node,
+		PodNS:  strings.Split(os.Getenv(envPodNS), ","),
+		BinDir: os.Getenv(envBinDir),
+		ip:     testenv.Bin(t, "ip"),
+	}
+	if len(topo.PodNS) != podNamespaces {
+		t.Fatalf("%s = %q, want %d namespaces", envPodNS, os.Getenv(envPodNS), podNamespaces)
+	}
+	var self, want syscall.Stat_t
+	if err := syscall.Stat("/proc/self/ns/net", &self); err != nil {
+		t.Fatalf("stat own network namespace: %v", err)
+	}
+	if err := syscall.Stat(filepath.Join("/run/netns", node), &want); err != nil {
+		t.Fatalf("stat node namespace %s: %v", node, err)
+	}
+	if self.Dev != want.Dev || self.Ino != want.Ino {
+		t.Fatalf("test process is not in the node namespace %s", node)
+	}
+	return topo
+}
+
+// sh runs a short command and fails the test with its output on error.
+func sh(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// setUpNode gives the node namespace its addresses: the node IP and the
+// metadata address (for the canary) on lo, since the kernel has no dummy
+// link type.
+func (tp *topology) setUpNode(t *testing.T) {
+	t.Helper()
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", "lo", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", nodeIP+"/32", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", metadataIP+"/32", "dev", "lo")
+}
+
+// wirePod joins pod namespace ns to the node as Calico does: a veth whose
+// host side has no address, a /32 route to the pod on the node, and in the
+// pod a /32 route to the node plus a default route through it.
+func (tp *topology) wirePod(t *testing.T, ns, veth, ip string) *podNet {
+	t.Helper()
+	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
+	sh(t, tp.ip, "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
+	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "route", "add", ip+"/32", "dev", veth)
+	sh(t, tp.ip, "-n", ns, "route", "add", nodeIP+"/32", "dev", "eth0")
+	sh(t, tp.ip, "-n", ns, "route", "add", "default", "via", nodeIP, "dev", "eth0")
+	return &podNet{NS: ns, Veth: veth, IP: ip}
+}
+
+// unwirePod deletes the pod's veth, as a CNI plugin does when a pod goes
+// away; its peer in the pod namespace goes with it.
+func (tp *topology) unwirePod(t *testing.T, p *podNet) {
+	t.Helper()
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "del", p.Veth)
+}
+
+// natRules returns `iptables -t nat -S` of the node namespace.
+func natRules(t testing.TB) string {
+	t.Helper()
+	return sh(t, testenv.Bin(t, "iptables"), "-w", "5", "-t", "nat", "-S")
+}
+
+// dnatRules returns the nat rules that mention the metadata address.
+func dnatRules(rules string) []string {
+	var out []string
+	for _, l := range strings.Split(rules, "\n") {
+		if strings.Contains(l, metadataIP) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// dnatCount counts the DNAT rules for the metadata address.
+func dnatCount(rules string) int {
+	n := 0
+	for _, l := range dnatRules(rules) {
+		if strings.Contains(l, "-j DNAT") {
+			n++
+		}
+	}
+	return n
+}
+
+// ruleInstalled reports whether the nat table sends pod traffic for the
+// metadata address to the agent.
+func ruleInstalled(rules string) bool {
+	want := fmt.Sprintf("--to-destination %s:%d", nodeIP, agentPort)
+	for _, l := range dnatRules(rules) {
+		if strings.Contains(l, "-j DNAT") && strings.Contains(l, want) && strings.Contains(l, "--dport 80") {
+			return true
+		}
+	}
+	return false
+}
+
+// eventually polls cond until it returns nil or timeout passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
