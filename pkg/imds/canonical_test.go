@@ -143,6 +143,8 @@ func TestClassify(t *testing.T) {
 		{"/latest/ user-data", route{kind: kindForbidden}},
 		{"/latest/\u00a0user-data", route{kind: kindForbidden}},
 		{"/latest/api;x/token", route{kind: kindForbidden}},
+		{"/Api;token", route{kind: kindForbidden}},
+		{"/latest/meta-data/api;Token2", route{kind: kindForbidden}},
 
 		{"/latest/meta-data/placement/availability-zone", route{kind: kindOther}},
 		{"/latest/meta-data/a;b/c", route{kind: kindOther}},

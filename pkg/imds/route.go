@@ -94,7 +94,9 @@ func neverProxied(segs []string) bool {
 					return true
 				}
 			}
-			if prevAPI && strings.HasPrefix(s, "token") {
+			// "api" then "token", whether as segments or as ';' pieces
+			// of one segment ("/api;token" found by FuzzRouter).
+			if (prevAPI || api) && strings.HasPrefix(s, "token") {
 				return true
 			}
 			api = api || s == "api"
