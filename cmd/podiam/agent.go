@@ -49,11 +49,13 @@ type agentConfig struct {
 	GRPCKeepaliveTime      time.Duration
 	GRPCKeepaliveTimeout   time.Duration
 
-	AllowRouteRegexp  string
-	MetadataEndpoint  string
-	RequireIMDSv2     bool
-	MaxRequestsPerIP  int
-	CredentialRefresh time.Duration
+	AllowRouteRegexp   string
+	MetadataEndpoint   string
+	RequireIMDSv2      bool
+	MaxRequestsPerIP   int
+	CredentialRefresh  time.Duration
+	CredentialMinServe time.Duration
+	TCPMigrateReq      bool
 
 	PrometheusListenAddr   string
 	PrometheusSyncInterval time.Duration
@@ -80,6 +82,8 @@ func (c *agentConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.RequireIMDSv2, "require-imdsv2", false, "refuse metadata requests without an IMDSv2 token")
 	fs.IntVar(&c.MaxRequestsPerIP, "max-requests-per-ip", 32, "concurrent requests allowed from one pod address")
 	fs.DurationVar(&c.CredentialRefresh, "credential-refresh", 35*time.Minute, "refresh cached credentials when this much validity or less remains (below the server's --session-refresh)")
+	fs.DurationVar(&c.CredentialMinServe, "credential-min-serve", minServe, "while no server answers, serve cached credentials until this much validity remains (below --credential-refresh)")
+	fs.BoolVar(&c.TCPMigrateReq, "tcp-migrate-req", true, "set net.ipv4.tcp_migrate_req=1 in the node's network namespace, so that connections queued on a stopping agent's listener go to its successor instead of being reset")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "metrics listen address (empty disables)")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 }
@@ -123,8 +127,11 @@ func (c *agentConfig) Validate() error {
 	if c.MaxRequestsPerIP < 1 {
 		errs = append(errs, errors.New("--max-requests-per-ip must be at least 1"))
 	}
-	if c.CredentialRefresh <= minServe {
-		errs = append(errs, fmt.Errorf("--credential-refresh must be above %s", minServe))
+	switch {
+	case c.CredentialMinServe <= 0:
+		errs = append(errs, errors.New("--credential-min-serve must be positive"))
+	case c.CredentialRefresh <= c.CredentialMinServe:
+		errs = append(errs, fmt.Errorf("--credential-refresh %s must be above --credential-min-serve %s", c.CredentialRefresh, c.CredentialMinServe))
 	}
 	for name, d := range map[string]time.Duration{
 		"--gateway-timeout-creation": c.GatewayTimeoutCreation, "--iptables-check-interval": c.IPTablesCheckInterval,
@@ -160,7 +167,7 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 
 	cache, err := agentcache.New(agentcache.Config{
 		Refresh:   cfg.CredentialRefresh,
-		MinServe:  minServe,
+		MinServe:  cfg.CredentialMinServe,
 		Interface: route.Interface,
 	}, fetcher{client}, reg, log.With("component", "cache"))
 	if err != nil {
@@ -195,6 +202,9 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("metadata handler: %w", err)
 	}
+	if cfg.TCPMigrateReq {
+		enableTCPMigrateReq(tcpMigrateReqPath, log)
+	}
 	lis, err := listenReusePort(ctx, net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
 		return err
@@ -205,7 +215,9 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	defer cancel()
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(lis) }()
-	go func() { errc <- serveMetrics(ctx, cfg.PrometheusListenAddr, reg, nil, log) }()
+	// The metrics port is shared with the next agent too: during a rolling
+	// update both run, and a new agent that cannot bind would exit.
+	go func() { errc <- serveMetricsOn(ctx, listenReusePort, cfg.PrometheusListenAddr, reg, nil, log) }()
 	go func() { _ = cache.Run(ctx) }()
 	go func() { _ = client.Watch(ctx, newPodEventSink(cache, log).handle) }()
 	if rules != nil {
@@ -218,9 +230,15 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// Drain, not Shutdown: a successor agent may listen on the same port,
+	// and every pod request this one accepted must still be answered.
+	sctx, scancel := context.WithTimeout(context.Background(), agentDrainTimeout)
 	defer scancel()
-	_ = srv.Shutdown(sctx)
+	if err := srv.Drain(sctx); err != nil {
+		log.Warn("metadata listener did not drain", "error", err)
+	} else {
+		log.Info("metadata listener drained")
+	}
 	if rules != nil && cfg.IPTablesRemove {
 		if err := rules.Remove(); err != nil {
 			log.Error("remove iptables rule", "error", err)
@@ -290,6 +308,48 @@ func listenReusePort(ctx context.Context, addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return lis, nil
+}
+
+// tcpMigrateReqPath is the sysctl (Linux 5.14) that makes the kernel move
+// connections queued on a closing SO_REUSEPORT listener to another listener
+// of the same port instead of resetting them. Without it, a pod whose
+// connection the kernel had queued for the old agent in the instant it
+// closed its listener sees "connection reset" during a rolling update.
+const tcpMigrateReqPath = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+// agentDrainTimeout bounds the drain on exit: a request takes at most
+// imds.ReadHeaderTimeout to arrive and is then bounded by the cache's
+// fetch timeout, both well within it and within Kubernetes' default
+// termination grace period of 30 s.
+const agentDrainTimeout = 15 * time.Second
+
+// enableTCPMigrateReq sets the sysctl at path to 1 if it is not, and logs
+// what happened; failing (old kernel, read-only /proc/sys) is not fatal,
+// only rolling updates lose their last few connections.
+func enableTCPMigrateReq(path string, log *slog.Logger) {
+	changed, err := setSysctl(path, "1")
+	switch {
+	case err != nil:
+		log.Warn("cannot enable net.ipv4.tcp_migrate_req; a rolling update may reset a few pod connections (set it to 1 on the node, or use --no-tcp-migrate-req to silence this)", "error", err)
+	case changed:
+		log.Info("enabled net.ipv4.tcp_migrate_req so that a successor agent takes over queued connections")
+	}
+}
+
+// setSysctl writes want to the sysctl file at path unless it already holds
+// it, and reports whether it wrote.
+func setSysctl(path, want string) (bool, error) {
+	cur, err := os.ReadFile(path)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", path, err)
+	}
+	if strings.TrimSpace(string(cur)) == want {
+		return false, nil
+	}
+	if err := os.WriteFile(path, []byte(want+"\n"), 0o644); err != nil {
+		return false, fmt.Errorf("write %s: %w", path, err)
+	}
+	return true, nil
 }
 
 // cachedCheck reports whether the interception rule is in place, reading

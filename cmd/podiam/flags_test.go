@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -151,5 +153,87 @@ func TestRunExitCodes(t *testing.T) {
 		if code != tc.code || !strings.Contains(stdout.String()+stderr.String(), tc.out) {
 			t.Errorf("%v: code %d output %q; want %d containing %q", tc.args, code, stdout.String()+stderr.String(), tc.code, tc.out)
 		}
+	}
+}
+
+func validAgent(args ...string) agentConfig {
+	var c agentConfig
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.register(fs)
+	if err := parseFlags(fs, append([]string{"--cert=c", "--key=k", "--ca=a"}, args...)); err != nil {
+		panic(err)
+	}
+	return c
+}
+
+func TestAgentConfigDefaults(t *testing.T) {
+	c := validAgent()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.CredentialRefresh != 35*time.Minute || c.CredentialMinServe != 5*time.Minute || !c.TCPMigrateReq || c.IPTablesRemove {
+		t.Fatalf("defaults drifted from DESIGN.md and the README: %+v", c)
+	}
+	// Short cache windows, for sessions shorter than STS's minimum
+	// against a local STS in tests.
+	c = validAgent("--credential-refresh=10s", "--credential-min-serve=4s", "--no-tcp-migrate-req")
+	if err := c.Validate(); err != nil || c.CredentialMinServe != 4*time.Second || c.TCPMigrateReq {
+		t.Fatalf("short windows: %v %+v", err, c)
+	}
+}
+
+func TestAgentConfigValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"min serve not below refresh", []string{"--credential-refresh=5m", "--credential-min-serve=5m"}, "--credential-refresh 5m0s must be above --credential-min-serve 5m0s"},
+		{"refresh below default min serve", []string{"--credential-refresh=1m"}, "must be above --credential-min-serve"},
+		{"zero min serve", []string{"--credential-min-serve=0s"}, "--credential-min-serve must be positive"},
+		{"negative min serve", []string{"--credential-min-serve=-1s"}, "--credential-min-serve must be positive"},
+		{"bad port", []string{"--port=0"}, "--port"},
+		{"iptables without host", []string{"--iptables", "--host="}, "--iptables needs --host"},
+		{"bad allow route", []string{"--allow-route-regexp=("}, "--allow-route-regexp"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validAgent(tc.args...)
+			err := c.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want mention of %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSetSysctl(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tcp_migrate_req")
+	tests := []struct {
+		name    string
+		content string
+		changed bool
+	}{
+		{"off", "0\n", true},
+		{"already on", "1\n", false},
+		{"on without newline", "1", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(path, []byte(tc.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			changed, err := setSysctl(path, "1")
+			if err != nil || changed != tc.changed {
+				t.Fatalf("setSysctl: changed %v err %v, want changed %v", changed, err, tc.changed)
+			}
+			if b, _ := os.ReadFile(path); strings.TrimSpace(string(b)) != "1" {
+				t.Fatalf("file holds %q after setSysctl", b)
+			}
+		})
+	}
+	if _, err := setSysctl(filepath.Join(dir, "missing"), "1"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing sysctl (kernel before 5.14): %v, want ErrNotExist", err)
 	}
 }

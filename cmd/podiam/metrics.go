@@ -18,9 +18,22 @@ func registerProcessMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }
 
+// listenFunc opens a listener on addr.
+type listenFunc func(ctx context.Context, addr string) (net.Listener, error)
+
+func listenTCP(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	return lc.Listen(ctx, "tcp", addr)
+}
+
 // serveMetrics serves /metrics (and any extra handlers) on addr until ctx
 // is done. An empty addr disables it.
 func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, extra map[string]http.Handler, log *slog.Logger) error {
+	return serveMetricsOn(ctx, listenTCP, addr, reg, extra, log)
+}
+
+// serveMetricsOn is serveMetrics with a listener from listen.
+func serveMetricsOn(ctx context.Context, listen listenFunc, addr string, reg *prometheus.Registry, extra map[string]http.Handler, log *slog.Logger) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
@@ -31,7 +44,7 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, ex
 		mux.Handle(path, h)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listen(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("metrics listen %s: %w", addr, err)
 	}

@@ -1241,7 +1241,7 @@ func TestServerEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewUnstartedServer(h)
-	srv.Config = NewServer(h)
+	srv.Config = NewServer(h).Server
 	srv.Start()
 	defer srv.Close()
 

@@ -20,8 +20,14 @@ var ErrConntrackMissing = errors.New("conntrack tool not found")
 const conntrackTimeout = 30 * time.Second
 
 // ExecConntrackFlush is the default Config.ConntrackFlush: it runs
-// `conntrack -D -f <family> -d addr` in the agent's network namespace. The
-// tool exits non-zero when nothing matched; that is not an error.
+// `conntrack -D -f <family> -d addr -r addr` in the agent's network
+// namespace, deleting the connections to addr whose replies come from addr
+// itself: those that reach the real metadata service. Connections the rule
+// already sends to an agent have replies from the agent's address and are
+// kept: deleting them would break pod requests in flight whenever an agent
+// starts while another one serves (a rolling update), because the reply
+// in flight would then leave the node without its address translated back.
+// The tool exits non-zero when nothing matched; that is not an error.
 func ExecConntrackFlush(ctx context.Context, addr string) error {
 	a, err := netip.ParseAddr(addr)
 	if err != nil {
@@ -37,7 +43,7 @@ func ExecConntrackFlush(ctx context.Context, addr string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, conntrackTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, path, "-D", "-f", fam, "-d", addr)
+	cmd := exec.CommandContext(ctx, path, "-D", "-f", fam, "-d", addr, "--reply-src", addr)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {

@@ -49,9 +49,10 @@ type Config struct {
 	// IPTablesPath and IP6TablesPath override the binaries (tests run them
 	// inside a network namespace); empty means looking them up in PATH.
 	IPTablesPath, IP6TablesPath string
-	// ConntrackFlush drops conntrack entries whose original destination is
-	// addr, so a connection opened while no rule was in place cannot keep
-	// bypassing it. nil means running `conntrack -D -d addr`.
+	// ConntrackFlush drops conntrack entries of connections to addr that
+	// reach addr itself (not redirected), so a connection opened while no
+	// rule was in place cannot keep bypassing it; connections already
+	// redirected to an agent must be kept. nil means ExecConntrackFlush.
 	ConntrackFlush func(ctx context.Context, addr string) error
 }
 
@@ -168,10 +169,11 @@ func newTables(proto goipt.Protocol, path string) (*goipt.IPTables, error) {
 // absent. Running it again changes nothing.
 //
 // After the first install, and after any install that had to add a rule or
-// the jump, conntrack entries for the metadata address are flushed: a
-// connection a pod opened to the real IMDS while no rule was in place would
-// otherwise keep reaching it. A failed flush is logged, not returned, since
-// the rule itself is in place.
+// the jump, conntrack entries of connections that reach the real metadata
+// address are flushed: a connection a pod opened to the real IMDS while no
+// rule was in place would otherwise keep reaching it. Connections already
+// redirected to an agent are kept (see ExecConntrackFlush). A failed flush
+// is logged, not returned, since the rule itself is in place.
 func (r *Rules) Install(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

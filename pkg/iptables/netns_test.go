@@ -43,6 +43,10 @@ func TestMain(m *testing.M) {
 		os.Exit(helperListen(os.Getenv(helperAddrEnv)))
 	case "dial":
 		os.Exit(helperDial(os.Getenv(helperAddrEnv)))
+	case "echo":
+		os.Exit(helperEcho(os.Getenv(helperAddrEnv), os.Getenv(helperTagEnv), os.Getenv(helperGateEnv)))
+	case "hold":
+		os.Exit(helperHold(os.Getenv(helperAddrEnv)))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper mode")
 		os.Exit(2)

@@ -243,14 +243,14 @@ func TestExecConntrackFlush(t *testing.T) {
 		wantErr  string
 	}{
 		{name: "deleted", addr: MetadataIPv4, output: "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.",
-			wantArgs: "-D -f ipv4 -d 169.254.169.254"},
+			wantArgs: "-D -f ipv4 -d 169.254.169.254 --reply-src 169.254.169.254"},
 		{name: "nothing to delete", addr: MetadataIPv4, status: 1,
 			output:   "conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted.",
-			wantArgs: "-D -f ipv4 -d 169.254.169.254"},
+			wantArgs: "-D -f ipv4 -d 169.254.169.254 --reply-src 169.254.169.254"},
 		{name: "ipv6", addr: MetadataIPv6, output: "0 flow entries have been deleted.", status: 1,
-			wantArgs: "-D -f ipv6 -d fd00:ec2::254"},
+			wantArgs: "-D -f ipv6 -d fd00:ec2::254 --reply-src fd00:ec2::254"},
 		{name: "failure", addr: MetadataIPv4, status: 1, output: "Operation not permitted",
-			wantArgs: "-D -f ipv4 -d 169.254.169.254", wantErr: "Operation not permitted"},
+			wantArgs: "-D -f ipv4 -d 169.254.169.254 --reply-src 169.254.169.254", wantErr: "Operation not permitted"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

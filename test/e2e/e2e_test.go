@@ -130,6 +130,7 @@ func TestE2E(t *testing.T) {
 	})
 	t.Run("IP reuse never serves the old pod's role", func(t *testing.T) { testIPReuse(t, e) })
 	t.Run("server outage: cached credentials are still served", func(t *testing.T) { testServerOutage(t, e, web) })
+	t.Run("faults", func(t *testing.T) { testFaults(t, e, track) })
 	t.Run("no secrets in logs", func(t *testing.T) {
 		if web.SecretAccessKey == "" || web.Token == "" {
 			t.Fatal("no credentials of the web pod were captured to look for")

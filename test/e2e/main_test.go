@@ -33,9 +33,10 @@ const (
 // tells the sweep whether the run that made it is still alive.
 const nsPrefix = "podiam-e2e-"
 
-// podNamespaces is how many pod namespaces a run creates: four pods and a
-// spare that takes over a deleted pod's IP in the IP reuse scenario.
-const podNamespaces = 5
+// podNamespaces is how many pod namespaces a run creates: four pods, a
+// spare that takes over a deleted pod's IP in the IP reuse scenario, and
+// two pods of the fault scenarios.
+const podNamespaces = 7
 
 var nsNameRE = regexp.MustCompile(`^` + regexp.QuoteMeta(nsPrefix) + `(\d+)-`)
 

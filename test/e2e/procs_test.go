@@ -39,7 +39,7 @@ func (e *env) startProc(t *testing.T, name string, args, env []string) *proc {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(e.podiam, args...)
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(os.Environ(), raceEnv()), env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -52,6 +52,18 @@ func (e *env) startProc(t *testing.T, name string, args, env []string) *proc {
 	}()
 	e.root.Cleanup(func() { p.kill() })
 	return p
+}
+
+// raceEnv keeps the race detector's options but drops its default
+// one-second sleep before exit (atexit_sleep_ms), which every stop of the
+// race-enabled podiam would otherwise cost: the fault scenarios stop the
+// agent dozens of times. Races are still reported as they are detected.
+func raceEnv() string {
+	opts := os.Getenv("GORACE")
+	if !strings.Contains(opts, "atexit_sleep_ms") {
+		opts = strings.TrimSpace(opts + " atexit_sleep_ms=0")
+	}
+	return "GORACE=" + opts
 }
 
 // Logs returns everything the process wrote.
@@ -118,11 +130,12 @@ func failWithLogs(t *testing.T, procs ...*proc) {
 }
 
 // startServer runs `podiam server` on the node IP against the run's
-// kube-apiserver and moto, and waits until `podiam health` says SERVING.
-func (e *env) startServer(t *testing.T) *proc {
+// kube-apiserver and moto, with extra flags (later ones win), and waits
+// until `podiam health` says SERVING.
+func (e *env) startServer(t *testing.T, extra ...string) *proc {
 	t.Helper()
 	addr := hostPort(nodeIP, serverPort)
-	p := e.startProc(t, "server", []string{"server",
+	p := e.startProc(t, "server", append([]string{"server",
 		"--json-log", "--level=debug",
 		"--bind=" + addr,
 		"--cert=" + e.pki.ServerCert, "--key=" + e.pki.ServerKey, "--ca=" + e.pki.CA,
@@ -131,7 +144,7 @@ func (e *env) startServer(t *testing.T) *proc {
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
-	}, e.moto.Env())
+	}, extra...), e.moto.Env())
 	deadline := time.Now().Add(90 * time.Second)
 	for {
 		if gone, err := p.Exited(); gone {

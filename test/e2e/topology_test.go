@@ -37,7 +37,7 @@ type podNet struct {
 // namespaces the supervisor created.
 type topology struct {
 	NodeNS string
-	PodNS  []string // pod1..pod5
+	PodNS  []string // pod1..pod7
 	BinDir string
 	ip     string
 }

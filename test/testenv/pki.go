@@ -26,6 +26,8 @@ type PKI struct {
 	AgentCert, AgentKey   string
 	OtherCA               string // an unrelated CA's certificate
 	OtherCert, OtherKey   string // a client certificate signed by OtherCA
+
+	serverSANs []string // NewPKI's, for re-issuing the server certificate
 }
 
 // pkiValidity is long enough for any test run and short enough that nobody
@@ -50,46 +52,50 @@ func NewPKI(t testing.TB, dir string, serverSANs ...string) *PKI {
 		OtherCA:    filepath.Join(dir, "other-ca.pem"),
 		OtherCert:  filepath.Join(dir, "other.pem"),
 		OtherKey:   filepath.Join(dir, "other-key.pem"),
+		serverSANs: serverSANs,
 	}
 
 	ca := newCA(t, "podiam test ca")
 	writeFile(t, p.CA, ca.certPEM, 0o644)
 
+	ca.issue(t, serverTemplate(serverSANs), p.ServerCert, p.ServerKey)
+	ca.issue(t, agentTemplate(), p.AgentCert, p.AgentKey)
+
+	other := newCA(t, "unrelated test ca")
+	writeFile(t, p.OtherCA, other.certPEM, 0o644)
+	// Same name as the real agent: only the signature may tell them apart.
+	other.issue(t, agentTemplate(), p.OtherCert, p.OtherKey)
+	return p
+}
+
+// serverTemplate is the server certificate: localhost, podiam-server,
+// 127.0.0.1 and ::1 plus sans.
+func serverTemplate(sans []string) *x509.Certificate {
 	dnsNames := []string{"localhost", "podiam-server"}
 	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}
-	for _, san := range serverSANs {
+	for _, san := range sans {
 		if ip := net.ParseIP(san); ip != nil {
 			ips = append(ips, ip)
 		} else {
 			dnsNames = append(dnsNames, san)
 		}
 	}
-	server := &x509.Certificate{
+	return &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "podiam-server"},
 		DNSNames:    dnsNames,
 		IPAddresses: ips,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
-	ca.issue(t, server, p.ServerCert, p.ServerKey)
+}
 
-	agent := &x509.Certificate{
+// agentTemplate is the agent's client certificate.
+func agentTemplate() *x509.Certificate {
+	return &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "podiam-agent"},
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	ca.issue(t, agent, p.AgentCert, p.AgentKey)
-
-	other := newCA(t, "unrelated test ca")
-	writeFile(t, p.OtherCA, other.certPEM, 0o644)
-	intruder := &x509.Certificate{
-		// Same name as the real agent: only the signature may tell them apart.
-		Subject:     pkix.Name{CommonName: "podiam-agent"},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	other.issue(t, intruder, p.OtherCert, p.OtherKey)
-	return p
 }
 
 type testCA struct {
@@ -122,8 +128,10 @@ func newCA(t testing.TB, name string) *testCA {
 	return &testCA{cert: cert, key: key, certPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-// issue signs tmpl with the CA and writes certificate and key.
-func (ca *testCA) issue(t testing.TB, tmpl *x509.Certificate, certPath, keyPath string) {
+// issue signs tmpl with the CA, writes certificate and key (each replaced
+// at once by a rename, as a rotation on a live process needs) and returns
+// the certificate.
+func (ca *testCA) issue(t testing.TB, tmpl *x509.Certificate, certPath, keyPath string) *x509.Certificate {
 	t.Helper()
 	key := newKey(t)
 	now := time.Now()
@@ -138,8 +146,13 @@ func (ca *testCA) issue(t testing.TB, tmpl *x509.Certificate, certPath, keyPath 
 	if err != nil {
 		t.Fatalf("testenv: marshal key: %v", err)
 	}
-	writeFile(t, certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	writeFile(t, keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatalf("testenv: parse %s: %v", tmpl.Subject.CommonName, err)
+	}
+	replaceFile(t, keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	replaceFile(t, certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	return cert
 }
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
