@@ -32,9 +32,10 @@ func TestAgentMetricsPortShared(t *testing.T) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agent_" + name, Help: "which agent answered"}, func() float64 { return 1 }))
 		go func() { errc <- serveMetricsOn(ctx, listenReusePort, addr, reg, nil, slog.New(slog.DiscardHandler)) }()
 	}
+	running := 2
 	defer func() {
 		cancel()
-		for range 2 {
+		for range running {
 			if err := <-errc; err != nil {
 				t.Errorf("metrics server: %v", err)
 			}
@@ -46,6 +47,7 @@ func TestAgentMetricsPortShared(t *testing.T) {
 	for i := 0; i < 200 && len(seen) < 2; i++ {
 		select {
 		case err := <-errc:
+			running--
 			t.Fatalf("a metrics server ended while the other held the port: %v", err)
 		default:
 		}

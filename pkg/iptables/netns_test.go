@@ -1,7 +1,6 @@
 package iptables
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -603,28 +602,7 @@ func TestNewRegistersMetricsOnce(t *testing.T) {
 // until it listens.
 func startListener(t *testing.T, ns, addr string) {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns, self)
-	cmd.Env = append(os.Environ(), helperEnv+"=listen", helperAddrEnv+"="+addr)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		t.Fatalf("listener in %s on %s did not start: %q %v", ns, addr, line, err)
-	}
+	startHelper(t, ns, helperEnv+"=listen", helperAddrEnv+"="+addr).expect(t, "listener in "+ns+" on "+addr, "ready")
 }
 
 func dialFrom(t *testing.T, ns, addr string) (string, error) {
