@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps
+.PHONY: build test unit deps fuzz proto verify check-agent-deps demo
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -61,3 +61,10 @@ verify: check-agent-deps
 	$(GO) vet ./...
 	$(MAKE) proto
 	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)
+
+# demo brings up a local installation from real parts (etcd, kube-apiserver,
+# moto as STS, server, agent with its iptables rule in a node network
+# namespace, pod namespaces) and shows a permitted pod, a denied pod and an
+# IMDSv2 exchange. Root; it removes everything it made on exit or Ctrl-C.
+demo: deps
+	$(GO) run ./test/demo
