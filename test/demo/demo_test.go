@@ -62,11 +62,11 @@ func TestDemoTwiceLeavesNothing(t *testing.T) {
 			t.Fatalf("run %d: %v\n%s", run, err, out.String())
 		}
 		for _, want := range []string{
-			"assumed-role/app-web/",      // the permitted pod's identity
-			"403 Forbidden",              // the denied pod
-			"IAMRoleDenied",              // and its Event
-			"200 batch-report",           // IMDSv2 with a token
-			"401 Unauthorized",           // a bad or foreign token
+			"assumed-role/app-web/", // the permitted pod's identity
+			"403 Forbidden",         // the denied pod
+			"IAMRoleDenied",         // and its Event
+			"200 batch-report",      // IMDSv2 with a token
+			"401 Unauthorized",      // a bad or foreign token
 			"cleaning up", "demo finished",
 		} {
 			if !strings.Contains(out.String(), want) {
