@@ -154,3 +154,8 @@ fi
 if [[ "$(readlink "$root/bin/helm" 2>/dev/null)" != "helm-$helm_version" ]]; then
   ln -sfn "helm-$helm_version" "$root/bin/helm"
 fi
+
+# test/manifests installs cert-manager's published CRDs into its
+# kube-apiserver to validate the Certificates and Issuers podiam ships; they
+# come with cert-manager's Go module, from the module proxy.
+(cd "$root" && go mod download github.com/cert-manager/cert-manager@v1.19.1) || die "downloading cert-manager's CRDs (Go module github.com/cert-manager/cert-manager@v1.19.1) failed"
