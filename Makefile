@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps demo
+.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -54,13 +54,18 @@ check-agent-deps:
 	if [ -n "$$bad" ]; then echo "agent packages link forbidden dependencies:"; echo "$$bad"; exit 1; fi; \
 	echo "agent packages link neither client-go nor the AWS SDK"
 
-# verify fails when formatting, vet, generated code or agent dependencies
-# are not as committed.
+# verify fails when formatting, vet, generated code and docs, or agent
+# dependencies are not as committed.
 verify: check-agent-deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(MAKE) proto
 	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)
+	$(GO) test -count=1 -run '^(TestREADMEFlagTables|TestKIAMFlagsKept)$$' ./cmd/podiam
+
+# docs regenerates README.md's flag tables from the flag definitions.
+docs:
+	$(GO) test -count=1 -run '^TestREADMEFlagTables$$' ./cmd/podiam -update
 
 # demo brings up a local installation from real parts (etcd, kube-apiserver,
 # moto as STS, server, agent with its iptables rule in a node network
