@@ -223,6 +223,8 @@ func TestManifests(t *testing.T) {
 		}
 	})
 
+	t.Run("rbac is least privilege", func(t *testing.T) { checkRBAC(t, kube.RESTConfig, dyn, mapper, root) })
+
 	// cert-manager must write the Secrets the workloads mount.
 	t.Run("certificates fill the mounted secrets", func(t *testing.T) {
 		pairs := [][2]string{
