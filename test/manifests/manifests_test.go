@@ -223,6 +223,21 @@ func TestManifests(t *testing.T) {
 		}
 	})
 
+	t.Run("agent daemonset shape", func(t *testing.T) {
+		for _, src := range []string{"deploy/manifests", "helm/defaults", "helm/everything-set"} {
+			n := 0
+			for _, o := range sources[src] {
+				if o.GetKind() == "DaemonSet" && strings.Contains(o.GetName(), "agent") {
+					n++
+					checkAgentShape(t, src, o)
+				}
+			}
+			if n != 1 {
+				t.Errorf("%s: %d agent DaemonSets, want 1", src, n)
+			}
+		}
+	})
+
 	t.Run("rbac is least privilege", func(t *testing.T) { checkRBAC(t, kube.RESTConfig, dyn, mapper, root) })
 
 	// cert-manager must write the Secrets the workloads mount.
@@ -472,4 +487,52 @@ func stringSlice(v any) []string {
 		out = append(out, s)
 	}
 	return out
+}
+
+// checkAgentShape holds the agent DaemonSet to what the agent needs to be
+// safe: host network, NET_ADMIN, the node's xtables lock, no API token,
+// liveness on /ping and readiness on /health, and a surge rollout so pods
+// never meet a node without a listener.
+func checkAgentShape(t *testing.T, src string, o *unstructured.Unstructured) {
+	t.Helper()
+	get := func(fields ...string) any {
+		v, _, _ := unstructured.NestedFieldNoCopy(o.Object, fields...)
+		return v
+	}
+	want := map[string]any{
+		"spec.template.spec.hostNetwork":                   true,
+		"spec.template.spec.automountServiceAccountToken":  false,
+		"spec.updateStrategy.type":                         "RollingUpdate",
+		"spec.updateStrategy.rollingUpdate.maxSurge":       int64(1),
+		"spec.updateStrategy.rollingUpdate.maxUnavailable": int64(0),
+	}
+	for path, w := range want {
+		if got := get(strings.Split(path, ".")...); fmt.Sprint(got) != fmt.Sprint(w) {
+			t.Errorf("%s: %s = %v, want %v", src, path, got, w)
+		}
+	}
+	containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+	if len(containers) != 1 {
+		t.Fatalf("%s: %d containers", src, len(containers))
+	}
+	c := containers[0].(map[string]any)
+	caps, _, _ := unstructured.NestedStringSlice(c, "securityContext", "capabilities", "add")
+	if !slices.Contains(caps, "NET_ADMIN") {
+		t.Errorf("%s: capabilities %v lack NET_ADMIN", src, caps)
+	}
+	for probe, path := range map[string]string{"livenessProbe": "/ping", "readinessProbe": "/health"} {
+		if p, _, _ := unstructured.NestedString(c, probe, "httpGet", "path"); p != path {
+			t.Errorf("%s: %s path %q, want %q", src, probe, p, path)
+		}
+	}
+	mounts, _, _ := unstructured.NestedSlice(c, "volumeMounts")
+	lock := false
+	for _, m := range mounts {
+		if m.(map[string]any)["mountPath"] == "/run/xtables.lock" {
+			lock = true
+		}
+	}
+	if !lock {
+		t.Errorf("%s: /run/xtables.lock not mounted", src)
+	}
 }
