@@ -40,7 +40,11 @@ func TestServer(t *testing.T) {
 	sp := startServer(t, kube, moto,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn-autodetect",
-		"--session-duration=15m", "--session-refresh=5m")
+		"--session-duration=15m", "--session-refresh=5m",
+		// Above the 900 ms default: in CI this test shares two cores with
+		// the e2e suite and the demo, and a status update can take longer
+		// than that to reach the server's watch.
+		"--pod-wait=3s")
 	client := credsClient(t, sp)
 
 	// The expression is matched against the resolved ARN.
