@@ -73,7 +73,7 @@ verify: check-agent-deps
 # Every table is printed again at the end. About ten minutes on two cores.
 # Knobs (environment): PODIAM_BENCH_WRK_SECONDS, PODIAM_BENCH_WRK_ROUNDS,
 # PODIAM_BENCH_COLD_TRIALS, PODIAM_BENCH_SCALE_PODS, and
-# PODIAM_BENCH_PERF=/path/agent.perf to profile the agent with perf;
+# PODIAM_BENCH_PERF=/some/dir to profile agent and ceiling with perf;
 # BENCH=ServerScale (a -bench pattern) runs a part.
 .PHONY: bench
 BENCH ?= .

@@ -38,7 +38,7 @@ const (
 	envWrkSeconds = "PODIAM_BENCH_WRK_SECONDS" // length of each wrk run (default 2)
 	envWrkRounds  = "PODIAM_BENCH_WRK_ROUNDS"  // wrk runs per target and case, alternating agent and ceiling (default 3)
 	envColdTrials = "PODIAM_BENCH_COLD_TRIALS" // pods per cold path case (default 5)
-	envPerf       = "PODIAM_BENCH_PERF"        // a file name: profile the agent with perf into it during the keepalive/c32 run
+	envPerf       = "PODIAM_BENCH_PERF"        // a directory: perf profiles of agent and ceiling during their first keepalive/c32 run
 )
 
 // benchServerFlags run the server with its production session lifetimes:
@@ -187,23 +187,35 @@ func benchHotPath(b *testing.B, e *env) {
 		},
 	}
 	cases := []wrkCase{{1, true}, {32, true}, {1, false}, {32, false}}
+	var spread []string   // req/s of each run, to judge the noise
+	var profiles []string // perf summaries, with PODIAM_BENCH_PERF
 	for _, c := range cases {
 		b.Run(c.String(), func(b *testing.B) {
 			// Short runs alternating between the two targets, the order
 			// swapped each round, so that both see the same neighbours.
 			var agentRuns, ceilRuns []testenv.WrkResult
 			for round := range rounds {
-				runAgent := func() {
-					var stopPerf func() string
-					if os.Getenv(envPerf) != "" && c.Conns == 32 && c.KeepAlive && round == 0 {
-						stopPerf = startPerf(b, os.Getenv(envPerf), agentPid, dur)
+				// profiled runs the target's run under perf when asked to.
+				profiled := func(name string, pid int, run func()) {
+					dir := os.Getenv(envPerf)
+					if dir == "" || c.Conns != 32 || !c.KeepAlive || round > 0 {
+						run()
+						return
 					}
-					agentRuns = append(agentRuns, e.runWrk(b, e.web, script, agentURL, c, dur, agentPid))
-					if stopPerf != nil {
-						table.Notes = append(table.Notes, "perf profile of the agent, first keepalive/c32 run, user-space functions:\n"+stopPerf())
-					}
+					stop := startPerf(b, filepath.Join(dir, name+".perf"), pid, dur)
+					run()
+					profiles = append(profiles, fmt.Sprintf("perf profile of the %s, keepalive/c32, user-space functions:\n%s", name, stop()))
 				}
-				runCeiling := func() { ceilRuns = append(ceilRuns, e.runWrk(b, e.web, script, ceilingURL, c, dur, ceilingPid)) }
+				runAgent := func() {
+					profiled("agent", agentPid, func() {
+						agentRuns = append(agentRuns, e.runWrk(b, e.web, script, agentURL, c, dur, agentPid))
+					})
+				}
+				runCeiling := func() {
+					profiled("ceiling", ceilingPid, func() {
+						ceilRuns = append(ceilRuns, e.runWrk(b, e.web, script, ceilingURL, c, dur, ceilingPid))
+					})
+				}
 				if round%2 == 0 {
 					runCeiling()
 					runAgent()
@@ -213,6 +225,14 @@ func benchHotPath(b *testing.B, e *env) {
 				}
 			}
 			agent, ceil := testenv.CombineWrk(agentRuns), testenv.CombineWrk(ceilRuns)
+			runsRPS := func(runs []testenv.WrkResult) string {
+				var out []string
+				for _, r := range runs {
+					out = append(out, fmt.Sprintf("%.0f", r.RPS()))
+				}
+				return strings.Join(out, " ")
+			}
+			spread = append(spread, fmt.Sprintf("%s: agent %s, ceiling %s", c, runsRPS(agentRuns), runsRPS(ceilRuns)))
 			for name, r := range map[string]testenv.WrkResult{"agent": agent, "ceiling": ceil} {
 				if n := r.ErrorCount(); n > 0 {
 					b.Errorf("%s %s: %d errors %v over %d requests", name, c, n, r.Errors, r.Requests)
@@ -230,12 +250,17 @@ func benchHotPath(b *testing.B, e *env) {
 				fmt.Sprintf("%.0f", ceil.RPS()), ms(ceil.P50), ms(ceil.P99), us(ceil.CPUPerRequest()), fmt.Sprintf("%.2f", ratio))
 		})
 	}
+	table.Notes = append(table.Notes, "req/s of each run, in order (the spread is the noise of this machine):")
+	for _, l := range spread {
+		table.Notes = append(table.Notes, "  "+l)
+	}
+	table.Notes = append(table.Notes, profiles...)
 	table.Report(b)
 }
 
-// startPerf samples the agent's stacks with perf into data while the next
-// wrk run is under way; the returned function waits for it and returns the
-// agent's own functions by cumulative share (children included), which is
+// startPerf samples a process's stacks with perf into data while the next
+// wrk run is under way; the returned function waits for it and returns its
+// user-space functions by cumulative share (children included), which is
 // where the time goes; `perf report -i data` shows the rest.
 func startPerf(b *testing.B, data string, pid int, d time.Duration) func() string {
 	b.Helper()
