@@ -58,6 +58,7 @@ type serverConfig struct {
 	STSRate         float64
 	STSBurst        int
 	CacheMaxEntries int
+	Prefetch        bool
 
 	PrometheusListenAddr   string
 	PrometheusSyncInterval time.Duration
@@ -93,6 +94,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.Float64Var(&c.STSRate, "sts-rate", 20, "STS calls per second this replica may make; refreshes go first, then requests, then prefetches")
 	fs.IntVar(&c.STSBurst, "sts-burst", 40, "STS call burst")
 	fs.IntVar(&c.CacheMaxEntries, "cache-max-entries", credcache.DefaultMaxEntries, "most sessions cached (roles in use are never evicted)")
+	fs.BoolVar(&c.Prefetch, "prefetch", true, "fetch a role's credentials when a pod with that role gets its address, before it asks (--no-prefetch: only on request)")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "metrics listen address (empty disables)")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time-duration", 10*time.Second, "ping idle agents after this long")
@@ -237,9 +239,12 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	prefetch, err := server.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
-	if err != nil {
-		return err
+	var prefetch *server.PrefetchController
+	if cfg.Prefetch {
+		prefetch, err = server.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
+		if err != nil {
+			return err
+		}
 	}
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -294,7 +299,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	go func() { _ = credentials.Run(ctx) }()
-	go func() { _ = prefetch.Run(ctx, 2) }()
+	if prefetch != nil {
+		go func() { _ = prefetch.Run(ctx, 2) }()
+	}
 	go readiness(ctx, grpcServer, sts, []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}, log)
 
 	log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", baseARN, "assume_role_arn", cfg.AssumeRoleARN)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -28,7 +29,7 @@ import (
 // AWS_EC2_METADATA_DISABLED is deliberately absent. The config and
 // credentials files point at an empty file so that a developer's ~/.aws
 // cannot satisfy the chain instead of the agent.
-func podEnv(t *testing.T, stsEndpoint string) []string {
+func podEnv(t testing.TB, stsEndpoint string) []string {
 	t.Helper()
 	empty := filepath.Join(t.TempDir(), "empty-aws-config")
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
@@ -72,9 +73,15 @@ func (r runResult) String() string {
 // inPod runs argv inside the pod's network namespace with the pod
 // environment, killing its whole process group after timeout.
 func (e *env) inPod(p *podNet, timeout time.Duration, argv ...string) runResult {
+	return e.inPodStdin(p, timeout, nil, argv...)
+}
+
+// inPodStdin is inPod with stdin as the command's standard input.
+func (e *env) inPodStdin(p *podNet, timeout time.Duration, stdin io.Reader, argv ...string) runResult {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.topo.ip, append([]string{"netns", "exec", p.NS}, argv...)...)
+	cmd.Stdin = stdin
 	cmd.Env = e.podEnv
 	cmd.Dir = e.dir
 	var stdout, stderr bytes.Buffer
