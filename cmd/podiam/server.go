@@ -180,6 +180,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		BaseRoleARN:     cfg.AssumeRoleARN,
 		BaseSessionName: role.SessionName("", cfg.Session),
 		SessionDuration: cfg.SessionDuration,
+		// One attempt per target call: the credential cache retries, with
+		// backoff per role and under --sts-rate, so every attempt is metered.
+		AssumeMaxAttempts: 1,
 	}, reg, log.With("component", "sts"))
 	if err != nil {
 		return fmt.Errorf("sts client: %w", err)

@@ -1,0 +1,335 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podiam/podiam/pkg/creds"
+	pb "github.com/podiam/podiam/proto/podiam/v1"
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// agentTimeout is the agent's default --gateway-timeout-creation: what one
+// request to a server may take before the agent gives up on it.
+const agentTimeout = time.Second
+
+// agentCall is one GetPodCredentials answer an agent got.
+type agentCall struct {
+	At     time.Time
+	IP     string
+	Role   string
+	KeyID  string
+	Expiry time.Time
+	Err    error
+}
+
+// agents calls GetPodCredentials for every address in a loop, from n
+// connections, as agents on busy nodes would, until stopped.
+type agents struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+
+	mu    sync.Mutex
+	calls []agentCall
+}
+
+func startAgents(t *testing.T, sp *serverProc, n int, ips []string) *agents {
+	t.Helper()
+	a := &agents{stop: make(chan struct{})}
+	for range n {
+		client := credsClient(t, sp)
+		a.wg.Go(func() {
+			for {
+				for _, ip := range ips {
+					select {
+					case <-a.stop:
+						return
+					default:
+					}
+					a.record(callOnce(client, ip))
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	t.Cleanup(a.Stop)
+	return a
+}
+
+func callOnce(client pb.CredentialsClient, ip string) agentCall {
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+	defer cancel()
+	c := agentCall{At: time.Now(), IP: ip}
+	resp, err := client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip})
+	if err != nil {
+		c.Err = err
+		return c
+	}
+	c.Role = resp.GetPod().GetRoleArn()
+	c.KeyID = resp.GetCredentials().GetAccessKeyId()
+	c.Expiry = resp.GetCredentials().GetExpiration().AsTime()
+	return c
+}
+
+func (a *agents) record(c agentCall) {
+	a.mu.Lock()
+	a.calls = append(a.calls, c)
+	a.mu.Unlock()
+}
+
+// Stop ends the loops and returns every call made.
+func (a *agents) Stop() {
+	select {
+	case <-a.stop:
+	default:
+		close(a.stop)
+	}
+	a.wg.Wait()
+}
+
+func (a *agents) Calls() []agentCall {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]agentCall(nil), a.calls...)
+}
+
+// TestFaultSTSOutage puts STS in a fault window (throttling, 500, 503 for
+// every AssumeRole) exactly when the server must refresh the credentials its
+// pods hold, with agents asking for those pods all the time.
+func TestFaultSTSOutage(t *testing.T) {
+	t.Parallel()
+	const (
+		session  = 40 * time.Second
+		refresh  = 30 * time.Second
+		minServe = refresh / 2 // the server's min(5m, --session-refresh/2)
+		window   = 10 * time.Second
+		stsRate  = 4.0
+		stsBurst = 4
+		nRoles   = 4
+	)
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	viaProxy := *moto // the server reaches STS through the proxy only
+	viaProxy.Endpoint = proxy.URL
+	sp := startServer(t, kube, &viaProxy,
+		"--assume-role-arn="+roleARN("podiam-server"),
+		"--role-base-arn="+roleARN(""),
+		fmt.Sprintf("--session-duration=%s", session), fmt.Sprintf("--session-refresh=%s", refresh),
+		fmt.Sprintf("--sts-rate=%g", stsRate), fmt.Sprintf("--sts-burst=%d", stsBurst))
+
+	kube.CreateNamespace(t, "faults", map[string]string{"iam.amazonaws.com/permitted": roleARN("fault-.*")})
+	var ips []string
+	roleOf := map[string]string{}
+	for i := 1; i <= nRoles; i++ {
+		ip := fmt.Sprintf("10.1.0.%d", i)
+		name := fmt.Sprintf("fault-%d", i)
+		kube.CreatePod(t, testenv.PodSpec{Namespace: "faults", Name: name,
+			Annotations: map[string]string{"iam.amazonaws.com/role": name},
+			PodIPs:      []string{ip}, HostIPs: []string{node}})
+		ips = append(ips, ip)
+		roleOf[ip] = roleARN(name)
+	}
+
+	// Every pod gets its first credentials before anything goes wrong.
+	client := credsClient(t, sp)
+	initial := map[string]agentCall{}
+	for _, ip := range ips {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c := callOnce(client, ip)
+			if c.Err == nil {
+				initial[ip] = c
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("first credentials for %s: %v", ip, c.Err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	firstExpiry, lastExpiry := initial[ips[0]].Expiry, initial[ips[0]].Expiry
+	for _, c := range initial {
+		if c.Expiry.Before(firstExpiry) {
+			firstExpiry = c.Expiry
+		}
+		if c.Expiry.After(lastExpiry) {
+			lastExpiry = c.Expiry
+		}
+	}
+	// The window opens just before the first key comes due for refresh and
+	// closes 7s before the held credentials become too short to serve
+	// (session - minServe - (session - refresh - 2s + window)).
+	start := firstExpiry.Add(-refresh - 2*time.Second)
+	end := start.Add(window)
+	if time.Until(start) < 0 {
+		t.Fatalf("first credentials took too long to fetch (expiries %s..%s): the window would have started already", firstExpiry, lastExpiry)
+	}
+	if lastExpiry.Add(-refresh).After(end.Add(-3 * time.Second)) {
+		t.Fatalf("first credentials spread too far (expiries %s..%s): the last key would not come due inside the window", firstExpiry, lastExpiry)
+	}
+
+	ag := startAgents(t, sp, 3, ips)
+	time.Sleep(time.Until(start))
+	windowStart := proxy.SetFaulting(true)
+	time.Sleep(time.Until(end))
+	windowEnd := proxy.SetFaulting(false)
+	t.Logf("fault window %s .. %s", windowStart.Format("15:04:05.000"), windowEnd.Format("15:04:05.000"))
+
+	// (d) After the window every pod gets new credentials that outlive the
+	// old ones, and they work.
+	fresh := map[string]agentCall{}
+	deadline := firstExpiry
+	for len(fresh) < len(ips) {
+		for _, ip := range ips {
+			if _, ok := fresh[ip]; ok {
+				continue
+			}
+			c := callOnce(client, ip)
+			if c.Err == nil && c.KeyID != initial[ip].KeyID && c.Expiry.After(initial[ip].Expiry) {
+				fresh[ip] = c
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no fresh credentials for every pod before the old ones expired: got %d of %d", len(fresh), len(ips))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // the agents keep asking after the recovery
+	ag.Stop()
+	c := fresh[ips[0]]
+	var token struct{ secret, session string }
+	{
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ips[0]})
+		cancel()
+		if err != nil || resp.GetCredentials().GetAccessKeyId() != c.KeyID {
+			t.Fatalf("fresh credentials not served from the cache: %v %v", resp, err)
+		}
+		token.secret, token.session = resp.GetCredentials().GetSecretAccessKey(), resp.GetCredentials().GetSessionToken()
+	}
+	arn, err := moto.CallerIdentity(context.Background(), creds.Credentials{AccessKeyID: c.KeyID, SecretAccessKey: token.secret, SessionToken: token.session})
+	if err != nil || !strings.Contains(arn, ":assumed-role/fault-1/") {
+		t.Fatalf("fresh credentials: caller identity %q %v", arn, err)
+	}
+
+	// (b) No pod holding valid credentials saw an error, ever.
+	calls := ag.Calls()
+	var inWindow int
+	for _, c := range calls {
+		if c.Err != nil {
+			t.Errorf("%s at %s: agent got an error while the pod held valid credentials: %v", c.IP, c.At.Format("15:04:05.000"), c.Err)
+			continue
+		}
+		if c.Role != roleOf[c.IP] || !c.Expiry.After(c.At) {
+			t.Errorf("%s at %s: role %s expiry %s", c.IP, c.At.Format("15:04:05.000"), c.Role, c.Expiry)
+		}
+		if c.At.After(windowStart) && c.At.Before(windowEnd) {
+			inWindow++
+		}
+	}
+	if inWindow < 10*len(ips) {
+		t.Fatalf("agents made only %d calls inside the window; the test did not exercise it", inWindow)
+	}
+
+	attempts := proxy.Attempts()
+	// (a) Retries back off: for each role the gaps between failed attempts
+	// grow, and there are far fewer of them than agent calls.
+	for _, ip := range ips {
+		var times []time.Time
+		for _, a := range attempts {
+			if a.RoleARN == roleOf[ip] && a.Fault != 0 {
+				times = append(times, a.At)
+			}
+		}
+		var asked int
+		for _, c := range calls {
+			if c.IP == ip && c.At.After(windowStart) && c.At.Before(windowEnd) {
+				asked++
+			}
+		}
+		t.Logf("%s: %d failed STS attempts for %d agent calls in the window; gaps %v", roleOf[ip], len(times), asked, gaps(times))
+		if len(times) < 3 {
+			t.Errorf("%s: only %d failed attempts: the window did not make the server retry", roleOf[ip], len(times))
+			continue
+		}
+		if len(times)*10 > asked {
+			t.Errorf("%s: %d STS attempts for %d agent calls: retries follow the callers, not a backoff", roleOf[ip], len(times), asked)
+		}
+		g := gaps(times)
+		first, second := mean(g[:len(g)/2]), mean(g[len(g)/2:])
+		if second <= first {
+			t.Errorf("%s: gaps between retries do not grow (mean %v then %v): %v", roleOf[ip], first, second, g)
+		}
+	}
+
+	// (c) STS never saw more than the configured rate: in any interval,
+	// target role calls <= burst + rate*length. The slack covers the time
+	// between the server taking a token and the proxy receiving the request.
+	var targets []time.Time
+	for _, a := range attempts {
+		if a.Action == "AssumeRole" && a.RoleARN != roleARN("podiam-server") {
+			targets = append(targets, a.At)
+		}
+	}
+	if worst, i, j := worstInterval(targets, stsRate, stsBurst, 300*time.Millisecond); worst > 0 {
+		t.Errorf("%d STS calls in %v (%s..%s): over --sts-rate=%g --sts-burst=%d", j-i+1, targets[j].Sub(targets[i]),
+			targets[i].Format("15:04:05.000"), targets[j].Format("15:04:05.000"), stsRate, stsBurst)
+	}
+
+	// Every attempt STS saw is in the server's metrics: nothing retries
+	// behind the cache's back.
+	var assumeRoles int
+	for _, a := range attempts {
+		if a.Action == "AssumeRole" {
+			assumeRoles++
+		}
+	}
+	counted := metric(t, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"})
+	if int(counted) != assumeRoles {
+		t.Errorf("server counted %v AssumeRole calls, STS saw %d", counted, assumeRoles)
+	}
+	if n := metric(t, sp, "podiam_credcache_requests_total", map[string]string{"result": "stale"}); n == 0 {
+		t.Errorf("no request was served held credentials during the window")
+	}
+}
+
+func gaps(ts []time.Time) []time.Duration {
+	var out []time.Duration
+	for i := 1; i < len(ts); i++ {
+		out = append(out, ts[i].Sub(ts[i-1]).Round(time.Millisecond))
+	}
+	return out
+}
+
+func mean(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range ds {
+		sum += d
+	}
+	return sum / time.Duration(len(ds))
+}
+
+// worstInterval checks a token bucket's promise on arrival times: in any
+// interval [ts[i], ts[j]] at most burst + rate*(length+slack) events. It
+// returns how far the worst interval is over (0: none is) and its ends.
+func worstInterval(ts []time.Time, rate float64, burst int, slack time.Duration) (over float64, wi, wj int) {
+	sort.Slice(ts, func(a, b int) bool { return ts[a].Before(ts[b]) })
+	for i := range ts {
+		for j := i; j < len(ts); j++ {
+			allowed := float64(burst) + rate*(ts[j].Sub(ts[i])+slack).Seconds()
+			if n := float64(j - i + 1); n-allowed > over {
+				over, wi, wj = n-allowed, i, j
+			}
+		}
+	}
+	return over, wi, wj
+}
