@@ -9,7 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/rpcstatus"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -332,4 +336,162 @@ func worstInterval(ts []time.Time, rate float64, burst int, slack time.Duration)
 		}
 	}
 	return over, wi, wj
+}
+
+// TestFaultAPIServerRestart kills kube-apiserver under a serving server and
+// keeps it down longer than a watch likes, then cuts the server alone off
+// from the API server while kubelets could still reach it. Each time a pod
+// is deleted and its address goes to a pod with another role, while agents
+// keep asking: no answer may carry a deleted pod's role, and every refusal
+// must be a clean Unavailable (agents keep serving what they hold then).
+func TestFaultAPIServerRestart(t *testing.T) {
+	t.Parallel()
+	const down = 8 * time.Second
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	cut := startNetCut(t, strings.TrimPrefix(kube.URL, "https://"))
+	sp := startServer(t, kube, moto,
+		"--kubeconfig="+kubeconfigVia(t, kube.KubeconfigPath, kube.URL, cut.Addr),
+		"--assume-role-arn="+roleARN("podiam-server"),
+		"--role-base-arn="+roleARN(""),
+		"--session-duration=15m", "--session-refresh=5m")
+	kube.CreateNamespace(t, "restart", map[string]string{"iam.amazonaws.com/permitted": roleARN("restart-.*")})
+	const stayIP, reusedIP = "10.2.0.1", "10.2.0.2"
+	pod := func(name, ip string) {
+		t.Helper()
+		kube.CreatePod(t, testenv.PodSpec{Namespace: "restart", Name: name,
+			Annotations: map[string]string{"iam.amazonaws.com/role": "restart-" + name},
+			PodIPs:      []string{ip}, HostIPs: []string{node}})
+	}
+	// retired[role] is when the pod with that role was deleted: no answer
+	// asked for after it may carry the role.
+	retired := map[string]time.Time{}
+	replace := func(old, successor string) {
+		t.Helper()
+		kube.DeletePod(t, "restart", old, 0)
+		retired[roleARN("restart-"+old)] = time.Now()
+		pod(successor, reusedIP)
+	}
+	client := credsClient(t, sp)
+	waitRole := func(ip, want string) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			c := callOnce(client, ip)
+			if c.Err == nil && c.Role == roleARN(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: last answer %+v, want role %s", ip, c, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	pod("stay", stayIP)
+	pod("old", reusedIP)
+	waitRole(stayIP, "restart-stay")
+	waitRole(reusedIP, "restart-old")
+	ag := startAgents(t, sp, 2, []string{stayIP, reusedIP})
+	time.Sleep(time.Second)
+
+	// Phase 1: kube-apiserver dies and comes back; the address goes to a
+	// new pod as soon as it is back, before the informer has noticed.
+	kube.StopAPIServer(t)
+	stopped := time.Now()
+	time.Sleep(down)
+	kube.StartAPIServer(t)
+	back := time.Now()
+	replace("old", "new")
+	waitRole(reusedIP, "restart-new")
+	pod("late", "10.2.0.3")
+	waitRole("10.2.0.3", "restart-late")
+
+	// The informer recovers by itself and then serves pods made after
+	// that from its own watch, without asking the API server.
+	deadline := time.Now().Add(90 * time.Second)
+	for metric(t, sp, "podiam_server_pod_watch_current", nil) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pod watch not current 90s after the API server came back")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	recovered := time.Now()
+	liveBefore := metric(t, sp, "podiam_server_pod_lookups_live_total", nil)
+	pod("after", "10.2.0.4")
+	waitRole("10.2.0.4", "restart-after")
+	if n := metric(t, sp, "podiam_server_pod_lookups_live_total", nil); n != liveBefore {
+		t.Errorf("a pod created after the watch recovered needed %v live lookups", n-liveBefore)
+	}
+	t.Logf("phase 1: kube-apiserver down %s..%s, pod watch current again at %s",
+		stopped.Format("15:04:05.000"), back.Format("15:04:05.000"), recovered.Format("15:04:05.000"))
+
+	// Phase 2: the server alone loses the API server, and the address is
+	// reused behind its back. The index cannot know; it must not answer.
+	cut.Cut()
+	cutAt := time.Now()
+	replace("new", "newer")
+	time.Sleep(5 * time.Second)
+	cut.Restore(t)
+	restored := time.Now()
+	waitRole(reusedIP, "restart-newer")
+	t.Logf("phase 2: server cut off %s..%s, new pod served at %s (pod watch current: %v)",
+		cutAt.Format("15:04:05.000"), restored.Format("15:04:05.000"), time.Now().Format("15:04:05.000"),
+		metric(t, sp, "podiam_server_pod_watch_current", nil) == 1)
+	time.Sleep(500 * time.Millisecond)
+	ag.Stop()
+
+	// Every answer is right for its time, or a clean refusal.
+	var served, unavailable, unknown int
+	wrong := map[string][]agentCall{}
+	for _, c := range ag.Calls() {
+		switch {
+		case c.Err != nil && status.Code(c.Err) == codes.Unavailable:
+			unavailable++
+		case c.Err != nil && c.IP == reusedIP && rpcstatus.Reason(c.Err) == pb.Reason_REASON_POD_UNKNOWN:
+			unknown++ // between a deletion and its successor's creation
+		case c.Err != nil:
+			wrong["an error other than Unavailable"] = append(wrong["an error other than Unavailable"], c)
+		case c.IP == stayIP && c.Role != roleARN("restart-stay"):
+			wrong["another role for the pod that stayed"] = append(wrong["another role for the pod that stayed"], c)
+		case c.IP == reusedIP && !retired[c.Role].IsZero() && c.At.After(retired[c.Role]):
+			wrong["a deleted pod's role on its reused address"] = append(wrong["a deleted pod's role on its reused address"], c)
+		default:
+			served++
+		}
+	}
+	for what, calls := range wrong {
+		t.Errorf("%d answers gave %s, from %s to %s; first: %s %s %v", len(calls), what,
+			calls[0].At.Format("15:04:05.000"), calls[len(calls)-1].At.Format("15:04:05.000"), calls[0].IP, calls[0].Role, calls[0].Err)
+	}
+	t.Logf("agent calls: %d served, %d unavailable, %d pod unknown", served, unavailable, unknown)
+	if unavailable == 0 {
+		t.Errorf("no request was refused while the server could not reach the API server")
+	}
+
+	// The outages and the recoveries are visible.
+	logs := sp.Logs()
+	for msg, min := range map[string]int{`"msg":"pod watch failing`: 2, `"msg":"pod watch restored"`: 1} {
+		if n := strings.Count(logs, msg); n < min {
+			t.Errorf("server logs have %s %d times, want at least %d", msg, n, min)
+		}
+	}
+	if n := metric(t, sp, "podiam_server_pod_watch_errors_total", nil); n == 0 {
+		t.Errorf("podiam_server_pod_watch_errors_total = 0")
+	}
+	if n := metric(t, sp, "podiam_server_pod_lookups_live_total", map[string]string{"result": "failed"}); n == 0 {
+		t.Errorf("no lookup was refused for want of the API server")
+	}
+	if n := metric(t, sp, "podiam_server_credential_requests_total", map[string]string{"result": "pod_index_stale"}); n == 0 {
+		t.Errorf("no credential request was counted as pod_index_stale")
+	}
+	corrected := 0
+	for _, line := range strings.Split(logs, "\n") {
+		switch {
+		case strings.Contains(line, `"msg":"pod index is behind`):
+			corrected++
+		case strings.Contains(line, `"component":"podwatch"`) && !strings.Contains(line, `"level":"DEBUG"`):
+			t.Log(line)
+		}
+	}
+	t.Logf("%d answers came from the API server because the index was behind", corrected)
 }
