@@ -476,7 +476,7 @@ func (c *Cache) fetch(parent context.Context, key creds.Key, kind fetchKind, cl 
 	// The entry changes first, so that from here on Gets see the new
 	// credentials, the denial or the backoff instead of joining this call.
 	var failures int
-	var retryIn time.Duration
+	var retryAt time.Time
 	c.mu.Lock()
 	switch {
 	case err == nil:
@@ -484,13 +484,13 @@ func (c *Cache) fetch(parent context.Context, key creds.Key, kind fetchKind, cl 
 	case errors.Is(err, creds.ErrDenied):
 		c.storeLocked(key, &entry{denied: err, deniedUntil: c.cfg.Now().Add(c.cfg.DeniedTTL)})
 	default:
-		failures, retryIn = c.failedLocked(key, err)
+		failures, retryAt = c.failedLocked(key, err)
 	}
 	c.mu.Unlock()
 
 	// Accounted before done is closed, so whoever waited on the call sees
 	// the metrics and the log line already written.
-	c.account(key, kind, err, failures, retryIn)
+	c.account(key, kind, err, failures, retryAt)
 
 	c.mu.Lock()
 	delete(c.inflight, key)
@@ -502,7 +502,7 @@ func (c *Cache) fetch(parent context.Context, key creds.Key, kind fetchKind, cl 
 // failedLocked records a fetch that failed with ErrUnavailable and starts
 // the key's backoff. Held credentials stay: they are still the best answer
 // while they last.
-func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryIn time.Duration) {
+func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryAt time.Time) {
 	e, ok := c.lru.Peek(key)
 	if !ok {
 		e = &entry{}
@@ -511,12 +511,13 @@ func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryIn ti
 	e.denied, e.deniedUntil = nil, time.Time{}
 	e.failures++
 	e.lastErr = err
-	retryIn = backoff(e.failures, c.cfg.RetryBackoff, c.cfg.MaxRetryBackoff, c.cfg.Rand())
-	e.retryAt = c.cfg.Now().Add(retryIn)
-	return e.failures, retryIn
+	e.retryAt = c.cfg.Now().Add(backoff(e.failures, c.cfg.RetryBackoff, c.cfg.MaxRetryBackoff, c.cfg.Rand()))
+	return e.failures, e.retryAt
 }
 
-func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, retryIn time.Duration) {
+// account counts a finished fetch and logs a failure with its backoff: no
+// call for the key goes to STS before retry_at.
+func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, retryAt time.Time) {
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -532,10 +533,10 @@ func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, 
 		// Denials are logged where they are answered, with the pod.
 	case kind == kindPrefetch:
 		c.log.Info("credential prefetch failed", "role_arn", key.RoleARN, "error", err,
-			"failures", failures, "retry_in", retryIn)
+			"failures", failures, "retry_at", retryAt)
 	default:
 		c.log.Warn("credential fetch failed", "role_arn", key.RoleARN, "refresh", kind == kindRefresh,
-			"error", err, "failures", failures, "retry_in", retryIn)
+			"error", err, "failures", failures, "retry_at", retryAt)
 	}
 }
 

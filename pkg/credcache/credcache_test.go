@@ -497,8 +497,9 @@ func TestRefreshFailureKeepsCredentialsAndLogs(t *testing.T) {
 		t.Fatalf("refreshes error = %v, want 1", got)
 	}
 	logs := h.logs.String()
-	if !strings.Contains(logs, "role_arn="+k.RoleARN) || !strings.Contains(logs, "throttled") {
-		t.Fatalf("refresh failure log lacks role_arn or error: %q", logs)
+	if !strings.Contains(logs, "role_arn="+k.RoleARN) || !strings.Contains(logs, "throttled") ||
+		!strings.Contains(logs, "failures=1") || !strings.Contains(logs, "retry_at=2025-06-01T12:25:") {
+		t.Fatalf("refresh failure log lacks role_arn, error, failures or retry_at: %q", logs)
 	}
 	if strings.Contains(logs, "secret-0001") || strings.Contains(logs, "token-0001") {
 		t.Fatalf("log leaked a secret: %q", logs)

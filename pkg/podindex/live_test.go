@@ -29,12 +29,19 @@ type fakeLive struct {
 	err    error
 	getErr error
 	calls  int
+	// hangAfter > 0: calls after that many hang until their ctx ends.
+	hangAfter int
 }
 
 func (f *fakeLive) ByIP(ctx context.Context, ip string) ([]*corev1.Pod, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.calls++
+	if f.hangAfter > 0 && f.calls > f.hangAfter {
+		f.mu.Unlock()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	defer f.mu.Unlock()
 	if f.err != nil {
 		return nil, f.err
 	}
@@ -46,6 +53,9 @@ func (f *fakeLive) ByIP(ctx context.Context, ip string) ([]*corev1.Pod, error) {
 	}
 	return out, nil
 }
+
+func (f *fakeLive) add(p *corev1.Pod) { f.mu.Lock(); f.pods = append(f.pods, p); f.mu.Unlock() }
+func (f *fakeLive) count() int        { f.mu.Lock(); defer f.mu.Unlock(); return f.calls }
 
 func (f *fakeLive) Get(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
 	f.mu.Lock()
@@ -125,8 +135,12 @@ func TestLookupLive(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			// A stale index does not wait for events that cannot come.
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// Only "no pod" waits (for a pod about to get the address).
+			wait := 5 * time.Second
+			if errors.Is(tc.wantErr, ErrNotFound) {
+				wait = 300 * time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
 			defer cancel()
 			start := time.Now()
 			pod, err := idx.Lookup(ctx, ip)
@@ -147,13 +161,54 @@ func TestLookupLive(t *testing.T) {
 			if pod != nil && (len(pod.ManagedFields) != 0 || len(pod.Spec.Containers) != 0 || len(pod.Annotations) > 1) {
 				t.Fatalf("live pod not slimmed: %+v", pod)
 			}
-			if got := testutil.ToFloat64(idx.liveLookups.WithLabelValues(tc.wantStat)); got != 1 {
+			got := testutil.ToFloat64(idx.liveLookups.WithLabelValues(tc.wantStat))
+			if errors.Is(tc.wantErr, ErrNotFound) {
+				// Asked again every livePoll during the wait.
+				if got < 2 {
+					t.Fatalf("live lookups %s = %v while waiting %v, want several", tc.wantStat, got, wait)
+				}
+			} else if got != 1 {
 				t.Fatalf("live lookups %s = %v, want 1", tc.wantStat, got)
 			}
 			if tc.wantStat == liveCorrected && !strings.Contains(logs.String(), "pod index is behind") {
 				t.Fatalf("correction not logged: %q", logs)
 			}
 		})
+	}
+}
+
+// The pod-start race while the watch is down: the pod gets its address
+// during the wait, and no event will tell.
+func TestLookupLiveWaitsForPod(t *testing.T) {
+	live := &fakeLive{}
+	idx := newLiveIndex(t, live, func() bool { return false }, &bytes.Buffer{})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		live.add(mkPod("starting", ips("10.0.0.7")))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	pod, err := idx.Lookup(ctx, "10.0.0.7")
+	if err != nil || pod.Name != "starting" {
+		t.Fatalf("got %v %v, want the pod that got the address during the wait", pod, err)
+	}
+	if n := live.count(); n < 2 {
+		t.Fatalf("%d live calls, want a first one and another after the pod appeared", n)
+	}
+}
+
+// A wait that runs out while the API server is being asked keeps the
+// answer it had: no pod, not "unknown".
+func TestLookupLiveWaitEndsDuringRead(t *testing.T) {
+	live := &fakeLive{hangAfter: 1}
+	idx := newLiveIndex(t, live, func() bool { return false }, &bytes.Buffer{})
+	ctx, cancel := context.WithTimeout(context.Background(), livePoll+100*time.Millisecond)
+	defer cancel()
+	if _, err := idx.Lookup(ctx, "10.0.0.8"); !errors.Is(err, ErrNotFound) || errors.Is(err, ErrStale) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
+	}
+	if n := live.count(); n != 2 {
+		t.Fatalf("%d live calls, want 2 (the second cut by the wait)", n)
 	}
 }
 

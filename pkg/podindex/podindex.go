@@ -134,31 +134,51 @@ func New(informer cache.SharedIndexInformer, cfg Config, reg prometheus.Register
 // HasSynced reports whether the informer has delivered its initial list.
 func (i *Index) HasSynced() bool { return i.informer.HasSynced() }
 
+// livePoll is how often a lookup waiting for an unknown address asks the
+// API server again while the informer is not current: its events, which
+// wake a waiting lookup at once, may not be coming.
+const livePoll = 200 * time.Millisecond
+
 // Lookup returns the pod that holds ip, waiting for informer events until
 // ctx is done if no live pod holds it yet. A conflict is returned at once:
 // waiting would not make the answer less ambiguous. While the informer is
-// not current the API server answers, without waiting, and ErrStale means
-// it could not.
+// not current the API server answers (asked again on events and every
+// livePoll), and ErrStale means it did not.
 func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return nil, fmt.Errorf("parse address %q: %w", ip, err)
 	}
 	ip = addr.Unmap().String()
-	if i.current != nil && !i.current() {
-		return i.lookupLive(ctx, ip)
-	}
+	var notFound error // the last answer, if it was "no pod"
 	for {
 		// Register before looking so that an event arriving between the
 		// look and the wait is not missed.
 		ch := i.register(ip)
-		pod, err := i.Resolve(ip)
+		stale := i.current != nil && !i.current()
+		var pod *corev1.Pod
+		if stale {
+			pod, err = i.lookupLive(ctx, ip)
+			if errors.Is(err, ErrStale) && ctx.Err() != nil && notFound != nil {
+				// The wait ran out during a read; the last answer stands.
+				err = notFound
+			}
+		} else {
+			pod, err = i.Resolve(ip)
+		}
 		if !errors.Is(err, ErrNotFound) {
 			i.unregister(ip, ch)
 			return pod, err
 		}
+		notFound = err
+		var poll <-chan time.Time
+		if stale {
+			poll = time.After(livePoll)
+		}
 		select {
 		case <-ch:
+		case <-poll:
+			i.unregister(ip, ch)
 		case <-ctx.Done():
 			i.unregister(ip, ch)
 			return nil, fmt.Errorf("%w (waited: %w)", ErrNotFound, context.Cause(ctx))

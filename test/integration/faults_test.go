@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -242,12 +243,16 @@ func TestFaultSTSOutage(t *testing.T) {
 	}
 
 	attempts := proxy.Attempts()
-	// (a) Retries back off: for each role the gaps between failed attempts
-	// grow, and there are far fewer of them than agent calls.
+	failures := fetchFailures(t, sp.Logs())
+	// (a) Retries back off. For each role: far fewer STS attempts than
+	// agent calls; every failure announces when the role is retried, no
+	// attempt comes before that, and the announced backoff grows. The rate
+	// limit may only add delay, so these hold however it binds.
 	for _, ip := range ips {
+		role := roleOf[ip]
 		var times []time.Time
 		for _, a := range attempts {
-			if a.RoleARN == roleOf[ip] && a.Fault != 0 {
+			if a.RoleARN == role && a.Fault != 0 {
 				times = append(times, a.At)
 			}
 		}
@@ -257,18 +262,38 @@ func TestFaultSTSOutage(t *testing.T) {
 				asked++
 			}
 		}
-		t.Logf("%s: %d failed STS attempts for %d agent calls in the window; gaps %v", roleOf[ip], len(times), asked, gaps(times))
-		if len(times) < 3 {
-			t.Errorf("%s: only %d failed attempts: the window did not make the server retry", roleOf[ip], len(times))
+		fs := failures[role]
+		t.Logf("%s: %d failed STS attempts for %d agent calls in the window; gaps %v; announced backoffs %v",
+			role, len(times), asked, gaps(times), backoffs(fs))
+		if len(times) < 4 || len(fs) != len(times) {
+			t.Errorf("%s: %d failed attempts, %d failures logged: want at least 4, one log line each", role, len(times), len(fs))
 			continue
 		}
 		if len(times)*10 > asked {
-			t.Errorf("%s: %d STS attempts for %d agent calls: retries follow the callers, not a backoff", roleOf[ip], len(times), asked)
+			t.Errorf("%s: %d STS attempts for %d agent calls: retries follow the callers, not a backoff", role, len(times), asked)
 		}
-		g := gaps(times)
-		first, second := mean(g[:len(g)/2]), mean(g[len(g)/2:])
-		if second <= first {
-			t.Errorf("%s: gaps between retries do not grow (mean %v then %v): %v", roleOf[ip], first, second, g)
+		for k, f := range fs {
+			if f.Failures != k+1 {
+				t.Errorf("%s: failure %d logged as failures=%d", role, k+1, f.Failures)
+			}
+			var next time.Time
+			for _, a := range attempts {
+				if a.RoleARN == role && a.At.After(f.Time) {
+					next = a.At
+					break
+				}
+			}
+			if next.IsZero() || next.Before(f.RetryAt.Add(-5*time.Millisecond)) {
+				t.Errorf("%s: failure %d announced a retry at %s, next attempt at %s", role, k+1,
+					f.RetryAt.Format("15:04:05.000"), next.Format("15:04:05.000"))
+			}
+		}
+		// The backoff doubles from RetryBackoff up to MaxRetryBackoff, at
+		// least 8 times as much, each drawn from [b/2, b]: by the 4th
+		// failure it is at least 4 times the first.
+		b := backoffs(fs)
+		if last := b[len(b)-1]; last < 4*b[0] {
+			t.Errorf("%s: backoff %v after %d failures, first %v: it does not grow", role, last, len(b), b[0])
 		}
 	}
 
@@ -303,23 +328,48 @@ func TestFaultSTSOutage(t *testing.T) {
 	}
 }
 
+// fetchFailure is one "credential fetch failed" (or prefetch) log line.
+type fetchFailure struct {
+	Time     time.Time `json:"time"`
+	Msg      string    `json:"msg"`
+	RoleARN  string    `json:"role_arn"`
+	Failures int       `json:"failures"`
+	RetryAt  time.Time `json:"retry_at"`
+}
+
+// fetchFailures returns the server's logged fetch failures by role, in
+// order.
+func fetchFailures(t *testing.T, logs string) map[string][]fetchFailure {
+	t.Helper()
+	out := map[string][]fetchFailure{}
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, `"msg":"credential fetch failed"`) && !strings.Contains(line, `"msg":"credential prefetch failed"`) {
+			continue
+		}
+		var f fetchFailure
+		if err := json.Unmarshal([]byte(line), &f); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		out[f.RoleARN] = append(out[f.RoleARN], f)
+	}
+	return out
+}
+
+// backoffs are the waits the failures announced.
+func backoffs(fs []fetchFailure) []time.Duration {
+	out := make([]time.Duration, len(fs))
+	for i, f := range fs {
+		out[i] = f.RetryAt.Sub(f.Time).Round(time.Millisecond)
+	}
+	return out
+}
+
 func gaps(ts []time.Time) []time.Duration {
 	var out []time.Duration
 	for i := 1; i < len(ts); i++ {
 		out = append(out, ts[i].Sub(ts[i-1]).Round(time.Millisecond))
 	}
 	return out
-}
-
-func mean(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	var sum time.Duration
-	for _, d := range ds {
-		sum += d
-	}
-	return sum / time.Duration(len(ds))
 }
 
 // worstInterval checks a token bucket's promise on arrival times: in any
