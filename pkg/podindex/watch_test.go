@@ -2,6 +2,7 @@ package podindex
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
@@ -15,20 +16,10 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
+	testingclock "k8s.io/utils/clock/testing"
 )
-
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // fakeLW answers List and Watch with the next queued error, or success;
 // each successful Watch hands out a fake watch the test drives.
@@ -73,6 +64,8 @@ func (f *fakeLW) Watch(metav1.ListOptions) (watch.Interface, error) {
 	return w, nil
 }
 
+// syncBuffer collects log output; the tracker logs from watch goroutines
+// while the test reads.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -85,19 +78,18 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
+// eventually waits for cond, which a watch's forwarding goroutine sets.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
+	err := wait.PollUntilContextTimeout(t.Context(), time.Millisecond, 5*time.Second, true,
+		func(context.Context) (bool, error) { return cond(), nil })
+	if err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
 func TestWatchTracker(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := testingclock.NewFakeClock(t0)
 	logs := &syncBuffer{}
 	reg := prometheus.NewRegistry()
 	w, err := NewWatchTracker(WatchConfig{Settle: 2 * time.Second, Now: clk.Now}, reg,
@@ -135,7 +127,7 @@ func TestWatchTracker(t *testing.T) {
 	if w.Current() {
 		t.Fatal("current right after the watch opened: it may still replay what it missed")
 	}
-	clk.Add(2 * time.Second)
+	clk.Step(2 * time.Second)
 	if !w.Current() || gauge() != 1 {
 		t.Fatalf("not current after the settle time (gauge %v)", gauge())
 	}
@@ -175,7 +167,7 @@ func TestWatchTracker(t *testing.T) {
 
 	// An empty watch, what client-go returns when its call met EOF (a
 	// load balancer with no API server behind it), is another failure.
-	clk.Add(5 * time.Second)
+	clk.Step(5 * time.Second)
 	empty, err := lw.Watch(metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -196,7 +188,7 @@ func TestWatchTracker(t *testing.T) {
 	if w.Current() || strings.Contains(logs.String(), "pod watch restored") {
 		t.Fatal("restored as soon as a watch call returned")
 	}
-	clk.Add(2 * time.Second)
+	clk.Step(2 * time.Second)
 	if !w.Current() {
 		t.Fatal("not current after the watch came back and settled")
 	}
@@ -249,7 +241,7 @@ func TestWatchTracker(t *testing.T) {
 
 // A watch call that hangs reports nothing; the gap is noticed anyway.
 func TestWatchTrackerNoticesGap(t *testing.T) {
-	clk := &fakeClock{t: t0}
+	clk := testingclock.NewFakeClock(t0)
 	logs := &syncBuffer{}
 	w, err := NewWatchTracker(WatchConfig{Settle: 2 * time.Second, Now: clk.Now}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
@@ -261,7 +253,7 @@ func TestWatchTrackerNoticesGap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(time.Minute)
+	clk.Step(time.Minute)
 	if !w.Current() {
 		t.Fatal("not current")
 	}
@@ -270,15 +262,15 @@ func TestWatchTrackerNoticesGap(t *testing.T) {
 	inner.watches[0].Stop() // the API server went away; the next call hangs
 	<-first.ResultChan()
 	eventually(t, "watch to close", func() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.open == 0 })
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	if w.Current() || strings.Contains(logs.String(), "pod watch failing") {
 		t.Fatalf("a gap shorter than the settle time is a normal watch restart:\n%s", logs)
 	}
-	clk.Add(time.Second)
+	clk.Step(time.Second)
 	if w.Current() || !strings.Contains(logs.String(), "pod watch failing") || !strings.Contains(logs.String(), "no watch open") {
 		t.Fatalf("a gap of the settle time was not noticed:\n%s", logs)
 	}
-	clk.Add(10 * time.Second)
+	clk.Step(10 * time.Second)
 	w.Current()
 	if n := strings.Count(logs.String(), "pod watch failing"); n != 1 || testutil.ToFloat64(w.errors) != 1 {
 		t.Fatalf("one gap counted %d times (%v errors):\n%s", n, testutil.ToFloat64(w.errors), logs)
@@ -286,7 +278,7 @@ func TestWatchTrackerNoticesGap(t *testing.T) {
 	if _, err := lw.Watch(metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	clk.Add(2 * time.Second)
+	clk.Step(2 * time.Second)
 	if !w.Current() || !strings.Contains(logs.String(), "failing_for=14s") {
 		t.Fatalf("restore line lacks the whole gap:\n%s", logs)
 	}
