@@ -515,8 +515,8 @@ func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryAt ti
 	return e.failures, e.retryAt
 }
 
-// account counts a finished fetch and logs a failure with its backoff: no
-// call for the key goes to STS before retry_at.
+// account counts a finished fetch and logs a failure; one a retry may fix
+// comes with its backoff: no call for the key goes to STS before retry_at.
 func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, retryAt time.Time) {
 	result := "ok"
 	if err != nil {
@@ -528,15 +528,22 @@ func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, 
 	case kindPrefetch:
 		c.m.prefetches.WithLabelValues(result).Inc()
 	}
+	if err == nil {
+		return
+	}
+	args := []any{"role_arn", key.RoleARN, "error", err}
+	if failures > 0 {
+		args = append(args, "failures", failures, "retry_at", retryAt)
+	}
 	switch {
-	case err == nil || errors.Is(err, creds.ErrDenied):
-		// Denials are logged where they are answered, with the pod.
+	case kind == kindRefresh:
+		c.log.Warn("credential refresh failed", args...)
 	case kind == kindPrefetch:
-		c.log.Info("credential prefetch failed", "role_arn", key.RoleARN, "error", err,
-			"failures", failures, "retry_at", retryAt)
-	default:
-		c.log.Warn("credential fetch failed", "role_arn", key.RoleARN, "refresh", kind == kindRefresh,
-			"error", err, "failures", failures, "retry_at", retryAt)
+		c.log.Info("credential prefetch failed", args...)
+	case failures > 0:
+		// A denial for a pod's request is logged where it is answered,
+		// with the pod.
+		c.log.Warn("credential fetch failed", args...)
 	}
 }
 

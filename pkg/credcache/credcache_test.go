@@ -569,6 +569,10 @@ func TestDeniedOnRefreshDropsCredentials(t *testing.T) {
 	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrDenied) {
 		t.Fatalf("err = %v, want cached ErrDenied", err)
 	}
+	// No pod asked, so nobody else logs a denial found by a refresh.
+	if logs := h.logs.String(); !strings.Contains(logs, "credential refresh failed") || !strings.Contains(logs, "AccessDenied") {
+		t.Fatalf("refresh denial not logged: %q", logs)
+	}
 	h.clock.Add(time.Minute) // denial expired; STS now unavailable
 	h.sts.setErr(creds.ErrUnavailable)
 	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrUnavailable) {

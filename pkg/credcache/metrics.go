@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}, []string{"result"}),
 		entries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "podiam_credcache_entries",
-			Help: "Keys held by the credential cache, remembered denials included.",
+			Help: "Keys held by the credential cache, remembered denials and failures included.",
 		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podiam_credcache_evictions_total",

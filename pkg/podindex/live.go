@@ -138,13 +138,16 @@ func (i *Index) addIndexed(ctx context.Context, ip string, listed []*corev1.Pod)
 	return listed, nil
 }
 
+// sameAnswer reports whether two lookups name the same pod (or fail alike).
+// A newer version of the same pod is the same answer: the index being a
+// little behind on a pod's status is normal and not worth a log line.
 func sameAnswer(a *corev1.Pod, aErr error, b *corev1.Pod, bErr error) bool {
 	switch {
 	case aErr != nil || bErr != nil:
 		return errors.Is(aErr, ErrNotFound) && errors.Is(bErr, ErrNotFound) ||
 			errors.Is(aErr, ErrConflict) && errors.Is(bErr, ErrConflict)
 	default:
-		return a.UID == b.UID && a.ResourceVersion == b.ResourceVersion
+		return a.UID == b.UID
 	}
 }
 

@@ -96,11 +96,15 @@ func TestLookupLive(t *testing.T) {
 		getErr   error
 		want     string // pod name; "" for an error
 		wantUID  string // if set, the answer's UID
+		wantRV   string // if set, the answer's resourceVersion
 		wantErr  error
 		wantStat string // metric result
 	}{
 		{name: "api server agrees", indexed: []*corev1.Pod{old}, live: []*corev1.Pod{old},
 			want: "old", wantStat: liveConfirmed},
+		{name: "newer version of the same pod is the same answer, and served",
+			indexed: []*corev1.Pod{old}, live: []*corev1.Pod{mkPod("old", ips(ip), withRV("7"))},
+			want: "old", wantRV: "7", wantStat: liveConfirmed},
 		{name: "old pod deleted, address reused by a pod with another role",
 			indexed: []*corev1.Pod{old}, live: []*corev1.Pod{mkPod("new", ips(ip))},
 			want: "new", wantStat: liveCorrected},
@@ -156,6 +160,8 @@ func TestLookupLive(t *testing.T) {
 				t.Fatalf("got %v %v, want pod %s", pod, err, tc.want)
 			case tc.wantUID != "" && string(pod.UID) != tc.wantUID:
 				t.Fatalf("uid %s, want the live pod's %s", pod.UID, tc.wantUID)
+			case tc.wantRV != "" && pod.ResourceVersion != tc.wantRV:
+				t.Fatalf("resourceVersion %s, want the live pod's %s", pod.ResourceVersion, tc.wantRV)
 			}
 			// Live pods are slimmed like informer pods: callers see one shape.
 			if pod != nil && (len(pod.ManagedFields) != 0 || len(pod.Spec.Containers) != 0 || len(pod.Annotations) > 1) {

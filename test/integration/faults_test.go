@@ -328,7 +328,7 @@ func TestFaultSTSOutage(t *testing.T) {
 	}
 }
 
-// fetchFailure is one "credential fetch failed" (or prefetch) log line.
+// fetchFailure is one "credential fetch/refresh/prefetch failed" log line.
 type fetchFailure struct {
 	Time     time.Time `json:"time"`
 	Msg      string    `json:"msg"`
@@ -343,7 +343,8 @@ func fetchFailures(t *testing.T, logs string) map[string][]fetchFailure {
 	t.Helper()
 	out := map[string][]fetchFailure{}
 	for _, line := range strings.Split(logs, "\n") {
-		if !strings.Contains(line, `"msg":"credential fetch failed"`) && !strings.Contains(line, `"msg":"credential prefetch failed"`) {
+		if !strings.Contains(line, `"msg":"credential fetch failed"`) && !strings.Contains(line, `"msg":"credential refresh failed"`) &&
+			!strings.Contains(line, `"msg":"credential prefetch failed"`) {
 			continue
 		}
 		var f fetchFailure
