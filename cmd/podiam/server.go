@@ -13,6 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -182,6 +185,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		BaseRoleARN:     cfg.AssumeRoleARN,
 		BaseSessionName: role.SessionName("", cfg.Session),
 		SessionDuration: cfg.SessionDuration,
+		// One attempt per target call: the credential cache retries, with
+		// backoff per role and under --sts-rate, so every attempt is metered.
+		AssumeMaxAttempts: 1,
 	}, reg, log.With("component", "sts"))
 	if err != nil {
 		return fmt.Errorf("sts client: %w", err)
@@ -205,8 +211,20 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	// Live pod reads, while the pod watch is down, get their own client so
+	// they neither wait behind nor starve the informers' client-side limit.
+	liveCfg := rest.CopyConfig(restCfg)
+	liveCfg.QPS, liveCfg.Burst = livePodQPS, 2*livePodQPS
+	liveClient, err := kubernetes.NewForConfig(liveCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	podWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{}, reg, log.With("component", "podwatch"))
+	if err != nil {
+		return err
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, cfg.Sync, informers.WithTransform(podindex.Transform))
-	podInformer := factory.Core().V1().Pods().Informer()
+	podInformer := factory.InformerFor(&corev1.Pod{}, trackedPodInformer(podWatch))
 	nsInformer := factory.Core().V1().Namespaces().Informer()
 	namespaces := factory.Core().V1().Namespaces().Lister()
 	registerInformerMetrics(reg, podInformer, nsInformer)
@@ -217,7 +235,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	}
 	pods, err := podindex.New(podInformer, podindex.Config{
 		ExtraIndexers: cache.Indexers{server.IndexCredKey: server.CredKeyIndexFunc(resolver, cfg.Session)},
-	})
+		Current:       podWatch.Current,
+		Live:          podindex.APIPods{Client: liveClient.CoreV1()},
+	}, reg, log.With("component", "podindex"))
 	if err != nil {
 		return err
 	}
@@ -311,6 +331,33 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		return <-errc
 	case err := <-errc:
 		return err
+	}
+}
+
+// livePodQPS bounds the server's live pod reads. They happen only while the
+// pod watch is down, one or two per credential request; beyond this rate
+// requests are answered Unavailable rather than from a stale index.
+const livePodQPS = 50
+
+// trackedPodInformer builds the pod informer as the factory would, on a
+// ListerWatcher the tracker observes, so the index knows when its watch is
+// down.
+func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		pods := c.CoreV1().Pods(metav1.NamespaceAll)
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return pods.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return pods.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(t.Wrap(lw), &corev1.Pod{}, cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: "pods",
+		})
 	}
 }
 

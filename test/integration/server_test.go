@@ -35,6 +35,7 @@ func roleARN(name string) string { return "arn:aws:iam::" + account + ":role/" +
 // TestServer exercises the request path end to end against real parts:
 // identity from the API server, policy, node binding, STS through moto.
 func TestServer(t *testing.T) {
+	t.Parallel() // its own kube-apiserver, moto and server, like the fault tests
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
 	sp := startServer(t, kube, moto,
