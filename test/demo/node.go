@@ -167,7 +167,7 @@ func (n *node) demo() {
 	done = n.p.step("starting moto as STS")
 	n.moto = testenv.StartMoto(r, testenv.MotoOptions{Addr: nodeIP})
 	n.pki = testenv.NewPKI(r, filepath.Join(r.TempDir(), "pki"), nodeIP)
-	n.podEnv = n.makePodEnv()
+	n.podEnv = testenv.PodEnv(n.r, n.moto.Endpoint, "PODIAM_DEMO_")
 	done()
 
 	done = n.p.step("starting podiam server")

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/podiam/podiam/test/testenv"
 )
 
 // proc is a podiam process on the node, in its own process group so that
@@ -86,44 +84,6 @@ func (p *proc) tail(lines int) string {
 		l = l[len(l)-lines:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// makePodEnv is the environment of everything run in a pod: the demo's own
-// minus anything AWS or proxy related, plus the region and the STS
-// endpoint (moto). AWS_EC2_METADATA_DISABLED is absent on purpose, and the
-// AWS config files point at an empty file, so that the SDKs can only find
-// credentials where they would on EC2: at 169.254.169.254.
-func (n *node) makePodEnv() []string {
-	empty := filepath.Join(n.r.TempDir(), "empty-aws-config")
-	if err := os.WriteFile(empty, nil, 0o644); err != nil {
-		n.r.Fatalf("write %s: %v", empty, err)
-	}
-	ca := os.Getenv("AWS_CA_BUNDLE")
-	if ca == "" {
-		ca = "/etc/ssl/certs/ca-certificates.crt"
-	}
-	var env []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		up := strings.ToUpper(k)
-		if strings.HasPrefix(up, "AWS_") || strings.HasSuffix(up, "_PROXY") {
-			continue
-		}
-		switch k {
-		case envNodeNS, envPodNS, envDir, envPodiam:
-			continue
-		}
-		env = append(env, kv)
-	}
-	return append(env,
-		"AWS_REGION="+testenv.MotoRegion,
-		"AWS_DEFAULT_REGION="+testenv.MotoRegion,
-		"AWS_ENDPOINT_URL_STS="+n.moto.Endpoint,
-		"AWS_CA_BUNDLE="+ca,
-		"AWS_CONFIG_FILE="+empty,
-		"AWS_SHARED_CREDENTIALS_FILE="+empty,
-		"AWS_PAGER=",
-	)
 }
 
 // runResult is what a command run in a pod did.

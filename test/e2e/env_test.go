@@ -96,7 +96,7 @@ func newEnv(t testing.TB) *env {
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)
-	e.podEnv = podEnv(t, e.moto.Endpoint)
+	e.podEnv = testenv.PodEnv(t, e.moto.Endpoint, "PODIAM_E2E_")
 	return e
 }
 
