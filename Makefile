@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps
+.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -54,10 +54,48 @@ check-agent-deps:
 	if [ -n "$$bad" ]; then echo "agent packages link forbidden dependencies:"; echo "$$bad"; exit 1; fi; \
 	echo "agent packages link neither client-go nor the AWS SDK"
 
-# verify fails when formatting, vet, generated code or agent dependencies
-# are not as committed.
+# verify fails when formatting, vet, generated code and docs, or agent
+# dependencies are not as committed.
 verify: check-agent-deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(MAKE) proto
 	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)
+	$(GO) test -count=1 -run '^(TestREADMEFlagTables|TestKIAMFlagsKept)$$' ./cmd/podiam
+
+# docs regenerates README.md's flag tables from the flag definitions.
+docs:
+	$(GO) test -count=1 -run '^TestREADMEFlagTables$$' ./cmd/podiam -update
+
+# demo brings up a local installation from real parts (etcd, kube-apiserver,
+# moto as STS, server, agent with its iptables rule in a node network
+# namespace, pod namespaces) and shows a permitted pod, a denied pod and an
+# IMDSv2 exchange. Root; it removes everything it made on exit or Ctrl-C.
+demo: deps
+	$(GO) run ./test/demo
+
+# bench measures and prints performance figures; it asserts nothing. Run it
+# as root on Debian (network namespaces, iptables, wrk). It reuses the
+# integration and end-to-end harnesses with podiam built without -race:
+#   - agent hot path: wrk from a pod through the DNAT rule, against the
+#     agent and against a minimal Go HTTP server (the ceiling);
+#   - cold path: a new pod's first credentials, server prefetch on and off;
+#   - server at scale: 10,000 pods, informer sync, RSS, heap, STS calls;
+#   - STS economy: 1,000 pods sharing 10 roles over two refresh periods.
+# Every table is printed again at the end. About ten minutes on two cores.
+# Knobs (environment): PODIAM_BENCH_WRK_SECONDS, PODIAM_BENCH_WRK_ROUNDS,
+# PODIAM_BENCH_COLD_TRIALS, PODIAM_BENCH_SCALE_PODS, and
+# PODIAM_BENCH_PERF=/some/dir to profile agent and ceiling with perf;
+# BENCH=ServerScale (a -bench pattern) runs a part.
+.PHONY: bench
+BENCH ?= .
+BENCHFLAGS = -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m
+bench: deps
+	@summary=$$(mktemp); trap 'rm -f "$$summary"' EXIT; \
+	export PODIAM_BENCH_SUMMARY=$$summary; rc=0; \
+	for pkg in ./test/integration ./test/e2e; do \
+	  echo "$(GO) test $(BENCHFLAGS) $$pkg"; \
+	  $(GO) test $(BENCHFLAGS) $$pkg || rc=1; \
+	done; \
+	echo; echo "==================== podiam benchmark summary ($$(nproc) cores, $$(date -u +%Y-%m-%dT%H:%MZ)) ===================="; \
+	echo; cat "$$summary"; exit $$rc

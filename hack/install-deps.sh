@@ -124,3 +124,38 @@ fi
 # Building the Go client fetches its modules now rather than in the middle of
 # the test; the build cache makes later runs instant.
 (cd "$root" && go build -o /dev/null ./test/e2e/gosdk) || die "building the e2e Go SDK client (test/e2e/gosdk) failed"
+
+# --- deploy tooling (test/manifests) --------------------------------------------
+# test/manifests renders the Helm chart in deploy/helm and runs
+# hack/gen-certs.sh (openssl). helm is built from the Go module proxy, the
+# only source of it these machines reach, with the ldflags of helm's own
+# Makefile (version, and the Kubernetes version its client modules target),
+# and cached in bin/ under its version.
+
+apt_install openssl
+helm_version=v3.19.2
+helm_k8s_minor=34 # helm v3.19 builds against k8s.io/client-go v0.34
+if [[ ! -x "$root/bin/helm-$helm_version" ]]; then
+  say "building helm $helm_version into bin/ (a minute or two the first time)"
+  helm_tmp=$(mktemp -d)
+  helm_ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+  for pkg in pkg/lint/rules pkg/chartutil; do
+    helm_ldflags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=$helm_k8s_minor"
+  done
+  if ! (cd "$helm_tmp" && GOBIN="$helm_tmp" CGO_ENABLED=0 GOFLAGS=-buildvcs=false \
+    go install -trimpath -ldflags "$helm_ldflags" "helm.sh/helm/v3/cmd/helm@$helm_version"); then
+    rm -rf "$helm_tmp"
+    die "building helm $helm_version failed: the Go module proxy may be unreachable"
+  fi
+  mkdir -p "$root/bin"
+  mv "$helm_tmp/helm" "$root/bin/helm-$helm_version"
+  rm -rf "$helm_tmp"
+fi
+if [[ "$(readlink "$root/bin/helm" 2>/dev/null)" != "helm-$helm_version" ]]; then
+  ln -sfn "helm-$helm_version" "$root/bin/helm"
+fi
+
+# test/manifests installs cert-manager's published CRDs into its
+# kube-apiserver to validate the Certificates and Issuers podiam ships; they
+# come with cert-manager's Go module, from the module proxy.
+(cd "$root" && go mod download github.com/cert-manager/cert-manager@v1.19.1) || die "downloading cert-manager's CRDs (Go module github.com/cert-manager/cert-manager@v1.19.1) failed"

@@ -101,9 +101,9 @@ type tlsFlags struct {
 }
 
 func (t *tlsFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&t.Cert, "cert", "", "certificate file (PEM)")
-	fs.StringVar(&t.Key, "key", "", "private key file (PEM)")
-	fs.StringVar(&t.CA, "ca", "", "CA bundle file (PEM) that peers' certificates must chain to")
+	fs.StringVar(&t.Cert, "cert", "", "certificate (PEM) for mutual TLS, which is always on; re-read when the file changes")
+	fs.StringVar(&t.Key, "key", "", "private key (PEM) of --cert; re-read when the file changes")
+	fs.StringVar(&t.CA, "ca", "", "CA bundle (PEM) peers' certificates must chain to; may hold the old and the new CA during a rotation")
 }
 
 func (t *tlsFlags) validate() error {

@@ -93,6 +93,29 @@ func TestServerConfigDefaults(t *testing.T) {
 	}
 }
 
+// Prefetch is on unless asked otherwise, in each of KIAM's boolean spellings.
+func TestServerPrefetchFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"--prefetch=false"}, false},
+		{[]string{"--no-prefetch"}, false},
+		{[]string{"--no-prefetch", "--prefetch"}, true},
+	} {
+		var c serverConfig
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		c.register(fs)
+		if err := parseFlags(fs, append([]string{"--cert=c", "--key=k", "--ca=a"}, tc.args...)); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.Prefetch != tc.want {
+			t.Errorf("%v: Prefetch = %v, want %v", tc.args, c.Prefetch, tc.want)
+		}
+	}
+}
+
 func TestServerConfigValidate(t *testing.T) {
 	tests := []struct {
 		name   string

@@ -13,6 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -58,6 +61,7 @@ type serverConfig struct {
 	STSRate         float64
 	STSBurst        int
 	CacheMaxEntries int
+	Prefetch        bool
 
 	PrometheusListenAddr   string
 	PrometheusSyncInterval time.Duration
@@ -85,14 +89,15 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.RoleBaseARNAutodetect, "role-base-arn-autodetect", false, "derive the role base ARN from STS GetCallerIdentity")
 	fs.StringVar(&c.Region, "region", "", "AWS region for STS; empty means AWS_REGION, else the global endpoint")
 	fs.StringVar(&c.Session, "session", "kiam", "session name suffix when a pod has no iam.amazonaws.com/session-name")
-	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions (900s..1h for chained roles)")
+	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")
 	fs.BoolVar(&c.DisableNodeBinding, "disable-node-binding", false, "serve a pod's credentials to agents on any node (only for networks that rewrite source addresses)")
 	fs.DurationVar(&c.PodWait, "pod-wait", 900*time.Millisecond, "how long a request for an address not yet known waits for the pod to appear")
-	fs.Float64Var(&c.STSRate, "sts-rate", 20, "STS calls per second this replica may make")
+	fs.Float64Var(&c.STSRate, "sts-rate", 20, "STS calls per second this replica may make; refreshes go first, then requests, then prefetches")
 	fs.IntVar(&c.STSBurst, "sts-burst", 40, "STS call burst")
 	fs.IntVar(&c.CacheMaxEntries, "cache-max-entries", credcache.DefaultMaxEntries, "most sessions cached (roles in use are never evicted)")
+	fs.BoolVar(&c.Prefetch, "prefetch", true, "fetch a role's credentials when a pod with that role gets its address, before it asks (--no-prefetch: only on request)")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "metrics listen address (empty disables)")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time-duration", 10*time.Second, "ping idle agents after this long")
@@ -180,6 +185,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		BaseRoleARN:     cfg.AssumeRoleARN,
 		BaseSessionName: role.SessionName("", cfg.Session),
 		SessionDuration: cfg.SessionDuration,
+		// One attempt per target call: the credential cache retries, with
+		// backoff per role and under --sts-rate, so every attempt is metered.
+		AssumeMaxAttempts: 1,
 	}, reg, log.With("component", "sts"))
 	if err != nil {
 		return fmt.Errorf("sts client: %w", err)
@@ -203,8 +211,20 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
+	// Live pod reads, while the pod watch is down, get their own client so
+	// they neither wait behind nor starve the informers' client-side limit.
+	liveCfg := rest.CopyConfig(restCfg)
+	liveCfg.QPS, liveCfg.Burst = livePodQPS, 2*livePodQPS
+	liveClient, err := kubernetes.NewForConfig(liveCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	podWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{}, reg, log.With("component", "podwatch"))
+	if err != nil {
+		return err
+	}
 	factory := informers.NewSharedInformerFactoryWithOptions(client, cfg.Sync, informers.WithTransform(podindex.Transform))
-	podInformer := factory.Core().V1().Pods().Informer()
+	podInformer := factory.InformerFor(&corev1.Pod{}, trackedPodInformer(podWatch))
 	nsInformer := factory.Core().V1().Namespaces().Informer()
 	namespaces := factory.Core().V1().Namespaces().Lister()
 	registerInformerMetrics(reg, podInformer, nsInformer)
@@ -215,7 +235,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	}
 	pods, err := podindex.New(podInformer, podindex.Config{
 		ExtraIndexers: cache.Indexers{server.IndexCredKey: server.CredKeyIndexFunc(resolver, cfg.Session)},
-	})
+		Current:       podWatch.Current,
+		Live:          podindex.APIPods{Client: liveClient.CoreV1()},
+	}, reg, log.With("component", "podindex"))
 	if err != nil {
 		return err
 	}
@@ -237,9 +259,12 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	prefetch, err := server.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
-	if err != nil {
-		return err
+	var prefetch *server.PrefetchController
+	if cfg.Prefetch {
+		prefetch, err = server.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
+		if err != nil {
+			return err
+		}
 	}
 
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
@@ -294,7 +319,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	go func() { _ = credentials.Run(ctx) }()
-	go func() { _ = prefetch.Run(ctx, 2) }()
+	if prefetch != nil {
+		go func() { _ = prefetch.Run(ctx, 2) }()
+	}
 	go readiness(ctx, grpcServer, sts, []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}, log)
 
 	log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", baseARN, "assume_role_arn", cfg.AssumeRoleARN)
@@ -304,6 +331,33 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		return <-errc
 	case err := <-errc:
 		return err
+	}
+}
+
+// livePodQPS bounds the server's live pod reads. They happen only while the
+// pod watch is down, one or two per credential request; beyond this rate
+// requests are answered Unavailable rather than from a stale index.
+const livePodQPS = 50
+
+// trackedPodInformer builds the pod informer as the factory would, on a
+// ListerWatcher the tracker observes, so the index knows when its watch is
+// down.
+func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		pods := c.CoreV1().Pods(metav1.NamespaceAll)
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return pods.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return pods.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(t.Wrap(lw), &corev1.Pod{}, cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: "pods",
+		})
 	}
 }
 

@@ -72,6 +72,12 @@ type Config struct {
 	// MaxAttempts is the standard retryer's attempt count (exponential
 	// backoff with jitter on throttling, 5xx and network errors); 0 means 5.
 	MaxAttempts int
+	// AssumeMaxAttempts overrides MaxAttempts for Assume, the target role
+	// calls; 0 means MaxAttempts. The server sets 1: its credential cache
+	// retries with backoff per role and under the STS rate limit, whereas
+	// the SDK's retries would go to STS unmetered and restart their backoff
+	// with every fetch.
+	AssumeMaxAttempts int
 }
 
 // Assumer issues STS calls for the server. It is safe for concurrent use.
@@ -94,8 +100,11 @@ func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.L
 	if cfg.MaxAttempts == 0 {
 		cfg.MaxAttempts = DefaultMaxAttempts
 	}
-	if cfg.MaxAttempts < 0 {
-		return nil, fmt.Errorf("assumer: max attempts %d is negative", cfg.MaxAttempts)
+	if cfg.MaxAttempts < 0 || cfg.AssumeMaxAttempts < 0 {
+		return nil, fmt.Errorf("assumer: max attempts %d/%d is negative", cfg.MaxAttempts, cfg.AssumeMaxAttempts)
+	}
+	if cfg.AssumeMaxAttempts == 0 {
+		cfg.AssumeMaxAttempts = cfg.MaxAttempts
 	}
 	if cfg.SessionDuration < 0 || cfg.SessionDuration > maxSessionDuration {
 		return nil, fmt.Errorf("assumer: session duration %s outside 0..%s", cfg.SessionDuration, maxSessionDuration)
@@ -167,7 +176,8 @@ func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.L
 	}
 	a.client = sts.NewFromConfig(awsCfg, stsOpts, func(o *sts.Options) { o.Credentials = a.baseCreds })
 	log.Debug("sts client configured", "region", region, "global_endpoint", global && !endpointFromEnv,
-		"endpoint_from_env", endpointFromEnv, "base_role_arn", cfg.BaseRoleARN, "max_attempts", cfg.MaxAttempts)
+		"endpoint_from_env", endpointFromEnv, "base_role_arn", cfg.BaseRoleARN, "max_attempts", cfg.MaxAttempts,
+		"assume_max_attempts", cfg.AssumeMaxAttempts)
 	return a, nil
 }
 
@@ -189,7 +199,7 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 		in.DurationSeconds = aws.Int32(int32(a.cfg.SessionDuration / time.Second))
 	}
 	start := a.now()
-	out, err := a.client.AssumeRole(ctx, in)
+	out, err := a.client.AssumeRole(ctx, in, func(o *sts.Options) { o.RetryMaxAttempts = a.cfg.AssumeMaxAttempts })
 	if err == nil && (out.Credentials == nil || out.Credentials.AccessKeyId == nil ||
 		out.Credentials.SecretAccessKey == nil || out.Credentials.SessionToken == nil || out.Credentials.Expiration == nil) {
 		err = fmt.Errorf("%w: assume role %s: response without complete credentials", creds.ErrUnavailable, key.RoleARN)

@@ -385,6 +385,32 @@ func TestAgainstMoto(t *testing.T) {
 		}
 	})
 
+	t.Run("AssumeMaxAttempts 1 leaves retries to the caller", func(t *testing.T) {
+		proxy := newRecordingProxy(t, m.Endpoint)
+		useSTS(t, m, proxy.srv.URL)
+		base := "arn:aws:iam::" + account + ":role/kiam-server"
+		a, reg := newAssumer(t, assumer.Config{BaseRoleARN: base, MaxAttempts: 3, AssumeMaxAttempts: 1})
+		if err := a.CheckBase(t.Context()); err != nil {
+			t.Fatalf("CheckBase: %v", err)
+		}
+		key := creds.Key{RoleARN: "arn:aws:iam::" + account + ":role/busy", SessionName: "kiam-busy"}
+		proxy.failWith(1, http.StatusBadRequest, "Throttling")
+		if _, err := a.Assume(t.Context(), key); !errors.Is(err, creds.ErrUnavailable) {
+			t.Fatalf("Assume with one throttled attempt = %v, want ErrUnavailable", err)
+		}
+		if n := len(proxy.calls("AssumeRole")); n != 2 {
+			t.Errorf("AssumeRole on the wire = %d, want 2 (base, one target attempt)", n)
+		}
+		if v := counter(t, reg, "assume_role", "unavailable"); v != 1 {
+			t.Errorf("assume_role unavailable = %v, want 1: every attempt is counted", v)
+		}
+		// Other calls keep MaxAttempts.
+		proxy.failWith(2, http.StatusInternalServerError, "InternalFailure")
+		if _, err := a.CallerARN(t.Context()); err != nil {
+			t.Errorf("CallerARN after two 500s with MaxAttempts 3: %v", err)
+		}
+	})
+
 	t.Run("access denied is denied without retry", func(t *testing.T) {
 		proxy := newRecordingProxy(t, m.Endpoint)
 		useSTS(t, m, proxy.srv.URL)

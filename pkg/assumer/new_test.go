@@ -76,6 +76,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"negative duration", Config{SessionDuration: -time.Second}, "outside"},
 		{"beyond sts maximum", Config{SessionDuration: 13 * time.Hour}, "outside"},
 		{"negative attempts", Config{MaxAttempts: -1}, "negative"},
+		{"negative assume attempts", Config{AssumeMaxAttempts: -1}, "negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,12 @@
 // caller, refreshes run ahead of expiry for keys a live pod still uses, STS
 // denials are remembered briefly, and the number of keys is capped without
 // ever evicting one a live pod uses.
+//
+// A fetch that fails for a reason a retry may fix (throttling, 5xx, network)
+// puts its key in exponential backoff: no new STS call for the key until the
+// backoff ends, however many pods ask meanwhile. A pod whose credentials
+// are due but still good gets them back at once instead of an error, so an
+// STS outage shorter than the refresh window never reaches pods.
 package credcache
 
 import (
@@ -15,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -39,6 +46,11 @@ const (
 	DefaultDeniedTTL    = 30 * time.Second
 	DefaultMaxEntries   = 10000
 	DefaultFetchTimeout = 10 * time.Second
+	DefaultStaleWait    = 250 * time.Millisecond
+	// DefaultRetryBackoff and DefaultMaxRetryBackoff bound the derived
+	// backoff (see Config.RetryBackoff).
+	DefaultRetryBackoff    = time.Second
+	DefaultMaxRetryBackoff = time.Minute
 )
 
 // refreshConcurrency bounds the STS calls one RefreshDue scan has in flight,
@@ -81,6 +93,26 @@ type Config struct {
 	// [100ms, 30s], small against the refresh window so a key is refreshed
 	// soon after it comes due.
 	RefreshInterval time.Duration
+	// RetryBackoff and MaxRetryBackoff space the fetches of a key whose
+	// fetches keep failing with ErrUnavailable: after the n-th failure in a
+	// row, no fetch starts for a random time in [b/2, b], b =
+	// RetryBackoff*2^(n-1) capped at MaxRetryBackoff. The lower bound
+	// doubles, so retries spread out whatever the jitter draws; the jitter
+	// keeps keys that failed together from retrying together. Zero values
+	// are derived so that several retries fit in the time held credentials
+	// stay servable: MaxRetryBackoff = min(DefaultMaxRetryBackoff,
+	// (Refresh-MinServe)/8), RetryBackoff = min(DefaultRetryBackoff,
+	// MaxRetryBackoff/8).
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// StaleWait bounds how long Get waits for a refresh when the key's held
+	// credentials can still be served: after it, Get returns the held ones
+	// and the refresh goes on for later callers. A slow or failing STS thus
+	// never makes a pod with valid credentials wait past its SDK's budget.
+	StaleWait time.Duration
+	// Rand returns a number in [0, 1) for the backoff jitter; nil means
+	// math/rand/v2.
+	Rand func() float64
 }
 
 // Cache is safe for concurrent use.
@@ -101,11 +133,18 @@ type Cache struct {
 // entry is what the cache knows about one key. It holds either credentials,
 // or a recent denial, never both: a denial means STS no longer issues
 // credentials for the key, so the old ones must not be served as a fallback.
+// Besides, it counts the fetches that failed in a row with ErrUnavailable:
+// none starts before retryAt, and lastErr is the answer meanwhile to a
+// caller with nothing servable.
 type entry struct {
 	creds       creds.Credentials
 	hasCreds    bool
 	denied      error
 	deniedUntil time.Time
+
+	failures int
+	retryAt  time.Time
+	lastErr  error
 }
 
 // call is one shared fetch; done is closed once creds/err are set.
@@ -170,6 +209,9 @@ func withDefaults(cfg Config) (Config, error) {
 		{"DeniedTTL", &cfg.DeniedTTL, DefaultDeniedTTL},
 		{"FetchTimeout", &cfg.FetchTimeout, DefaultFetchTimeout},
 		{"RefreshInterval", &cfg.RefreshInterval, 0},
+		{"RetryBackoff", &cfg.RetryBackoff, 0},
+		{"MaxRetryBackoff", &cfg.MaxRetryBackoff, 0},
+		{"StaleWait", &cfg.StaleWait, DefaultStaleWait},
 	} {
 		switch {
 		case *d.v < 0:
@@ -190,19 +232,47 @@ func withDefaults(cfg Config) (Config, error) {
 	if cfg.MinServe >= cfg.Refresh {
 		return cfg, fmt.Errorf("%w: MinServe %v must be below Refresh %v", ErrInvalidConfig, cfg.MinServe, cfg.Refresh)
 	}
+	if cfg.MaxRetryBackoff == 0 {
+		cfg.MaxRetryBackoff = max(min(DefaultMaxRetryBackoff, (cfg.Refresh-cfg.MinServe)/8), time.Millisecond)
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = max(min(DefaultRetryBackoff, cfg.MaxRetryBackoff/8), time.Millisecond)
+	}
+	if cfg.RetryBackoff > cfg.MaxRetryBackoff {
+		return cfg, fmt.Errorf("%w: RetryBackoff %v is above MaxRetryBackoff %v", ErrInvalidConfig, cfg.RetryBackoff, cfg.MaxRetryBackoff)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Float64
+	}
 	return cfg, nil
+}
+
+// backoff is how long a key waits after its n-th failed fetch in a row
+// (n >= 1): a random point in [b/2, b], b = base*2^(n-1) capped at maxB.
+// r is in [0, 1).
+func backoff(n int, base, maxB time.Duration, r float64) time.Duration {
+	b := base
+	for i := 1; i < n && b < maxB; i++ {
+		b *= 2
+	}
+	b = min(b, maxB)
+	return b/2 + time.Duration(r*float64(b-b/2))
 }
 
 // Get returns valid credentials for key. A fetch is shared by every caller
 // for the key and runs detached from ctx, bounded by FetchTimeout; a caller
 // whose ctx ends first returns its ctx error and leaves the fetch running
-// for the others.
+// for the others. A caller holding servable credentials waits at most
+// StaleWait, and none waits on a key in backoff.
 func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, error) {
 	c.mu.Lock()
 	now := c.cfg.Now()
+	// held are credentials that may be served if the fetch is slow or fails.
+	var held creds.Credentials
+	holding := false
 	if e, ok := c.lru.Get(key); ok {
 		if e.denied != nil && now.Before(e.deniedUntil) {
 			err := e.denied
@@ -216,6 +286,19 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 			c.m.requests.WithLabelValues("hit").Inc()
 			return cr, nil
 		}
+		if e.hasCreds && e.creds.Remaining(now) > c.cfg.MinServe {
+			held, holding = e.creds, true
+		}
+		if now.Before(e.retryAt) {
+			lastErr, wait := e.lastErr, e.retryAt.Sub(now)
+			c.mu.Unlock()
+			if holding {
+				c.m.requests.WithLabelValues("stale").Inc()
+				return held, nil
+			}
+			c.m.requests.WithLabelValues("backoff").Inc()
+			return creds.Credentials{}, fmt.Errorf("credcache: %s: retrying in %s: %w", key.RoleARN, wait.Round(time.Millisecond), lastErr)
+		}
 	}
 	cl, ok := c.inflight[key]
 	if !ok {
@@ -224,8 +307,20 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 	cl.waiters++
 	c.mu.Unlock()
 
+	var staleAfter <-chan time.Time
+	if holding {
+		t := time.NewTimer(c.cfg.StaleWait)
+		defer t.Stop()
+		staleAfter = t.C
+	}
 	select {
 	case <-cl.done:
+	case <-staleAfter:
+		c.mu.Lock()
+		cl.waiters--
+		c.mu.Unlock()
+		c.m.requests.WithLabelValues("stale").Inc()
+		return held, nil
 	case <-ctx.Done():
 		c.mu.Lock()
 		cl.waiters--
@@ -243,8 +338,8 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 	// STS failed for a reason a retry may fix: what we still hold is better
 	// than an error as long as the SDK can use it for a while.
 	c.mu.Lock()
-	e, held := c.lru.Peek(key)
-	serve := held && e.hasCreds && e.creds.Remaining(c.cfg.Now()) > c.cfg.MinServe
+	e, ok := c.lru.Peek(key)
+	serve := ok && e.hasCreds && e.creds.Remaining(c.cfg.Now()) > c.cfg.MinServe
 	var stale creds.Credentials
 	if serve {
 		stale = e.creds
@@ -273,13 +368,14 @@ func (c *Cache) Prefetch(key creds.Key) {
 }
 
 // dueLocked reports whether key needs a fetch: no denial is being
-// remembered and no credentials with more than Refresh left are held.
+// remembered, the key is not in backoff, and no credentials with more than
+// Refresh left are held.
 func (c *Cache) dueLocked(key creds.Key, now time.Time) bool {
 	e, ok := c.lru.Peek(key)
 	if !ok {
 		return true
 	}
-	if e.denied != nil && now.Before(e.deniedUntil) {
+	if e.denied != nil && now.Before(e.deniedUntil) || now.Before(e.retryAt) {
 		return false
 	}
 	return !e.hasCreds || e.creds.Remaining(now) <= c.cfg.Refresh
@@ -310,15 +406,19 @@ func (c *Cache) RefreshDue(ctx context.Context) {
 	for _, k := range c.lru.Keys() {
 		e, _ := c.lru.Peek(k)
 		if _, busy := c.inflight[k]; busy || !c.dueLocked(k, now) {
-			continue // fresh, a remembered denial, or being fetched already
+			continue // fresh, a remembered denial, in backoff, or being fetched already
 		}
-		// Only keys holding credentials are refreshed: an expired denial is
-		// retried when a pod asks again, not on a timer.
-		if e.hasCreds && c.cfg.InUse(k) {
+		// Only keys holding credentials are refreshed: an expired denial or
+		// a first fetch that failed is retried when a pod asks again, not on
+		// a timer. The failure count stays while a pod uses the key, so its
+		// next failure backs off further.
+		switch inUse := c.cfg.InUse(k); {
+		case e.hasCreds && inUse:
 			refresh = append(refresh, k)
-			continue
+		case e.failures > 0 && e.denied == nil && inUse:
+		default:
+			c.lru.Remove(k)
 		}
-		c.lru.Remove(k)
 	}
 	c.shrinkLocked()
 	c.mu.Unlock()
@@ -373,24 +473,51 @@ func (c *Cache) fetch(parent context.Context, key creds.Key, kind fetchKind, cl 
 		err = fmt.Errorf("%w: %w", creds.ErrUnavailable, err)
 	}
 
-	// Accounted before done is closed, so whoever waited on the call sees
-	// the metrics and the log line already written.
-	c.account(key, kind, err)
-
+	// The entry changes first, so that from here on Gets see the new
+	// credentials, the denial or the backoff instead of joining this call.
+	var failures int
+	var retryAt time.Time
 	c.mu.Lock()
 	switch {
 	case err == nil:
 		c.storeLocked(key, &entry{creds: cr, hasCreds: true})
 	case errors.Is(err, creds.ErrDenied):
 		c.storeLocked(key, &entry{denied: err, deniedUntil: c.cfg.Now().Add(c.cfg.DeniedTTL)})
+	default:
+		failures, retryAt = c.failedLocked(key, err)
 	}
+	c.mu.Unlock()
+
+	// Accounted before done is closed, so whoever waited on the call sees
+	// the metrics and the log line already written.
+	c.account(key, kind, err, failures, retryAt)
+
+	c.mu.Lock()
 	delete(c.inflight, key)
 	cl.creds, cl.err = cr, err
 	close(cl.done)
 	c.mu.Unlock()
 }
 
-func (c *Cache) account(key creds.Key, kind fetchKind, err error) {
+// failedLocked records a fetch that failed with ErrUnavailable and starts
+// the key's backoff. Held credentials stay: they are still the best answer
+// while they last.
+func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryAt time.Time) {
+	e, ok := c.lru.Peek(key)
+	if !ok {
+		e = &entry{}
+		c.storeLocked(key, e)
+	}
+	e.denied, e.deniedUntil = nil, time.Time{}
+	e.failures++
+	e.lastErr = err
+	e.retryAt = c.cfg.Now().Add(backoff(e.failures, c.cfg.RetryBackoff, c.cfg.MaxRetryBackoff, c.cfg.Rand()))
+	return e.failures, e.retryAt
+}
+
+// account counts a finished fetch and logs a failure; one a retry may fix
+// comes with its backoff: no call for the key goes to STS before retry_at.
+func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, retryAt time.Time) {
 	result := "ok"
 	if err != nil {
 		result = "error"
@@ -398,14 +525,25 @@ func (c *Cache) account(key creds.Key, kind fetchKind, err error) {
 	switch kind {
 	case kindRefresh:
 		c.m.refreshes.WithLabelValues(result).Inc()
-		if err != nil {
-			c.log.Warn("credential refresh failed", "role_arn", key.RoleARN, "error", err)
-		}
 	case kindPrefetch:
 		c.m.prefetches.WithLabelValues(result).Inc()
-		if err != nil {
-			c.log.Info("credential prefetch failed", "role_arn", key.RoleARN, "error", err)
-		}
+	}
+	if err == nil {
+		return
+	}
+	args := []any{"role_arn", key.RoleARN, "error", err}
+	if failures > 0 {
+		args = append(args, "failures", failures, "retry_at", retryAt)
+	}
+	switch {
+	case kind == kindRefresh:
+		c.log.Warn("credential refresh failed", args...)
+	case kind == kindPrefetch:
+		c.log.Info("credential prefetch failed", args...)
+	case failures > 0:
+		// A denial for a pod's request is logged where it is answered,
+		// with the pod.
+		c.log.Warn("credential fetch failed", args...)
 	}
 }
 

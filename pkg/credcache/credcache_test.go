@@ -232,8 +232,18 @@ func TestWithDefaults(t *testing.T) {
 		{name: "zero takes defaults", in: Config{}, want: func(c Config) bool {
 			return c.Refresh == DefaultRefresh && c.MinServe == DefaultMinServe && c.DeniedTTL == DefaultDeniedTTL &&
 				c.MaxEntries == DefaultMaxEntries && c.FetchTimeout == DefaultFetchTimeout &&
-				c.RefreshInterval == 30*time.Second && c.Now != nil
+				c.RefreshInterval == 30*time.Second && c.Now != nil && c.Rand != nil &&
+				c.RetryBackoff == time.Second && c.MaxRetryBackoff == time.Minute && c.StaleWait == DefaultStaleWait
 		}},
+		{name: "backoff derived from a short refresh window", in: Config{Refresh: 30 * time.Second, MinServe: 15 * time.Second},
+			want: func(c Config) bool {
+				return c.MaxRetryBackoff == 1875*time.Millisecond && c.RetryBackoff == 1875*time.Millisecond/8
+			}},
+		{name: "explicit backoff kept", in: Config{RetryBackoff: 2 * time.Second, MaxRetryBackoff: 3 * time.Second},
+			want: func(c Config) bool { return c.RetryBackoff == 2*time.Second && c.MaxRetryBackoff == 3*time.Second }},
+		{name: "backoff above its cap", in: Config{RetryBackoff: 2 * time.Minute}, wantErr: true},
+		{name: "negative backoff", in: Config{RetryBackoff: -time.Second}, wantErr: true},
+		{name: "negative stale wait", in: Config{StaleWait: -time.Second}, wantErr: true},
 		{name: "interval derived from refresh", in: Config{Refresh: 200 * time.Second, MinServe: time.Second},
 			want: func(c Config) bool { return c.RefreshInterval == 10*time.Second }},
 		{name: "interval floor", in: Config{Refresh: time.Second, MinServe: time.Millisecond},
@@ -487,8 +497,9 @@ func TestRefreshFailureKeepsCredentialsAndLogs(t *testing.T) {
 		t.Fatalf("refreshes error = %v, want 1", got)
 	}
 	logs := h.logs.String()
-	if !strings.Contains(logs, "role_arn="+k.RoleARN) || !strings.Contains(logs, "throttled") {
-		t.Fatalf("refresh failure log lacks role_arn or error: %q", logs)
+	if !strings.Contains(logs, "role_arn="+k.RoleARN) || !strings.Contains(logs, "throttled") ||
+		!strings.Contains(logs, "failures=1") || !strings.Contains(logs, "retry_at=2025-06-01T12:25:") {
+		t.Fatalf("refresh failure log lacks role_arn, error, failures or retry_at: %q", logs)
 	}
 	if strings.Contains(logs, "secret-0001") || strings.Contains(logs, "token-0001") {
 		t.Fatalf("log leaked a secret: %q", logs)
@@ -498,7 +509,12 @@ func TestRefreshFailureKeepsCredentialsAndLogs(t *testing.T) {
 		t.Fatalf("Get after failed refresh: %v %q, want stale AKIA0001", err, cr.AccessKeyID)
 	}
 	h.sts.setErr(nil)
-	h.c.RefreshDue(ctx) // still due, so the next scan retries
+	h.c.RefreshDue(ctx) // in backoff: no call yet
+	if got := h.sts.count(); got != 2 {
+		t.Fatalf("calls = %d during the backoff, want 2", got)
+	}
+	h.clock.Add(h.c.cfg.MaxRetryBackoff)
+	h.c.RefreshDue(ctx) // still due, so the next scan after the backoff retries
 	if got := h.metric(t, "podiam_credcache_refreshes_total", "ok"); got != 1 {
 		t.Fatalf("refreshes ok = %v after recovery, want 1", got)
 	}
@@ -553,6 +569,10 @@ func TestDeniedOnRefreshDropsCredentials(t *testing.T) {
 	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrDenied) {
 		t.Fatalf("err = %v, want cached ErrDenied", err)
 	}
+	// No pod asked, so nobody else logs a denial found by a refresh.
+	if logs := h.logs.String(); !strings.Contains(logs, "credential refresh failed") || !strings.Contains(logs, "AccessDenied") {
+		t.Fatalf("refresh denial not logged: %q", logs)
+	}
 	h.clock.Add(time.Minute) // denial expired; STS now unavailable
 	h.sts.setErr(creds.ErrUnavailable)
 	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrUnavailable) {
@@ -560,9 +580,10 @@ func TestDeniedOnRefreshDropsCredentials(t *testing.T) {
 	}
 	h.use.set(k, false)
 	h.c.cfg.InUse = h.use.InUse
+	h.clock.Add(h.c.cfg.MaxRetryBackoff) // past the backoff of that failure
 	h.c.RefreshDue(ctx)
 	if h.c.Len() != 0 {
-		t.Fatalf("expired denial for an unused key kept: len %d", h.c.Len())
+		t.Fatalf("failed key no pod uses kept: len %d", h.c.Len())
 	}
 }
 
@@ -590,7 +611,7 @@ func TestUnavailableFallsBackToCached(t *testing.T) {
 			}
 			h.sts.setErr(tt.err)
 			h.clock.Add(tt.elapsed)
-			for i := range 2 { // not cached: each Get asks STS again
+			for i := range 2 { // the second is answered from the backoff
 				cr, err := h.c.Get(ctx, k)
 				if tt.wantStale {
 					if err != nil || cr.AccessKeyID != "AKIA0001" {
@@ -602,29 +623,194 @@ func TestUnavailableFallsBackToCached(t *testing.T) {
 					}
 				}
 			}
-			if got := h.sts.count(); got != 3 {
-				t.Fatalf("calls = %d, want 3 (failures are not cached)", got)
+			if got := h.sts.count(); got != 2 {
+				t.Fatalf("calls = %d, want 2 (no new call while the key backs off)", got)
 			}
-			wantStale := 0.0
+			wantStale, wantBackoff := 0.0, 1.0
 			if tt.wantStale {
-				wantStale = 2
+				wantStale, wantBackoff = 2, 0
 			}
 			if got := h.metric(t, "podiam_credcache_requests_total", "stale"); got != wantStale {
 				t.Fatalf("stale = %v, want %v", got, wantStale)
+			}
+			if got := h.metric(t, "podiam_credcache_requests_total", "backoff"); got != wantBackoff {
+				t.Fatalf("backoff = %v, want %v", got, wantBackoff)
 			}
 		})
 	}
 }
 
+// With nothing to serve, a key in backoff fails at once with the last
+// error, and only a pod that still uses it keeps its failure count.
 func TestUnavailableWithNothingCached(t *testing.T) {
 	h := newHarness(t, nil)
+	h.c.cfg.InUse = h.use.InUse
+	k := key("web")
+	h.use.set(k, true)
+	ctx := context.Background()
 	h.sts.setErr(errors.New("dial tcp: refused"))
-	_, err := h.c.Get(context.Background(), key("web"))
-	if !errors.Is(err, creds.ErrUnavailable) {
+	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
 	}
+	_, err := h.c.Get(ctx, k)
+	if !errors.Is(err, creds.ErrUnavailable) || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "retrying in") {
+		t.Fatalf("err in backoff = %v, want ErrUnavailable with the last error and the wait", err)
+	}
+	if h.sts.count() != 1 {
+		t.Fatalf("calls = %d, want 1", h.sts.count())
+	}
+	h.clock.Add(h.c.cfg.MaxRetryBackoff)
+	h.c.RefreshDue(ctx) // in use: kept, but not retried on a timer
+	if h.c.Len() != 1 || h.sts.count() != 1 {
+		t.Fatalf("after the backoff: len %d calls %d, want 1 and 1", h.c.Len(), h.sts.count())
+	}
+	if _, err := h.c.Get(ctx, k); !errors.Is(err, creds.ErrUnavailable) || h.sts.count() != 2 {
+		t.Fatalf("Get after the backoff: err %v calls %d, want a second call", err, h.sts.count())
+	}
+	h.c.mu.Lock()
+	e, _ := h.c.lru.Peek(k)
+	failures := e.failures
+	h.c.mu.Unlock()
+	if failures != 2 {
+		t.Fatalf("failures = %d, want 2: the count must survive the scan", failures)
+	}
+	h.use.set(k, false)
+	h.clock.Add(h.c.cfg.MaxRetryBackoff)
+	h.c.RefreshDue(ctx)
 	if h.c.Len() != 0 {
-		t.Fatalf("a failure was stored: len %d", h.c.Len())
+		t.Fatalf("failed key no pod uses kept: len %d", h.c.Len())
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	const base, maxB = time.Second, time.Minute
+	tests := []struct {
+		n      int
+		r      float64
+		lo, hi time.Duration
+	}{
+		{1, 0, 500 * time.Millisecond, 500 * time.Millisecond},
+		{1, 0.999999, 999 * time.Millisecond, time.Second},
+		{2, 0, time.Second, time.Second},
+		{3, 0.5, 3 * time.Second, 3 * time.Second},
+		{6, 0, 16 * time.Second, 16 * time.Second},
+		{7, 0, 30 * time.Second, 30 * time.Second}, // 64s capped at 60s
+		{7, 0.999999, 59 * time.Second, time.Minute},
+		{1000, 0, 30 * time.Second, 30 * time.Second}, // no overflow
+	}
+	for _, tt := range tests {
+		if got := backoff(tt.n, base, maxB, tt.r); got < tt.lo || got > tt.hi {
+			t.Errorf("backoff(%d, r=%v) = %v, want in [%v, %v]", tt.n, tt.r, got, tt.lo, tt.hi)
+		}
+	}
+	// The lower bound doubles, so whatever the jitter, the n+1-th wait is
+	// never shorter than the n-th while it is below the cap (1s..32s).
+	for n := 1; n < 6; n++ {
+		if hiN, loNext := backoff(n, base, maxB, 0.999999), backoff(n+1, base, maxB, 0); loNext < hiN-time.Millisecond {
+			t.Errorf("backoff %d can be %v but %d only %v", n, hiN, n+1, loNext)
+		}
+	}
+}
+
+// A key whose fetches fail is retried at doubling intervals however often
+// pods ask, its held credentials are served meanwhile, and a success ends
+// the backoff.
+func TestFailingKeyBacksOff(t *testing.T) {
+	h := newHarness(t, func(c *Config) {
+		c.RetryBackoff = time.Second
+		c.MaxRetryBackoff = 8 * time.Second
+		c.Rand = func() float64 { return 0 } // waits of exactly b/2
+	})
+	k := key("web")
+	ctx := context.Background()
+	if _, err := h.c.Get(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(25 * time.Minute) // due, 35m left: servable
+	h.sts.setErr(fmt.Errorf("Throttling: %w", creds.ErrUnavailable))
+
+	calls := h.sts.count()
+	var waits []time.Duration
+	var since time.Duration
+	for range 600 { // ten minutes of a pod asking every second
+		cr, err := h.c.Get(ctx, k)
+		if err != nil || cr.AccessKeyID != "AKIA0001" {
+			t.Fatalf("Get while STS fails: %v %q, want the held AKIA0001", err, cr.AccessKeyID)
+		}
+		h.c.RefreshDue(ctx)
+		if n := h.sts.count(); n != calls {
+			waits = append(waits, since)
+			calls, since = n, 0
+		}
+		h.clock.Add(time.Second)
+		since += time.Second
+	}
+	want := []time.Duration{0, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 4 * time.Second}
+	// Checked on a one-second grid: each wait rounds up to whole seconds.
+	for i, w := range want {
+		if i >= len(waits) {
+			t.Fatalf("only %d calls in ten minutes: %v", len(waits), waits)
+		}
+		if got, lo := waits[i], w.Truncate(time.Second); got < lo || got > lo+time.Second {
+			t.Errorf("wait before call %d = %v, want about %v (all %v)", i+1, got, w, waits)
+		}
+	}
+	if len(waits) > 160 {
+		t.Errorf("%d calls in ten minutes, want backoff-bound (about 150 at the 4s cap)", len(waits))
+	}
+
+	h.sts.setErr(nil)
+	h.clock.Add(8 * time.Second)
+	if cr, err := h.c.Get(ctx, k); err != nil || cr.AccessKeyID == "AKIA0001" {
+		t.Fatalf("after recovery: %v %q, want fresh credentials", err, cr.AccessKeyID)
+	}
+	h.c.mu.Lock()
+	e, _ := h.c.lru.Peek(k)
+	failures, retryAt := e.failures, e.retryAt
+	h.c.mu.Unlock()
+	if failures != 0 || !retryAt.IsZero() {
+		t.Fatalf("after success: failures %d retryAt %v, want the backoff reset", failures, retryAt)
+	}
+}
+
+// A refresh that hangs does not hold up a pod whose credentials are due
+// but still good: it gets them after StaleWait, and the fresh ones later.
+func TestStaleWaitBoundsSlowRefresh(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.StaleWait = 20 * time.Millisecond })
+	k := key("web")
+	ctx := context.Background()
+	if _, err := h.c.Get(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(25 * time.Minute)
+	release := make(chan struct{})
+	h.sts.setBlock(release)
+	got := make(chan creds.Credentials, 1)
+	go func() {
+		cr, err := h.c.Get(ctx, k)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- cr
+	}()
+	select {
+	case cr := <-got:
+		if cr.AccessKeyID != "AKIA0001" {
+			t.Fatalf("got %q, want the held AKIA0001", cr.AccessKeyID)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Get waited for a hanging refresh although it held valid credentials")
+	}
+	if h.waiters(k) != 0 {
+		t.Fatalf("the caller that gave up is still counted as a waiter")
+	}
+	close(release)
+	eventually(t, "refresh to finish", h.idle)
+	if cr, err := h.c.Get(ctx, k); err != nil || cr.AccessKeyID != "AKIA0002" {
+		t.Fatalf("after the refresh: %v %q, want AKIA0002 as a hit", err, cr.AccessKeyID)
+	}
+	if got := h.metric(t, "podiam_credcache_requests_total", "stale"); got != 1 {
+		t.Fatalf("stale = %v, want 1", got)
 	}
 }
 

@@ -20,11 +20,11 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	m := metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podiam_credcache_requests_total",
-			Help: "Credential cache lookups by result (hit, miss, denied_cached, stale).",
+			Help: "Credential cache lookups by result (hit, miss, denied_cached, stale, backoff).",
 		}, []string{"result"}),
 		entries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "podiam_credcache_entries",
-			Help: "Keys held by the credential cache, remembered denials included.",
+			Help: "Keys held by the credential cache, remembered denials and failures included.",
 		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podiam_credcache_evictions_total",
@@ -45,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	}
 	// Known label values start at zero so dashboards and alerts see them
 	// before the first event.
-	for _, r := range []string{"hit", "miss", "denied_cached", "stale"} {
+	for _, r := range []string{"hit", "miss", "denied_cached", "stale", "backoff"} {
 		m.requests.WithLabelValues(r)
 	}
 	for _, r := range []string{"ok", "error"} {

@@ -5,16 +5,23 @@
 // error, not a coin toss. Lookups for an address not seen yet wait on
 // informer events rather than polling, because a new pod's SDK asks for
 // credentials within milliseconds of starting.
+//
+// An informer whose watch is down keeps answering with what it knew, while
+// pods may be deleted and their addresses reused. So while the watch is not
+// current (WatchTracker), lookups are answered from the API server, and
+// refused (ErrStale) when it does not answer.
 package podindex
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
@@ -38,27 +45,74 @@ type Config struct {
 	ExtraIndexers cache.Indexers
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Current reports whether the informer is up to date, normally
+	// WatchTracker.Current; nil means always. While it reports false,
+	// Lookup asks Live.
+	Current func() bool
+	// Live reads pods from the API server; required with Current.
+	Live LivePods
+	// LiveTimeout bounds the API server reads of one Lookup; 0 means
+	// DefaultLiveTimeout. It is short because agents give a request one
+	// second, and a live read that times out answers ErrStale.
+	LiveTimeout time.Duration
 }
+
+// DefaultLiveTimeout is Config.LiveTimeout's default.
+const DefaultLiveTimeout = 500 * time.Millisecond
 
 // Index looks pods up by address.
 type Index struct {
-	informer cache.SharedIndexInformer
-	now      func() time.Time
+	informer    cache.SharedIndexInformer
+	now         func() time.Time
+	current     func() bool
+	live        LivePods
+	liveTimeout time.Duration
+	liveLookups *prometheus.CounterVec
+	log         *slog.Logger
 
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{}
 }
 
 // New adds the indexes and an event handler to a pod informer that has not
-// been started yet.
-func New(informer cache.SharedIndexInformer, cfg Config) (*Index, error) {
+// been started yet, and registers the index's metrics on reg (nil: none).
+func New(informer cache.SharedIndexInformer, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Index, error) {
+	if cfg.Current != nil && cfg.Live == nil {
+		return nil, errors.New("podindex: Live is required with Current")
+	}
+	if cfg.LiveTimeout < 0 {
+		return nil, fmt.Errorf("podindex: live timeout %s is negative", cfg.LiveTimeout)
+	}
+	if cfg.LiveTimeout == 0 {
+		cfg.LiveTimeout = DefaultLiveTimeout
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	idx := &Index{
-		informer: informer,
-		now:      cfg.Now,
-		waiters:  map[string]map[chan struct{}]struct{}{},
+		informer:    informer,
+		now:         cfg.Now,
+		current:     cfg.Current,
+		live:        cfg.Live,
+		liveTimeout: cfg.LiveTimeout,
+		log:         log,
+		liveLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_server_pod_lookups_live_total",
+			Help: "Pod lookups answered from the API server while the pod watch was not current, by result " +
+				"(confirmed, corrected, failed).",
+		}, []string{"result"}),
+		waiters: map[string]map[chan struct{}]struct{}{},
 	}
 	if idx.now == nil {
 		idx.now = time.Now
+	}
+	for _, r := range []string{liveConfirmed, liveCorrected, liveFailed} {
+		idx.liveLookups.WithLabelValues(r)
+	}
+	if reg != nil {
+		if err := reg.Register(idx.liveLookups); err != nil {
+			return nil, fmt.Errorf("podindex: register metrics: %w", err)
+		}
 	}
 	indexers := cache.Indexers{IndexIP: IPIndexFunc}
 	for name, fn := range cfg.ExtraIndexers {
@@ -80,26 +134,51 @@ func New(informer cache.SharedIndexInformer, cfg Config) (*Index, error) {
 // HasSynced reports whether the informer has delivered its initial list.
 func (i *Index) HasSynced() bool { return i.informer.HasSynced() }
 
+// livePoll is how often a lookup waiting for an unknown address asks the
+// API server again while the informer is not current: its events, which
+// wake a waiting lookup at once, may not be coming.
+const livePoll = 200 * time.Millisecond
+
 // Lookup returns the pod that holds ip, waiting for informer events until
 // ctx is done if no live pod holds it yet. A conflict is returned at once:
-// waiting would not make the answer less ambiguous.
+// waiting would not make the answer less ambiguous. While the informer is
+// not current the API server answers (asked again on events and every
+// livePoll), and ErrStale means it did not.
 func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return nil, fmt.Errorf("parse address %q: %w", ip, err)
 	}
 	ip = addr.Unmap().String()
+	var notFound error // the last answer, if it was "no pod"
 	for {
 		// Register before looking so that an event arriving between the
 		// look and the wait is not missed.
 		ch := i.register(ip)
-		pod, err := i.Resolve(ip)
+		stale := i.current != nil && !i.current()
+		var pod *corev1.Pod
+		if stale {
+			pod, err = i.lookupLive(ctx, ip)
+			if errors.Is(err, ErrStale) && ctx.Err() != nil && notFound != nil {
+				// The wait ran out during a read; the last answer stands.
+				err = notFound
+			}
+		} else {
+			pod, err = i.Resolve(ip)
+		}
 		if !errors.Is(err, ErrNotFound) {
 			i.unregister(ip, ch)
 			return pod, err
 		}
+		notFound = err
+		var poll <-chan time.Time
+		if stale {
+			poll = time.After(livePoll)
+		}
 		select {
 		case <-ch:
+		case <-poll:
+			i.unregister(ip, ch)
 		case <-ctx.Done():
 			i.unregister(ip, ch)
 			return nil, fmt.Errorf("%w (waited: %w)", ErrNotFound, context.Cause(ctx))

@@ -186,7 +186,7 @@ func TestLookupWaitsForEvent(t *testing.T) {
 	client := fake.NewClientset()
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Pods().Informer()
-	idx, err := New(inf, Config{})
+	idx, err := New(inf, Config{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 const (
 	resultBadRequest        = "bad_request"
 	resultNotSynced         = "not_synced"
+	resultPodIndexStale     = "pod_index_stale"
 	resultPodUnknown        = "pod_unknown"
 	resultIPConflict        = "ip_conflict"
 	resultWrongNode         = "wrong_node"
@@ -40,6 +41,7 @@ func (e *decisionError) Unwrap() error { return e.err }
 var resultCodes = map[string]codes.Code{
 	resultBadRequest:        codes.InvalidArgument,
 	resultNotSynced:         codes.Unavailable,
+	resultPodIndexStale:     codes.Unavailable,
 	resultPodUnknown:        codes.NotFound,
 	resultNoRole:            codes.NotFound,
 	resultIPConflict:        codes.FailedPrecondition,

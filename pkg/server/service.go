@@ -182,6 +182,9 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	case errors.Is(err, podindex.ErrConflict):
 		s.log.Error("several live pods claim one address; refusing", "pod_ip", ip)
 		return nil, deny(resultIPConflict, pb.Reason_REASON_IP_CONFLICT, err)
+	case errors.Is(err, podindex.ErrStale):
+		// Not "pod unknown": agents drop what they hold on that answer.
+		return nil, deny(resultPodIndexStale, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("pod %s: %w", ip, err))
 	case err != nil:
 		return nil, deny(resultPodUnknown, pb.Reason_REASON_POD_UNKNOWN, fmt.Errorf("pod %s: %w", ip, err))
 	}

@@ -45,7 +45,7 @@ type canary struct {
 	tokens int
 }
 
-func startCanary(t *testing.T, addr string) *canary {
+func startCanary(t testing.TB, addr string) *canary {
 	t.Helper()
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -14,48 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
-
-	"github.com/podiam/podiam/test/testenv"
 )
-
-// podEnv is the environment of every process run in a pod namespace: the
-// test's own minus anything AWS or proxy related, plus only the region, the
-// STS endpoint (moto) and the CA bundle, as the issue prescribes. The region
-// is given in both spellings because botocore (and so the AWS CLI) reads
-// only AWS_DEFAULT_REGION.
-// AWS_EC2_METADATA_DISABLED is deliberately absent. The config and
-// credentials files point at an empty file so that a developer's ~/.aws
-// cannot satisfy the chain instead of the agent.
-func podEnv(t *testing.T, stsEndpoint string) []string {
-	t.Helper()
-	empty := filepath.Join(t.TempDir(), "empty-aws-config")
-	if err := os.WriteFile(empty, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	ca := os.Getenv("AWS_CA_BUNDLE")
-	if ca == "" {
-		ca = "/etc/ssl/certs/ca-certificates.crt"
-	}
-	var out []string
-	for _, kv := range os.Environ() {
-		k, _, _ := strings.Cut(kv, "=")
-		up := strings.ToUpper(k)
-		if strings.HasPrefix(up, "AWS_") || strings.HasSuffix(up, "_PROXY") || strings.HasPrefix(up, "PODIAM_E2E_") {
-			continue
-		}
-		out = append(out, kv)
-	}
-	return append(out,
-		"AWS_REGION="+testenv.MotoRegion,
-		"AWS_DEFAULT_REGION="+testenv.MotoRegion,
-		"AWS_ENDPOINT_URL_STS="+stsEndpoint,
-		"AWS_CA_BUNDLE="+ca,
-		"AWS_CONFIG_FILE="+empty,
-		"AWS_SHARED_CREDENTIALS_FILE="+empty,
-	)
-}
 
 // runResult is what a command run in a pod namespace did.
 type runResult struct {
@@ -72,9 +33,15 @@ func (r runResult) String() string {
 // inPod runs argv inside the pod's network namespace with the pod
 // environment, killing its whole process group after timeout.
 func (e *env) inPod(p *podNet, timeout time.Duration, argv ...string) runResult {
+	return e.inPodStdin(p, timeout, nil, argv...)
+}
+
+// inPodStdin is inPod with stdin as the command's standard input.
+func (e *env) inPodStdin(p *podNet, timeout time.Duration, stdin io.Reader, argv ...string) runResult {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, e.topo.ip, append([]string{"netns", "exec", p.NS}, argv...)...)
+	cmd.Stdin = stdin
 	cmd.Env = e.podEnv
 	cmd.Dir = e.dir
 	var stdout, stderr bytes.Buffer

@@ -29,7 +29,7 @@ const (
 
 // env is one node with its pods, shared by the scenarios in order.
 type env struct {
-	root   *testing.T // TestE2E itself: owns the processes
+	root   testing.TB // TestE2E (or a benchmark) itself: owns the processes
 	topo   *topology
 	dir    string // test/e2e, absolute
 	tmp    string
@@ -53,7 +53,7 @@ type env struct {
 // newEnv builds the node: addresses, veths to four pod namespaces, the
 // canary, etcd and kube-apiserver, moto and the PKI. Server and agent are
 // started by the scenarios, after the harness has been checked.
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	needBinaries(t)
 	topo := childTopology(t)
@@ -96,13 +96,13 @@ func newEnv(t *testing.T) *env {
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)
-	e.podEnv = podEnv(t, e.moto.Endpoint)
+	e.podEnv = testenv.PodEnv(t, e.moto.Endpoint, "PODIAM_E2E_")
 	return e
 }
 
 // createAPIObjects creates the namespaces and the pods of the four pod
 // namespaces, with their IPs in status.podIPs and the node in hostIPs.
-func (e *env) createAPIObjects(t *testing.T) {
+func (e *env) createAPIObjects(t testing.TB) {
 	t.Helper()
 	e.kube.CreateNamespace(t, nsApps, map[string]string{"iam.amazonaws.com/permitted": roleARN("app-.*")})
 	e.kube.CreateNamespace(t, nsRestricted, map[string]string{"iam.amazonaws.com/permitted": roleARN("batch-.*")})
@@ -112,7 +112,7 @@ func (e *env) createAPIObjects(t *testing.T) {
 	e.createPod(t, nsApps, "old", "app-old", e.old)
 }
 
-func (e *env) createPod(t *testing.T, namespace, name, role string, p *podNet) {
+func (e *env) createPod(t testing.TB, namespace, name, role string, p *podNet) {
 	t.Helper()
 	ann := map[string]string{}
 	if role != "" {

@@ -76,13 +76,20 @@ func supervise() int {
 	}
 	defer os.RemoveAll(dir)
 	// The agent and server run race-enabled, as in the integration tests, so
-	// a data race under real traffic fails the run.
+	// a data race under real traffic fails the run. Benchmarks measure the
+	// binary as shipped, without the race detector's cost.
 	builds := [][]string{{"build", "-o", filepath.Join(dir, "gosdk"), "./gosdk"}}
+	if testenv.Benchmarking() {
+		builds = append(builds, []string{"build", "-o", filepath.Join(dir, "benchceiling"), "./benchceiling"})
+	}
 	if prebuilt := os.Getenv(envPodiam); prebuilt != "" {
 		if err := os.Symlink(prebuilt, filepath.Join(dir, "podiam")); err != nil {
 			return fail("%s: %v", envPodiam, err)
 		}
 		fmt.Fprintf(os.Stderr, "e2e: testing %s=%s instead of building ./cmd/podiam\n", envPodiam, prebuilt)
+	} else if testenv.Benchmarking() {
+		fmt.Fprintln(os.Stderr, "e2e: benchmarking: podiam is built without -race")
+		builds = append(builds, []string{"build", "-o", filepath.Join(dir, "podiam"), "../../cmd/podiam"})
 	} else {
 		builds = append(builds, []string{"build", "-race", "-o", filepath.Join(dir, "podiam"), "../../cmd/podiam"})
 	}

@@ -30,7 +30,13 @@ type proc struct {
 // startProc starts podiam with args; failures end t, and the process is
 // killed when TestE2E ends, not t: a scenario that restarts the agent hands
 // the new one to the scenarios after it.
-func (e *env) startProc(t *testing.T, name string, args, env []string) *proc {
+func (e *env) startProc(t testing.TB, name string, args, env []string) *proc {
+	t.Helper()
+	return e.startExe(t, e.podiam, name, args, env)
+}
+
+// startExe is startProc for any executable.
+func (e *env) startExe(t testing.TB, exe, name string, args, env []string) *proc {
 	t.Helper()
 	logPath := filepath.Join(e.logDir, fmt.Sprintf("%s-%d.log", name, e.seq.Add(1)))
 	logFile, err := os.Create(logPath)
@@ -38,7 +44,7 @@ func (e *env) startProc(t *testing.T, name string, args, env []string) *proc {
 		t.Fatalf("create %s log: %v", name, err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(e.podiam, args...)
+	cmd := exec.Command(exe, args...)
 	cmd.Env = append(append(os.Environ(), raceEnv()), env...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -117,7 +123,7 @@ func (p *proc) kill() {
 }
 
 // failWithLogs prints the tail of every process log when the test failed.
-func failWithLogs(t *testing.T, procs ...*proc) {
+func failWithLogs(t testing.TB, procs ...*proc) {
 	t.Helper()
 	if !t.Failed() {
 		return
@@ -130,9 +136,9 @@ func failWithLogs(t *testing.T, procs ...*proc) {
 }
 
 // startServer runs `podiam server` on the node IP against the run's
-// kube-apiserver and moto, with extra flags (later ones win), and waits
-// until `podiam health` says SERVING.
-func (e *env) startServer(t *testing.T, extra ...string) *proc {
+// kube-apiserver and moto, and waits until `podiam health` says SERVING.
+// extra flags come last, so they override the defaults here.
+func (e *env) startServer(t testing.TB, extra ...string) *proc {
 	t.Helper()
 	addr := hostPort(nodeIP, serverPort)
 	p := e.startProc(t, "server", append([]string{"server",
@@ -166,7 +172,7 @@ func (e *env) startServer(t *testing.T, extra ...string) *proc {
 // startAgent runs `podiam agent` with the command line the DaemonSet uses
 // plus extra flags, and waits until it answers /ping and its DNAT rule is in
 // the node's nat table.
-func (e *env) startAgent(t *testing.T, extra ...string) *proc {
+func (e *env) startAgent(t testing.TB, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"agent",
 		"--json-log", "--level=debug",
@@ -214,7 +220,7 @@ func get(client *http.Client, url string) (int, string, error) {
 func hostPort(host string, port int) string { return host + ":" + strconv.Itoa(port) }
 
 // needBinaries fails the run with install hints for every missing tool.
-func needBinaries(t *testing.T) {
+func needBinaries(t testing.TB) {
 	t.Helper()
 	testenv.Need(t, "ip", "iptables", "curl", "etcd", "kube-apiserver", "moto_server", "aws", "python3", "node")
 }

@@ -45,7 +45,7 @@ type topology struct {
 // childTopology reads what the supervisor prepared and checks that this
 // process really runs in the node namespace: every address the test uses
 // depends on it.
-func childTopology(t *testing.T) *topology {
+func childTopology(t testing.TB) *topology {
 	t.Helper()
 	node := os.Getenv(envNodeNS)
 	if node == "" {
@@ -86,7 +86,7 @@ func sh(t testing.TB, name string, args ...string) string {
 // setUpNode gives the node namespace its addresses: the node IP and the
 // metadata address (for the canary) on lo, since the kernel has no dummy
 // link type.
-func (tp *topology) setUpNode(t *testing.T) {
+func (tp *topology) setUpNode(t testing.TB) {
 	t.Helper()
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", "lo", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", nodeIP+"/32", "dev", "lo")
@@ -96,7 +96,7 @@ func (tp *topology) setUpNode(t *testing.T) {
 // wirePod joins pod namespace ns to the node as Calico does: a veth whose
 // host side has no address, a /32 route to the pod on the node, and in the
 // pod a /32 route to the node plus a default route through it.
-func (tp *topology) wirePod(t *testing.T, ns, veth, ip string) *podNet {
+func (tp *topology) wirePod(t testing.TB, ns, veth, ip string) *podNet {
 	t.Helper()
 	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)

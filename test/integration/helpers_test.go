@@ -7,9 +7,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,8 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -33,13 +31,19 @@ import (
 var podiamBin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
 	dir, err := os.MkdirTemp("", "podiam-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	podiamBin = filepath.Join(dir, "podiam")
-	build := exec.Command("go", "build", "-race", "-o", podiamBin, "../../cmd/podiam")
+	// Benchmarks measure the binary as shipped, without the race detector.
+	race := "-race"
+	if testenv.Benchmarking() {
+		race = "-race=false"
+	}
+	build := exec.Command("go", "build", race, "-o", podiamBin, "../../cmd/podiam")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build podiam:", err)
@@ -55,6 +59,7 @@ type serverProc struct {
 	Addr        string
 	MetricsAddr string
 	PKI         *testenv.PKI
+	Pid         int
 	logs        *syncBuffer
 }
 
@@ -80,7 +85,7 @@ func (s *serverProc) Logs() string { return s.logs.String() }
 
 // startServer runs the podiam server against kube and moto and waits until
 // its health service reports SERVING.
-func startServer(t *testing.T, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
+func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
 	t.Helper()
 	pki := testenv.NewPKI(t, t.TempDir())
 	port, mport := testenv.FreePort(t), testenv.FreePort(t)
@@ -105,6 +110,7 @@ func startServer(t *testing.T, kube *testenv.Kube, moto *testenv.Moto, args ...s
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	sp.Pid = cmd.Process.Pid
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
@@ -143,7 +149,7 @@ func startServer(t *testing.T, kube *testenv.Kube, moto *testenv.Moto, args ...s
 
 // dial connects as an agent with the given client certificate, optionally
 // from a specific local address (to play an agent on another node).
-func dial(t *testing.T, sp *serverProc, cert, key, localIP string) *grpc.ClientConn {
+func dial(t testing.TB, sp *serverProc, cert, key, localIP string) *grpc.ClientConn {
 	t.Helper()
 	tlsCfg, err := tlsconfig.Client(tlsconfig.Config{
 		Files:      tlsconfig.Files{Cert: cert, Key: key, CA: sp.PKI.CA},
@@ -167,48 +173,19 @@ func dial(t *testing.T, sp *serverProc, cert, key, localIP string) *grpc.ClientC
 	return conn
 }
 
-func credsClient(t *testing.T, sp *serverProc) pb.CredentialsClient {
+func credsClient(t testing.TB, sp *serverProc) pb.CredentialsClient {
 	return pb.NewCredentialsClient(dial(t, sp, sp.PKI.AgentCert, sp.PKI.AgentKey, ""))
 }
 
 // metric returns the value of a counter or gauge with the given labels
 // from the server's /metrics, or 0 when the series does not exist.
-func metric(t *testing.T, sp *serverProc, name string, labels map[string]string) float64 {
+func metric(t testing.TB, sp *serverProc, name string, labels map[string]string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + sp.MetricsAddr + "/metrics")
+	v, err := testenv.ScrapeMetric(context.Background(), "http://"+sp.MetricsAddr+"/metrics", name, labels)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mf, ok := families[name]
-	if !ok {
-		return 0
-	}
-	var sum float64
-next:
-	for _, m := range mf.GetMetric() {
-		have := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		for k, v := range labels {
-			if have[k] != v {
-				continue next
-			}
-		}
-		switch {
-		case m.GetCounter() != nil:
-			sum += m.GetCounter().GetValue()
-		case m.GetGauge() != nil:
-			sum += m.GetGauge().GetValue()
-		}
-	}
-	return sum
+	return v
 }
 
 func tail(s string, n int) string {

@@ -5,16 +5,15 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -47,7 +46,14 @@ type Kube struct {
 	Client         kubernetes.Interface
 	KubeconfigPath string // the admin's kubeconfig, usable as podiam server --kubeconfig
 
-	etcd, apiserver *process
+	etcd *process
+	// What StartAPIServer needs to run kube-apiserver again as before.
+	dir, netns, token string
+	apiserverBin      string
+	apiserverArgs     []string
+
+	mu        sync.Mutex
+	apiserver *process // nil while stopped
 }
 
 // KubeOptions places the apiserver. The e2e tests run it inside the "node"
@@ -102,7 +108,7 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 	saPriv, saPub := writeServiceAccountKey(t, dir)
 	certDir := filepath.Join(dir, "certs")
 
-	apiserver := startProcess(t, dir, "kube-apiserver", opts.NetNS, apiserverBin, []string{
+	apiserverArgs := []string{
 		"--etcd-servers=" + etcdClient,
 		"--secure-port=" + strconv.Itoa(securePort),
 		"--bind-address=" + addr,
@@ -116,36 +122,15 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 		"--service-cluster-ip-range=10.0.0.0/24",
 		"--allow-privileged=true",
 		"--profiling=false",
-	}, nil)
+	}
 
 	url := "https://" + net.JoinHostPort(addr, strconv.Itoa(securePort))
-	k := &Kube{URL: url, etcd: etcd, apiserver: apiserver}
-	procs := []*process{etcd, apiserver}
-
-	// The serving certificate does not exist until kube-apiserver generates
-	// it, so readiness is probed without verification, then the real client
-	// verifies against the generated certificate.
-	probe := &http.Client{
-		Timeout:   5 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // readiness probe only
-	}
-	defer probe.CloseIdleConnections()
-	waitFor(t, "kube-apiserver /readyz", kubeStartTimeout, procs, func() error {
-		req, err := http.NewRequest(http.MethodGet, url+"/readyz", nil)
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		resp, err := probe.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("/readyz: %s", resp.Status)
-		}
-		return nil
-	})
+	k := &Kube{URL: url, etcd: etcd, dir: dir, netns: opts.NetNS, token: token,
+		apiserverBin: apiserverBin, apiserverArgs: apiserverArgs}
+	// Registered after etcd's, so it runs before: whichever kube-apiserver
+	// runs at the end, restarted or not, dies first.
+	t.Cleanup(func() { k.stopAPIServer(t) })
+	k.StartAPIServer(t)
 
 	caData, err := os.ReadFile(filepath.Join(certDir, "apiserver.crt"))
 	if err != nil {
@@ -165,7 +150,7 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 		t.Fatalf("testenv: kubernetes client: %v", err)
 	}
 	k.Client = client
-	waitFor(t, `namespace "default"`, kubeStartTimeout, procs, func() error {
+	waitFor(t, `namespace "default"`, kubeStartTimeout, k.procs(), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, err := client.CoreV1().Namespaces().Get(ctx, metav1.NamespaceDefault, metav1.GetOptions{})

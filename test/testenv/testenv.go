@@ -173,6 +173,15 @@ type process struct {
 // with output to dir/name.log. env is added to the test's environment.
 func startProcess(t testing.TB, dir, name, netns, bin string, args, env []string) *process {
 	t.Helper()
+	p := spawnProcess(t, dir, name, netns, bin, args, env)
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// spawnProcess is startProcess for a caller that ends the process itself,
+// e.g. one restarted during the test; the output is appended to the same log.
+func spawnProcess(t testing.TB, dir, name, netns, bin string, args, env []string) *process {
+	t.Helper()
 	argv := append([]string{bin}, args...)
 	if netns != "" {
 		// ip netns exec execs the command in place, so the pid, the process
@@ -203,13 +212,16 @@ func startProcess(t testing.TB, dir, name, netns, bin string, args, env []string
 		p.waitErr = cmd.Wait()
 		close(p.done)
 	}()
-	t.Cleanup(func() {
-		p.kill(t)
-		if t.Failed() {
-			t.Logf("testenv: last %d lines of %s (%s):\n%s", logTailLines, name, logPath, tail(logPath, logTailLines))
-		}
-	})
 	return p
+}
+
+// stop kills the process and, if the test failed, shows the end of its log.
+func (p *process) stop(t testing.TB) {
+	t.Helper()
+	p.kill(t)
+	if t.Failed() {
+		t.Logf("testenv: last %d lines of %s (%s):\n%s", logTailLines, p.name, p.logPath, tail(p.logPath, logTailLines))
+	}
 }
 
 // kill kills the whole process group, which also catches grandchildren such

@@ -1,0 +1,499 @@
+package e2e
+
+// Benchmarks on the end-to-end bed: the same node and pod namespaces, DNAT
+// rule, kube-apiserver, moto, server and agent as TestE2E, with podiam built
+// without -race. They print figures and never judge them: `make bench` runs
+// them once (-benchtime 1x) and prints every table at the end.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// Where the yardstick server listens, and the address pods reach it by
+// through a DNAT rule like the agent's.
+const (
+	ceilingIP   = "169.254.200.254"
+	ceilingPort = 18181
+)
+
+// Environment knobs of the benchmarks, for a longer run on a quiet machine.
+const (
+	envWrkSeconds = "PODIAM_BENCH_WRK_SECONDS" // length of each wrk run (default 2)
+	envWrkRounds  = "PODIAM_BENCH_WRK_ROUNDS"  // wrk runs per target and case, alternating agent and ceiling (default 3)
+	envColdTrials = "PODIAM_BENCH_COLD_TRIALS" // pods per cold path case (default 5)
+	envPerf       = "PODIAM_BENCH_PERF"        // a directory: perf profiles of agent and ceiling during their first keepalive/c32 run
+)
+
+// benchServerFlags run the server with its production session lifetimes:
+// with TestE2E's 15-minute sessions the agent would re-fetch every refresh
+// interval and the hot path would not be a pure cache hit.
+var benchServerFlags = []string{"--level=info", "--session-duration=1h", "--session-refresh=40m"}
+
+// BenchmarkE2E builds one node and measures the agent's hot path against a
+// minimal Go HTTP server, then the cold path of new pods with the server's
+// prefetch on and off.
+func BenchmarkE2E(b *testing.B) {
+	e := newEnv(b)
+	testenv.Need(b, "wrk")
+	e.createAPIObjects(b)
+	e.server = e.startServer(b, benchServerFlags...)
+	e.agent = e.startAgent(b, "--level=info")
+	b.Cleanup(func() { failWithLogs(b, e.server, e.agent) })
+
+	b.Run("AgentHotPath", func(b *testing.B) { benchHotPath(b, e) })
+	b.Run("ColdPath", func(b *testing.B) { benchColdPath(b, e) })
+	e.canary.assertUntouched(b)
+}
+
+// wrkCase is one load shape.
+type wrkCase struct {
+	Conns     int
+	KeepAlive bool
+}
+
+func (c wrkCase) String() string {
+	ka := "keepalive"
+	if !c.KeepAlive {
+		ka = "close"
+	}
+	return fmt.Sprintf("%s/c%d", ka, c.Conns)
+}
+
+// runWrk runs wrk in pod p against url and measures the CPU pid used.
+func (e *env) runWrk(b *testing.B, p *podNet, script, url string, c wrkCase, d time.Duration, pid int) testenv.WrkResult {
+	b.Helper()
+	threads := min(c.Conns, 2)
+	args := []string{"wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(c.Conns),
+		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--timeout", "5s", "-s", script}
+	if !c.KeepAlive {
+		args = append(args, "-H", "Connection: close")
+	}
+	args = append(args, url)
+	cpu0, err := testenv.ProcCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := e.inPod(p, d+30*time.Second, args...)
+	cpu1, err := testenv.ProcCPU(pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r.Err != nil {
+		b.Fatalf("wrk %s: %s", c, r)
+	}
+	res, err := testenv.ParseWrk(r.Stdout)
+	if err != nil {
+		b.Fatalf("wrk %s: %v\n%s", c, err, r)
+	}
+	res.CPU = cpu1 - cpu0
+	return res
+}
+
+// response is what curl saw of one answer, to check that the yardstick
+// sends exactly as many bytes as the agent.
+type response struct {
+	code, headerBytes, bodyBytes int
+}
+
+func (e *env) measureResponse(b *testing.B, p *podNet, url string) response {
+	b.Helper()
+	r := e.inPod(p, 15*time.Second, "curl", "-sS", "-o", "/dev/null", "--max-time", "5",
+		"-w", "%{http_code} %{size_header} %{size_download}", url)
+	var resp response
+	if _, err := fmt.Sscan(r.Stdout, &resp.code, &resp.headerBytes, &resp.bodyBytes); err != nil || r.Err != nil {
+		b.Fatalf("curl %s: %v: %s", url, err, r)
+	}
+	return resp
+}
+
+func benchHotPath(b *testing.B, e *env) {
+	path := credPath + "app-web"
+	agentURL := "http://" + metadataIP + path
+	ceilingURL := "http://" + ceilingIP + path
+
+	// Warm the agent's cache and take the bytes the yardstick must serve.
+	doc := e.imds(e.web, http.MethodGet, path)
+	if doc.Code != http.StatusOK {
+		b.Fatalf("warming the agent: %s", doc)
+	}
+	bodyFile := filepath.Join(e.tmp, "ceiling-body")
+	if err := os.WriteFile(bodyFile, []byte(doc.Body), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	ceiling := e.startExe(b, filepath.Join(e.topo.BinDir, "benchceiling"), "benchceiling",
+		[]string{"-addr", hostPort(nodeIP, ceilingPort), "-body", bodyFile, "-content-type", doc.Header.Get("Content-Type")}, nil)
+	iptables := testenv.Bin(b, "iptables")
+	rule := []string{"PREROUTING", "-i", hostIfWild, "-d", ceilingIP + "/32", "-p", "tcp", "--dport", "80",
+		"-j", "DNAT", "--to-destination", hostPort(nodeIP, ceilingPort)}
+	sh(b, iptables, append([]string{"-w", "5", "-t", "nat", "-A"}, rule...)...)
+	b.Cleanup(func() { _, _ = runCmd(iptables, append([]string{"-w", "5", "-t", "nat", "-D"}, rule...)...) })
+
+	var agentResp, ceilingResp response
+	eventually(b, 15*time.Second, "yardstick answers through its DNAT rule", func() error {
+		ceilingResp = e.measureResponse(b, e.web, ceilingURL)
+		if ceilingResp.code != http.StatusOK {
+			return fmt.Errorf("HTTP %d", ceilingResp.code)
+		}
+		return nil
+	})
+	agentResp = e.measureResponse(b, e.web, agentURL)
+	if agentResp != ceilingResp {
+		b.Fatalf("agent answers %+v, the yardstick %+v: not the same bytes", agentResp, ceilingResp)
+	}
+
+	script := filepath.Join(e.tmp, "report.lua")
+	if err := os.WriteFile(script, []byte(testenv.WrkScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	dur := time.Duration(testenv.EnvInt(envWrkSeconds, 2)) * time.Second
+	rounds := testenv.EnvInt(envWrkRounds, 3)
+	agentPid, ceilingPid := e.agent.cmd.Process.Pid, ceiling.cmd.Process.Pid
+	// A short run each first: connection set-up paths, page faults and the
+	// Go heap's first growth are not what is being measured.
+	for _, t := range []struct {
+		url string
+		pid int
+	}{{ceilingURL, ceilingPid}, {agentURL, agentPid}} {
+		e.runWrk(b, e.web, script, t.url, wrkCase{Conns: 32, KeepAlive: true}, time.Second, t.pid)
+	}
+
+	table := testenv.Table{
+		Title: fmt.Sprintf("Agent hot path: warm-cache GET %s from a pod through the DNAT rule, wrk %d x %s per target and row", path, rounds, dur),
+		Header: []string{"connections", "agent req/s", "p50", "p99", "CPU/req",
+			"ceiling req/s", "p50", "p99", "CPU/req", "agent/ceiling"},
+		Notes: []string{
+			fmt.Sprintf("ceiling: a minimal Go net/http server in the node namespace serving the same %d header + %d body bytes, through its own DNAT rule from the same pod",
+				agentResp.headerBytes, agentResp.bodyBytes),
+			"runs alternate between agent and ceiling; req/s and CPU/req are totals over the runs, p50/p99 the median of the runs' percentiles",
+			"CPU/req: user+system CPU of the serving process (agent or ceiling) per request; wrk runs on the same cores",
+			"targets (issue; reported, not asserted): agent >= 0.8 x ceiling req/s, p99 < 2 ms at 32 connections on 2 cores",
+		},
+	}
+	cases := []wrkCase{{1, true}, {32, true}, {1, false}, {32, false}}
+	var spread []string   // req/s of each run, to judge the noise
+	var profiles []string // perf summaries, with PODIAM_BENCH_PERF
+	for _, c := range cases {
+		b.Run(c.String(), func(b *testing.B) {
+			// Short runs alternating between the two targets, the order
+			// swapped each round, so that both see the same neighbours.
+			var agentRuns, ceilRuns []testenv.WrkResult
+			for round := range rounds {
+				// profiled runs the target's run under perf when asked to.
+				profiled := func(name string, pid int, run func()) {
+					dir := os.Getenv(envPerf)
+					if dir == "" || c.Conns != 32 || !c.KeepAlive || round > 0 {
+						run()
+						return
+					}
+					stop := startPerf(b, filepath.Join(dir, name+".perf"), pid, dur)
+					run()
+					profiles = append(profiles, fmt.Sprintf("perf profile of the %s, keepalive/c32, user-space functions:\n%s", name, stop()))
+				}
+				runAgent := func() {
+					profiled("agent", agentPid, func() {
+						agentRuns = append(agentRuns, e.runWrk(b, e.web, script, agentURL, c, dur, agentPid))
+					})
+				}
+				runCeiling := func() {
+					profiled("ceiling", ceilingPid, func() {
+						ceilRuns = append(ceilRuns, e.runWrk(b, e.web, script, ceilingURL, c, dur, ceilingPid))
+					})
+				}
+				if round%2 == 0 {
+					runCeiling()
+					runAgent()
+				} else {
+					runAgent()
+					runCeiling()
+				}
+			}
+			agent, ceil := testenv.CombineWrk(agentRuns), testenv.CombineWrk(ceilRuns)
+			runsRPS := func(runs []testenv.WrkResult) string {
+				var out []string
+				for _, r := range runs {
+					out = append(out, fmt.Sprintf("%.0f", r.RPS()))
+				}
+				return strings.Join(out, " ")
+			}
+			spread = append(spread, fmt.Sprintf("%s: agent %s, ceiling %s", c, runsRPS(agentRuns), runsRPS(ceilRuns)))
+			for name, r := range map[string]testenv.WrkResult{"agent": agent, "ceiling": ceil} {
+				if n := r.ErrorCount(); n > 0 {
+					b.Errorf("%s %s: %d errors %v over %d requests", name, c, n, r.Errors, r.Requests)
+				}
+			}
+			ratio := agent.RPS() / ceil.RPS()
+			b.ReportMetric(0, "ns/op")
+			b.ReportMetric(agent.RPS(), "agent-req/s")
+			b.ReportMetric(float64(agent.P50.Microseconds()), "agent-p50-us")
+			b.ReportMetric(float64(agent.P99.Microseconds()), "agent-p99-us")
+			b.ReportMetric(ceil.RPS(), "ceiling-req/s")
+			b.ReportMetric(float64(ceil.P99.Microseconds()), "ceiling-p99-us")
+			b.ReportMetric(ratio, "agent/ceiling")
+			table.Row(c, fmt.Sprintf("%.0f", agent.RPS()), ms(agent.P50), ms(agent.P99), us(agent.CPUPerRequest()),
+				fmt.Sprintf("%.0f", ceil.RPS()), ms(ceil.P50), ms(ceil.P99), us(ceil.CPUPerRequest()), fmt.Sprintf("%.2f", ratio))
+		})
+	}
+	table.Notes = append(table.Notes, "req/s of each run, in order (the spread is the noise of this machine):")
+	for _, l := range spread {
+		table.Notes = append(table.Notes, "  "+l)
+	}
+	table.Notes = append(table.Notes, profiles...)
+	table.Report(b)
+}
+
+// startPerf samples a process's stacks with perf into data while the next
+// wrk run is under way; the returned function waits for it and returns its
+// user-space functions by cumulative share (children included), which is
+// where the time goes; `perf report -i data` shows the rest.
+func startPerf(b *testing.B, data string, pid int, d time.Duration) func() string {
+	b.Helper()
+	perf := testenv.Bin(b, "perf")
+	done := make(chan error, 1)
+	go func() {
+		out, err := runCmd(perf, "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", data,
+			"--", "sleep", strconv.Itoa(int(d.Seconds())))
+		if err != nil {
+			err = fmt.Errorf("%w: %s", err, out)
+		}
+		done <- err
+	}()
+	return func() string {
+		if err := <-done; err != nil {
+			return "    perf record: " + err.Error()
+		}
+		out, err := runCmd(perf, "report", "-i", data, "--stdio", "--children", "--sort", "symbol",
+			"--percent-limit", "2", "-g", "none")
+		if err != nil {
+			return "    perf report: " + err.Error()
+		}
+		var lines []string
+		sc := bufio.NewScanner(strings.NewReader(out))
+		for sc.Scan() {
+			// "  79.67%     0.45%  [.] net/http.(*conn).serve  -  -": user space only.
+			f := strings.Fields(sc.Text())
+			if len(f) >= 4 && f[2] == "[.]" && !strings.HasPrefix(f[3], "runtime.goexit") {
+				lines = append(lines, fmt.Sprintf("    %7s total %7s self  %s", f[0], f[1], f[3]))
+			}
+		}
+		return strings.Join(lines[:min(len(lines), 30)], "\n") + "\n    (perf data: " + data + ")"
+	}
+}
+
+func runCmd(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	return string(out), err
+}
+
+// coldCase is one way a new pod meets the agent.
+type coldCase struct {
+	Name string
+	// StartAfter is when the pod's first request is sent, after its address
+	// is set; negative: the pod is already asking (and the server waits for
+	// it) when the address is set.
+	StartAfter time.Duration
+	// Measure picks the figure of a trial that this case is about.
+	Measure func(coldTrial) time.Duration
+	What    string
+}
+
+var coldCases = []coldCase{
+	{"asking-before-IP", -300 * time.Millisecond,
+		func(t coldTrial) time.Duration { return t.ToCreds }, "IP set -> first 200"},
+	{"first-request-250ms-after-IP", 250 * time.Millisecond,
+		func(t coldTrial) time.Duration { return t.FirstRequest }, "the first request"},
+}
+
+// coldTrial is one new pod's first success, as seen from inside its
+// namespace, and what the server did for it.
+type coldTrial struct {
+	ToCreds      time.Duration // from the status update being sent to the first 200
+	FirstRequest time.Duration // curl's time_total of the request that got the 200
+	STSCalls     float64       // AssumeRole calls during the trial
+	CacheHit     bool          // the server answered the request from its cache
+}
+
+// The loop a pod runs: wait for a line on stdin (so that process start-up
+// is not measured), then ask until the agent answers 200, and print when
+// (bash's wall clock, no fork) and how long that request took.
+const coldLoop = `read -r _ || exit 1
+n=0
+while :; do
+  n=$((n+1))
+  out=$(curl -s -o /dev/null --interface "$1" --max-time 5 -w '%{http_code} %{time_total}' "$2")
+  end=$EPOCHREALTIME
+  set -- "$1" "$2" $out
+  if [ "$3" = 200 ]; then echo "$end $4"; exit 0; fi
+  if [ $n -ge 100 ]; then echo "gave up after $n requests, last: $out" >&2; exit 1; fi
+  set -- "$1" "$2"
+done`
+
+func benchColdPath(b *testing.B, e *env) {
+	spare := e.topo.wirePod(b, e.spareNS, "pdm5", fmt.Sprintf(podIPFormat, 5))
+	trials := testenv.EnvInt(envColdTrials, 5)
+	metrics := "http://" + hostPort(nodeIP, serverMetr) + "/metrics"
+	table := testenv.Table{
+		Title:  fmt.Sprintf("Cold path: a new pod's first credentials, seen from inside the pod (curl loop), %d pods per row", trials),
+		Header: []string{"prefetch", "case", "measured", "p50", "max", "AssumeRole/pod", "served from server cache"},
+		Notes: []string{
+			"each pod has a role nobody used before, so its credentials need one STS AssumeRole (moto on the node)",
+			"asking-before-IP: the pod's curl loop runs 300 ms before its address is set through the status subresource; the server holds the request until the pod appears (watch, --pod-wait 900ms);" +
+				" measured from sending the status update to the end of the first 200 (bash's $EPOCHREALTIME in the pod)",
+			"first-request-250ms-after-IP: the pod's first request leaves 250 ms after the status update, as from a starting container; measured: that request's curl time_total" +
+				" (agent cache miss: route lookup + gRPC to the server + the server's answer)",
+			"AssumeRole/pod: server metric podiam_sts_requests_total{operation=assume_role} delta over the trial, prefetch included",
+			"served from server cache: podiam_credcache_requests_total{result=hit} moved, i.e. no STS round trip on the request's path",
+			"the agent's cache miss path runs `ip -o route get` (route.Interface): " + routeLookupCost(b, e, spare.IP),
+		},
+	}
+	n := 0
+	for _, prefetch := range []bool{true, false} {
+		mode := "on"
+		if !prefetch {
+			mode = "off"
+			if err := e.server.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+				b.Logf("server stop: %v", err)
+			}
+			e.server = e.startServer(b, append(slices.Clone(benchServerFlags), "--no-prefetch")...)
+			// The agent reconnects with backoff; a pod without a role is
+			// answered by the server only, never from the agent's cache.
+			eventually(b, 30*time.Second, "agent reaches the new server", func() error {
+				if r := e.imds(e.norole, http.MethodGet, credPath); r.Code != http.StatusNotFound {
+					return fmt.Errorf("pod without role: %s", r)
+				}
+				return nil
+			})
+		}
+		for _, cc := range coldCases {
+			b.Run("prefetch="+mode+"/"+cc.Name, func(b *testing.B) {
+				var figures []time.Duration
+				var sts float64
+				hits := 0
+				for range trials {
+					n++
+					r := e.coldTrial(b, spare, n, cc, metrics)
+					figures = append(figures, cc.Measure(r))
+					sts += r.STSCalls
+					if r.CacheHit {
+						hits++
+					}
+				}
+				slices.Sort(figures)
+				p50, worst := testenv.Quantile(figures, 0.5), figures[len(figures)-1]
+				b.ReportMetric(0, "ns/op")
+				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
+				b.ReportMetric(float64(worst.Microseconds())/1000, "max-ms")
+				b.ReportMetric(sts/float64(trials), "assumerole/pod")
+				b.ReportMetric(float64(hits)/float64(trials), "server-cache-hits/pod")
+				table.Row(mode, cc.Name, cc.What, ms(p50), ms(worst),
+					fmt.Sprintf("%.1f", sts/float64(trials)), fmt.Sprintf("%d/%d", hits, trials))
+			})
+		}
+	}
+	table.Report(b)
+}
+
+// routeLookupCost times the command the agent runs for each address it has
+// no credentials for, here in the node namespace.
+func routeLookupCost(b *testing.B, e *env, ip string) string {
+	b.Helper()
+	var took []time.Duration
+	for range 10 {
+		t0 := time.Now()
+		sh(b, e.topo.ip, "-o", "route", "get", ip)
+		took = append(took, time.Since(t0))
+	}
+	slices.Sort(took)
+	return fmt.Sprintf("p50 %s, max %s over 10 runs here", ms(testenv.Quantile(took, 0.5)), ms(took[len(took)-1]))
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
+
+// coldTrial creates pod n with a role of its own on a fresh address in the
+// spare pod namespace, sets its address, and measures its first success.
+func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics string) coldTrial {
+	b.Helper()
+	ip := fmt.Sprintf("10.78.1.%d", n)
+	sh(b, e.topo.ip, "-n", spare.NS, "addr", "add", ip+"/32", "dev", "eth0")
+	sh(b, e.topo.ip, "-n", e.topo.NodeNS, "route", "add", ip+"/32", "dev", spare.Veth)
+	role := fmt.Sprintf("app-cold-%d", n)
+	pod := e.kube.CreatePod(b, testenv.PodSpec{Namespace: nsApps, Name: fmt.Sprintf("cold-%d", n),
+		Annotations: map[string]string{"iam.amazonaws.com/role": role}, NodeName: nodeName})
+
+	scrape := func(name string, labels map[string]string) float64 {
+		v, err := testenv.ScrapeMetric(context.Background(), metrics, name, labels)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return v
+	}
+	assumeRole := map[string]string{"operation": "assume_role"}
+	hit := map[string]string{"result": "hit"}
+	sts0, hits0 := scrape("podiam_sts_requests_total", assumeRole), scrape("podiam_credcache_requests_total", hit)
+
+	url := "http://" + metadataIP + credPath + role
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Closing the write end ends a loop that was never started.
+	defer stdinW.Close()
+	defer stdinR.Close()
+	done := make(chan runResult, 1)
+	go func() {
+		done <- e.inPodStdin(spare, 60*time.Second, stdinR, "bash", "-c", coldLoop, "cold-loop", ip, url)
+	}()
+	// Past bash's start-up; only the requests are measured.
+	time.Sleep(500 * time.Millisecond)
+	start := func() {
+		if _, err := stdinW.WriteString("go\n"); err != nil {
+			b.Fatalf("start the pod's loop: %v", err)
+		}
+	}
+	if cc.StartAfter < 0 {
+		start()
+		time.Sleep(-cc.StartAfter) // the first request is waiting in the server by now
+	}
+	pod.Status.Phase = corev1.PodRunning
+	pod.Status.PodIP, pod.Status.PodIPs = ip, []corev1.PodIP{{IP: ip}}
+	pod.Status.HostIP, pod.Status.HostIPs = nodeIP, []corev1.HostIP{{IP: nodeIP}}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if _, err := e.kube.Client.CoreV1().Pods(nsApps).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+		b.Fatalf("set address of pod %s: %v", pod.Name, err)
+	}
+	if cc.StartAfter >= 0 {
+		time.Sleep(time.Until(t0.Add(cc.StartAfter)))
+		start()
+	}
+	out := <-done
+	var end, took float64
+	if _, err := fmt.Sscan(out.Stdout, &end, &took); err != nil || out.Err != nil {
+		b.Fatalf("pod %s never got credentials: %v %s", pod.Name, err, out)
+	}
+	return coldTrial{
+		ToCreds:      time.Unix(0, int64(end*1e9)).Sub(t0),
+		FirstRequest: time.Duration(took * float64(time.Second)),
+		STSCalls:     scrape("podiam_sts_requests_total", assumeRole) - sts0,
+		CacheHit:     scrape("podiam_credcache_requests_total", hit) > hits0,
+	}
+}

@@ -1,0 +1,590 @@
+package integration
+
+// Benchmarks of the real `podiam server` binary (built without -race) with
+// many pods in a real kube-apiserver and moto as STS. They print figures and
+// never judge them: `make bench` runs them once (-benchtime 1x) and prints
+// every table at the end.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	pb "github.com/podiam/podiam/proto/podiam/v1"
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// Scale of BenchmarkServerScale; PODIAM_BENCH_SCALE_PODS changes the pod
+// count for a quicker look (namespaces, nodes and roles stay).
+const (
+	envScalePods    = "PODIAM_BENCH_SCALE_PODS"
+	scalePods       = 10000
+	scaleNamespaces = 500
+	scaleNodes      = 50
+	scaleRoles      = 16
+	// bulkWorkers and bulkQPS: enough to keep a two-core apiserver and
+	// etcd busy without turning the run into a test of client throttling.
+	bulkWorkers = 48
+	bulkQPS     = 1000
+)
+
+const baseRole = "podiam-server"
+
+// stsCounter is a reverse proxy in front of moto that counts what the
+// server asks STS, by action and, for AssumeRole, base role or not: the
+// server's own metrics are the other witness.
+type stsCounter struct {
+	URL     string
+	baseARN string
+
+	mu      sync.Mutex
+	actions map[string]int
+	base    int
+	targets map[string]int // AssumeRole calls per target role ARN
+}
+
+type stsCounts struct {
+	AssumeRole, Base, Target, TargetRoles, CallerIdentity int
+}
+
+func startSTSCounter(t testing.TB, moto *testenv.Moto, baseARN string) *stsCounter {
+	t.Helper()
+	upstream, err := url.Parse(moto.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &stsCounter{baseARN: baseARN, actions: map[string]int{}, targets: map[string]int{}}
+	proxy := httputil.NewSingleHostReverseProxy(upstream)
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if form, err := url.ParseQuery(string(body)); err == nil {
+			c.record(form.Get("Action"), form.Get("RoleArn"))
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		proxy.ServeHTTP(w, r)
+	})}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	c.URL = "http://" + lis.Addr().String()
+	return c
+}
+
+func (c *stsCounter) record(action, role string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.actions[action]++
+	if action != "AssumeRole" {
+		return
+	}
+	if role == c.baseARN {
+		c.base++
+		return
+	}
+	c.targets[role]++
+}
+
+func (c *stsCounter) counts() stsCounts {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := stsCounts{AssumeRole: c.actions["AssumeRole"], Base: c.base, TargetRoles: len(c.targets), CallerIdentity: c.actions["GetCallerIdentity"]}
+	for _, v := range c.targets {
+		n.Target += v
+	}
+	return n
+}
+
+func (n stsCounts) minus(o stsCounts) stsCounts {
+	return stsCounts{AssumeRole: n.AssumeRole - o.AssumeRole, Base: n.Base - o.Base, Target: n.Target - o.Target,
+		TargetRoles: n.TargetRoles, CallerIdentity: n.CallerIdentity - o.CallerIdentity}
+}
+
+// viaCounter is moto as the server sees it: behind the counter.
+func viaCounter(moto *testenv.Moto, c *stsCounter) *testenv.Moto {
+	m := *moto
+	m.Endpoint = c.URL
+	return &m
+}
+
+// bulkPod is one pod of a bulk load, created with its address set.
+type bulkPod struct {
+	Namespace, Name, Role, IP, Node, HostIP string
+}
+
+// bulkClient is a client for bulk loads: a higher rate limit than the
+// tests' client.
+func bulkClient(t testing.TB, kube *testenv.Kube) kubernetes.Interface {
+	t.Helper()
+	cfg := rest.CopyConfig(kube.RESTConfig)
+	cfg.QPS, cfg.Burst = bulkQPS, 2*bulkQPS
+	c, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// parallel runs f for 0..n-1 on workers goroutines and returns the first
+// error; it reports progress on stderr every step items, since a bulk load
+// on a busy machine takes minutes.
+func parallel(ctx context.Context, what string, n, workers, step int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next, done atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(ctx, i); err != nil {
+					cancel(err)
+					return
+				}
+				if d := done.Add(1); step > 0 && d%int64(step) == 0 {
+					fmt.Fprintf(os.Stderr, "bench: %s %d/%d (%.0f s)\n", what, d, n, time.Since(start).Seconds())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return context.Cause(ctx)
+}
+
+// createNamespaces creates namespaces with their default ServiceAccount.
+func createNamespaces(ctx context.Context, c kubernetes.Interface, names []string, annotations map[string]string) error {
+	return parallel(ctx, "namespaces", len(names), bulkWorkers, 0, func(ctx context.Context, i int) error {
+		ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: names[i], Annotations: annotations}}
+		if _, err := c.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create namespace %s: %w", names[i], err)
+		}
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: names[i], Name: "default"}}
+		if _, err := c.CoreV1().ServiceAccounts(names[i]).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create serviceaccount %s/default: %w", names[i], err)
+		}
+		return nil
+	})
+}
+
+// createPods creates each pod and sets its address through the status
+// subresource, as a kubelet would.
+func createPods(ctx context.Context, c kubernetes.Interface, pods []bulkPod) error {
+	return parallel(ctx, "pods", len(pods), bulkWorkers, 1000, func(ctx context.Context, i int) error {
+		p := pods[i]
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name,
+				Annotations: map[string]string{"iam.amazonaws.com/role": p.Role}},
+			Spec: corev1.PodSpec{NodeName: p.Node, ServiceAccountName: "default",
+				Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/podiam/bench:latest"}}},
+		}
+		created, err := c.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		created.Status.Phase = corev1.PodRunning
+		created.Status.PodIP, created.Status.PodIPs = p.IP, []corev1.PodIP{{IP: p.IP}}
+		created.Status.HostIP, created.Status.HostIPs = p.HostIP, []corev1.HostIP{{IP: p.HostIP}}
+		if _, err := c.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("set status of pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		return nil
+	})
+}
+
+// cluster is a kube-apiserver and moto behind an STS counter, loaded with
+// pods by loadPods.
+type cluster struct {
+	kube    *testenv.Kube
+	sts     *testenv.Moto // moto as the server should see it: behind counter
+	counter *stsCounter
+	pods    []bulkPod
+	load    time.Duration // to create the namespaces and pods
+}
+
+func newCluster(b *testing.B) *cluster {
+	b.Helper()
+	kube := testenv.StartKube(b, testenv.KubeOptions{})
+	moto := testenv.StartMoto(b, testenv.MotoOptions{})
+	counter := startSTSCounter(b, moto, roleARN(baseRole))
+	return &cluster{kube: kube, sts: viaCounter(moto, counter), counter: counter}
+}
+
+// loadPods creates nPods pods spread over namespaces prefix-000.. (n of
+// them), each permitting the roles rolePrefix*, with role and node chosen
+// by place(i) for pod i.
+func (c *cluster) loadPods(b *testing.B, prefix string, n, nPods int, rolePrefix string, place func(i int) (role, node, hostIP string)) {
+	b.Helper()
+	client := bulkClient(b, c.kube)
+	namespaces := make([]string, n)
+	for i := range namespaces {
+		namespaces[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	c.pods = make([]bulkPod, nPods)
+	for i := range c.pods {
+		role, node, hostIP := place(i)
+		c.pods[i] = bulkPod{Namespace: namespaces[i%n], Name: fmt.Sprintf("pod-%05d", i), Role: role, IP: podIP(i), Node: node, HostIP: hostIP}
+	}
+	start := time.Now()
+	ctx := context.Background()
+	if err := createNamespaces(ctx, client, namespaces, map[string]string{"iam.amazonaws.com/permitted": roleARN(rolePrefix + ".*")}); err != nil {
+		b.Fatal(err)
+	}
+	if err := createPods(ctx, client, c.pods); err != nil {
+		b.Fatal(err)
+	}
+	c.load = time.Since(start)
+}
+
+// podIP is the i-th pod address in 10.100.0.0/14.
+func podIP(i int) string { return fmt.Sprintf("10.%d.%d.%d", 100+i/(250*256), i/250%256, i%250+1) }
+
+// logTimes returns the time of the first log line with each message.
+func logTimes(logs string, msgs ...string) map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, line := range strings.Split(logs, "\n") {
+		var rec struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		if _, seen := out[rec.Msg]; !seen && slices.Contains(msgs, rec.Msg) {
+			out[rec.Msg] = rec.Time
+		}
+	}
+	return out
+}
+
+// waitSettled polls a server metric until it reaches want or stops moving
+// for a few seconds, and returns its last value.
+func waitSettled(t testing.TB, sp *serverProc, name string, labels map[string]string, want float64, timeout time.Duration) float64 {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	last, since := -1.0, time.Now()
+	for {
+		v := metric(t, sp, name, labels)
+		if v >= want {
+			return v
+		}
+		if v != last {
+			last, since = v, time.Now()
+		}
+		if time.Since(since) > 5*time.Second || time.Now().After(deadline) {
+			return v
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// serverFigures is what BenchmarkServerScale measures of one server.
+type serverFigures struct {
+	Serving, Synced, Settled time.Duration // from exec
+	Prefetches, Indexed      float64
+	Mem, MemAfterWarm        testenv.Memory
+	Heap, HeapAfterWarm      float64 // go_memstats_heap_inuse_bytes
+	GoSys, Goroutines        float64
+	STS                      stsCounts // at STS, during this server's start
+	STSMetric                float64   // AssumeRole, server metric
+	Warm                     warmResult
+}
+
+// measureServer starts a server on c, waits for its sync and prefetches,
+// samples it, and for a loaded cluster plays agents against it. The
+// server stops when b ends.
+func measureServer(b *testing.B, c *cluster) serverFigures {
+	b.Helper()
+	var f serverFigures
+	sts0 := c.counter.counts()
+	start := time.Now()
+	sp := startServer(b, c.kube, c.sts, "--level=info",
+		"--assume-role-arn="+roleARN(baseRole), "--role-base-arn-autodetect")
+	f.Serving = time.Since(start)
+	f.Synced = logTimes(sp.Logs(), "informers synced")["informers synced"].Sub(start)
+	f.Prefetches = waitSettled(b, sp, "podiam_credcache_prefetches_total", nil, float64(len(c.pods)), 2*time.Minute)
+	f.Settled = time.Since(start)
+	var err error
+	if f.Mem, err = testenv.ProcMemory(sp.Pid); err != nil {
+		b.Fatal(err)
+	}
+	f.Heap = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
+	f.GoSys = metric(b, sp, "go_memstats_sys_bytes", nil)
+	f.Goroutines = metric(b, sp, "go_goroutines", nil)
+	f.Indexed = metric(b, sp, "podiam_server_pods", nil)
+	f.STSMetric = metric(b, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"})
+	f.STS = c.counter.counts().minus(sts0)
+	if len(c.pods) == 0 {
+		return f
+	}
+	f.Warm = benchWarmRequests(b, sp, c.pods, 4, 32, 3*time.Second)
+	if f.MemAfterWarm, err = testenv.ProcMemory(sp.Pid); err != nil {
+		b.Fatal(err)
+	}
+	f.HeapAfterWarm = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
+	return f
+}
+
+// BenchmarkServerScale starts the server on an empty cluster, then loads
+// 10,000 pods in 500 namespaces on 50 nodes with 16 roles into the API and
+// starts it again: start-up time, memory and STS calls, and its warm
+// request path.
+func BenchmarkServerScale(b *testing.B) {
+	nPods := testenv.EnvInt(envScalePods, scalePods)
+	c := newCluster(b)
+	var empty, loaded serverFigures
+	b.Run("pods=0", func(b *testing.B) {
+		empty = measureServer(b, c)
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(float64(empty.Mem.RSS)/(1<<20), "rss-MiB")
+		b.ReportMetric(empty.Heap/(1<<20), "heap-inuse-MiB")
+	})
+	c.loadPods(b, "scale", scaleNamespaces, nPods, "scale-role-", func(i int) (string, string, string) {
+		node := i % scaleNodes
+		return fmt.Sprintf("scale-role-%02d", i%scaleRoles), fmt.Sprintf("node-%02d", node), fmt.Sprintf("127.0.1.%d", node+1)
+	})
+	b.Run(fmt.Sprintf("pods=%d", nPods), func(b *testing.B) {
+		loaded = measureServer(b, c)
+		b.ReportMetric(0, "ns/op")
+		b.ReportMetric(loaded.Synced.Seconds(), "sync-s")
+		b.ReportMetric(loaded.Serving.Seconds(), "serving-s")
+		b.ReportMetric(float64(loaded.Mem.RSS)/(1<<20), "rss-MiB")
+		b.ReportMetric(loaded.Heap/(1<<20), "heap-inuse-MiB")
+		b.ReportMetric(float64(loaded.STS.Target), "assumerole-target")
+		b.ReportMetric(loaded.Warm.RPS(), "grpc-req/s")
+	})
+
+	table := testenv.Table{
+		Title:  fmt.Sprintf("Server at scale: %d pods in %d namespaces on %d nodes, %d roles, in a real kube-apiserver", nPods, scaleNamespaces, scaleNodes, scaleRoles),
+		Header: []string{"figure", "no pods", fmt.Sprintf("%d pods", nPods)},
+		Notes: []string{
+			"times are from the server's exec; the API was loaded before it started (client-go, 48 workers)",
+			"RSS = anon (heap, stacks, runtime) + file (the binary's own pages, shared with the page cache)",
+			"target (issue; reported, not asserted): RSS < 64 MiB",
+		},
+	}
+	dur := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+	mib := func(v float64) string { return testenv.MiB(v) + " MiB" }
+	table.Row("API load: namespaces + pods with status", "", fmt.Sprintf("%.1f s (%.0f pods/s)", c.load.Seconds(), float64(nPods)/c.load.Seconds()))
+	table.Row("informers synced (server log)", dur(empty.Synced), dur(loaded.Synced))
+	table.Row("health SERVING (podiam health poll)", dur(empty.Serving), dur(loaded.Serving))
+	table.Row("prefetch settled", "", fmt.Sprintf("%s (%.0f prefetch attempts)", dur(loaded.Settled), loaded.Prefetches))
+	table.Row("pods indexed (podiam_server_pods)", fmt.Sprintf("%.0f", empty.Indexed), fmt.Sprintf("%.0f", loaded.Indexed))
+	table.Row("RSS after sync (VmRSS)", memRow(empty.Mem), memRow(loaded.Mem))
+	table.Row("peak RSS (VmHWM)", mib(float64(empty.Mem.Peak)), mib(float64(loaded.Mem.Peak)))
+	table.Row("Go heap in use (go_memstats_heap_inuse_bytes)", mib(empty.Heap), mib(loaded.Heap))
+	table.Row("Go runtime total from the OS (go_memstats_sys_bytes)", mib(empty.GoSys), mib(loaded.GoSys))
+	table.Row("RSS / heap in use after the warm requests", "", memRow(loaded.MemAfterWarm)+" / "+mib(loaded.HeapAfterWarm))
+	table.Row("goroutines", fmt.Sprintf("%.0f", empty.Goroutines), fmt.Sprintf("%.0f", loaded.Goroutines))
+	table.Row("STS AssumeRole at STS: target roles", fmt.Sprint(empty.STS.Target),
+		fmt.Sprintf("%d calls for %d distinct roles", loaded.STS.Target, loaded.STS.TargetRoles))
+	table.Row("STS AssumeRole at STS: base role", empty.STS.Base, loaded.STS.Base)
+	table.Row("STS GetCallerIdentity at STS", empty.STS.CallerIdentity, loaded.STS.CallerIdentity)
+	table.Row("STS AssumeRole (server metric)", fmt.Sprintf("%.0f", empty.STSMetric), fmt.Sprintf("%.0f", loaded.STSMetric))
+	w := loaded.Warm
+	table.Row(fmt.Sprintf("warm GetPodCredentials, %d streams from %d nodes", w.Workers, w.Nodes), "",
+		fmt.Sprintf("%.0f req/s, p50 %s, p99 %s, server CPU %s/req", w.RPS(), msStr(w.P50), msStr(w.P99), usStr(w.CPUPerRequest())))
+	table.Report(b)
+}
+
+// memRow shows RSS with its split: file-backed pages are mostly the binary
+// itself, shared with the page cache.
+func memRow(m testenv.Memory) string {
+	return fmt.Sprintf("%s MiB (anon %s, file %s)", testenv.MiB(float64(m.RSS)), testenv.MiB(float64(m.Anon)), testenv.MiB(float64(m.File)))
+}
+
+func msStr(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func usStr(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanoseconds())/1000) }
+
+// warmResult is a burst of credential requests as agents would send them.
+type warmResult struct {
+	Nodes, Workers int
+	Requests       int
+	Took           time.Duration
+	P50, P99       time.Duration
+	CPU            time.Duration
+}
+
+func (w warmResult) RPS() float64 { return float64(w.Requests) / w.Took.Seconds() }
+
+func (w warmResult) CPUPerRequest() time.Duration {
+	if w.Requests == 0 {
+		return 0
+	}
+	return w.CPU / time.Duration(w.Requests)
+}
+
+// benchWarmRequests plays agents on the first nodes: one mTLS connection
+// per node from the node's address (node binding holds), workers spread
+// over them, each asking for its node's pods in turn for d.
+func benchWarmRequests(b *testing.B, sp *serverProc, pods []bulkPod, nodes, workers int, d time.Duration) warmResult {
+	b.Helper()
+	byNode := map[string][]string{}
+	clients := map[string]pb.CredentialsClient{}
+	var hostIPs []string
+	for _, p := range pods {
+		if _, ok := byNode[p.HostIP]; !ok {
+			if len(hostIPs) == nodes {
+				continue
+			}
+			hostIPs = append(hostIPs, p.HostIP)
+			clients[p.HostIP] = pb.NewCredentialsClient(dial(b, sp, sp.PKI.AgentCert, sp.PKI.AgentKey, p.HostIP))
+		}
+		byNode[p.HostIP] = append(byNode[p.HostIP], p.IP)
+	}
+	cpu0, err := testenv.ProcCPU(sp.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lat := make([][]time.Duration, workers)
+	errs := make(chan error, workers)
+	start := time.Now()
+	deadline := start.Add(d)
+	var wg sync.WaitGroup
+	for w := range workers {
+		host := hostIPs[w%len(hostIPs)]
+		ips, client := byNode[host], clients[host]
+		wg.Go(func() {
+			for i := w; time.Now().Before(deadline); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				t0 := time.Now()
+				_, err := client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ips[i%len(ips)]})
+				lat[w] = append(lat[w], time.Since(t0))
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("GetPodCredentials %s from %s: %w", ips[i%len(ips)], host, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	cpu1, err := testenv.ProcCPU(sp.Pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	close(errs)
+	for err := range errs {
+		b.Error(err)
+	}
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	return warmResult{Nodes: len(hostIPs), Workers: workers, Requests: len(all), Took: took,
+		P50: testenv.Quantile(all, 0.5), P99: testenv.Quantile(all, 0.99), CPU: cpu1 - cpu0}
+}
+
+// Economy: 1,000 pods share 10 roles; sessions last 20 s and are refreshed
+// with 10 s left, so one refresh period is 10 s.
+const (
+	econPods       = 1000
+	econRoles      = 10
+	econNamespaces = 10
+	econSession    = 20 * time.Second
+	econRefresh    = 10 * time.Second
+	econPeriods    = 2
+)
+
+// BenchmarkSTSEconomy counts STS calls while 1,000 pods sharing 10 roles
+// keep asking for credentials over two refresh periods.
+func BenchmarkSTSEconomy(b *testing.B) {
+	c := newCluster(b)
+	c.loadPods(b, "econ", econNamespaces, econPods, "econ-role-", func(i int) (string, string, string) {
+		return fmt.Sprintf("econ-role-%02d", i%econRoles), "n1", node
+	})
+	counter, pods := c.counter, c.pods
+	ctx := context.Background()
+	sp := startServer(b, c.kube, c.sts, "--level=info",
+		"--assume-role-arn="+roleARN(baseRole), "--role-base-arn-autodetect",
+		"--session-duration="+econSession.String(), "--session-refresh="+econRefresh.String())
+	// Prefetch warms every role before the pods ask.
+	waitSettled(b, sp, "podiam_credcache_entries", nil, econRoles, time.Minute)
+	atStart := counter.counts()
+	assume := map[string]string{"operation": "assume_role"}
+	metric0 := metric(b, sp, "podiam_sts_requests_total", assume)
+	refresh0 := metric(b, sp, "podiam_credcache_refreshes_total", map[string]string{"result": "ok"})
+	hit0, miss0 := metric(b, sp, "podiam_credcache_requests_total", map[string]string{"result": "hit"}),
+		metric(b, sp, "podiam_credcache_requests_total", map[string]string{"result": "miss"})
+
+	// Every pod asks every 2 s, as SDKs near expiry would, for two periods.
+	creds := credsClient(b, sp)
+	window := econPeriods*(econSession-econRefresh) + time.Second
+	start := time.Now()
+	rounds, requests := 0, 0
+	for time.Since(start) < window {
+		round := time.Now()
+		err := parallel(ctx, "", len(pods), 32, 0, func(ctx context.Context, i int) error {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			_, err := creds.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: pods[i].IP})
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rounds++
+		requests += len(pods)
+		time.Sleep(time.Until(round.Add(2 * time.Second)))
+	}
+	took := time.Since(start)
+	period := econSession - econRefresh
+	completed := int(took / period)
+	during := counter.counts().minus(atStart)
+	metricDuring := metric(b, sp, "podiam_sts_requests_total", assume) - metric0
+	refreshes := metric(b, sp, "podiam_credcache_refreshes_total", map[string]string{"result": "ok"}) - refresh0
+	hits := metric(b, sp, "podiam_credcache_requests_total", map[string]string{"result": "hit"}) - hit0
+	misses := metric(b, sp, "podiam_credcache_requests_total", map[string]string{"result": "miss"}) - miss0
+
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(atStart.Target), "assumerole-initial")
+	b.ReportMetric(float64(during.Target)/float64(completed), "assumerole/period")
+	b.ReportMetric(float64(during.Base), "base-assumerole")
+
+	table := testenv.Table{
+		Title: fmt.Sprintf("STS economy: %d pods sharing %d roles, session %s refreshed with %s left (period %s), %d periods",
+			econPods, econRoles, econSession, econRefresh, period, completed),
+		Header: []string{"figure", "counted at STS (proxy)", "server metrics"},
+		Notes: []string{
+			"short test-only sessions against moto; production defaults are 1 h sessions refreshed with 40 min left",
+			fmt.Sprintf("expected: %d AssumeRole per period (one per role) and one base role session", econRoles),
+		},
+	}
+	table.Row("start-up: target AssumeRole (prefetch)", atStart.Target, "")
+	table.Row("start-up: base role AssumeRole", atStart.Base, "")
+	table.Row("start-up: GetCallerIdentity", atStart.CallerIdentity, "")
+	table.Row(fmt.Sprintf("during %.1f s: target AssumeRole", took.Seconds()), during.Target, fmt.Sprintf("%.0f refreshes ok", refreshes))
+	table.Row("during: target AssumeRole per period", fmt.Sprintf("%.1f", float64(during.Target)/float64(completed)), "")
+	table.Row("during: base role AssumeRole", during.Base, "")
+	table.Row("during: AssumeRole total", during.AssumeRole, fmt.Sprintf("%.0f", metricDuring))
+	table.Row(fmt.Sprintf("pod requests (%d rounds of %d)", rounds, len(pods)), requests,
+		fmt.Sprintf("%.0f cache hits, %.0f misses (joined a refresh)", hits, misses))
+	table.Report(b)
+}
