@@ -84,7 +84,7 @@ func (c *agentConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CredentialRefresh, "credential-refresh", 35*time.Minute, "refresh cached credentials when this much validity or less remains (below the server's --session-refresh)")
 	fs.DurationVar(&c.CredentialMinServe, "credential-min-serve", minServe, "while no server answers, serve cached credentials until this much validity remains (below --credential-refresh)")
 	fs.BoolVar(&c.TCPMigrateReq, "tcp-migrate-req", true, "set net.ipv4.tcp_migrate_req=1 in the node's network namespace, so that connections queued on a stopping agent's listener go to its successor instead of being reset")
-	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "metrics listen address (empty disables)")
+	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "metrics listen address (empty disables); SO_REUSEPORT, like --port, so old and new agents overlap in a rolling update")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 }
 
