@@ -703,9 +703,14 @@ func testRuleRestore(t *testing.T, e *env) {
 			}
 			return nil
 		})
-		if got := e.agentMetric(t, "podiam_agent_iptables_restores_total"); got <= restores {
-			t.Errorf("podiam_agent_iptables_restores_total %v after restoring %q, was %v", got, rule, restores)
-		}
+		// The agent counts a restore once its install returns, which also
+		// flushes conntrack after the rule is visible.
+		eventually(t, 10*time.Second, "restore of "+rule+" counted", func() error {
+			if got := e.agentMetric(t, "podiam_agent_iptables_restores_total"); got <= restores {
+				return fmt.Errorf("podiam_agent_iptables_restores_total %v, was %v", got, restores)
+			}
+			return nil
+		})
 	}
 	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after the rule was restored: %s, want 200 app-web", r)
