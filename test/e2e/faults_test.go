@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/podiam/podiam/pkg/creds"
+	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 )
 
@@ -414,17 +415,12 @@ func (f *faultEnv) waitFetchOnNewConnection(t *testing.T, since time.Time, step 
 // that succeeded and that failed.
 func (f *faultEnv) agentFetchCalls(t *testing.T) (ok, failed float64) {
 	t.Helper()
-	for _, s := range metricSamples(scrapeAgent(t), "podiam_agent_server_requests_total") {
-		if !strings.HasSuffix(s.labels["method"], "/GetPodCredentials") {
-			continue
-		}
-		if s.labels["code"] == "OK" {
-			ok += s.value
-		} else {
-			failed += s.value
-		}
-	}
-	return ok, failed
+	body := scrapeAgent(t)
+	method := map[string]string{"method": pb.Credentials_GetPodCredentials_FullMethodName}
+	all := metricValue(t, body, "podiam_agent_server_requests_total", method)
+	method["code"] = "OK"
+	ok = metricValue(t, body, "podiam_agent_server_requests_total", method)
+	return ok, all - ok
 }
 
 // serverCertSerial returns the serial of the certificate the server
@@ -869,41 +865,14 @@ func (ls loopSet) stop(t *testing.T) loopStats {
 	return s
 }
 
-// metricSample is one sample of a Prometheus text exposition.
-type metricSample struct {
-	labels map[string]string
-	value  float64
-}
-
-// metricSamples returns the samples of the metric called name. Label
-// values here never hold commas or escaped quotes.
-func metricSamples(body, name string) []metricSample {
-	var out []metricSample
-	for _, line := range strings.Split(body, "\n") {
-		rest, ok := strings.CutPrefix(line, name)
-		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		s := metricSample{labels: map[string]string{}}
-		if rest[0] == '{' {
-			end := strings.Index(rest, "}")
-			if end < 0 {
-				continue
-			}
-			for _, kv := range strings.Split(rest[1:end], ",") {
-				k, v, _ := strings.Cut(kv, "=")
-				s.labels[k] = strings.Trim(v, `"`)
-			}
-			rest = rest[end+1:]
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest), 64)
-		if err != nil {
-			continue
-		}
-		s.value = v
-		out = append(out, s)
+// metricValue is testenv.MetricValue of an exposition already fetched.
+func metricValue(t *testing.T, body, name string, labels map[string]string) float64 {
+	t.Helper()
+	v, err := testenv.MetricValue(strings.NewReader(body), name, labels)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
 	}
-	return out
+	return v
 }
 
 // scrapeAgent fetches the agent's /metrics over a new connection, so that
@@ -926,17 +895,12 @@ func credentialAnswersByProcess(t *testing.T, want int) map[string]float64 {
 	out := map[string]float64{}
 	for i := 0; i < 60 && len(out) < want; i++ {
 		body := scrapeAgent(t)
-		start := metricSamples(body, "process_start_time_seconds")
-		if len(start) != 1 {
+		start := metricValue(t, body, "process_start_time_seconds", nil)
+		if start == 0 {
 			t.Fatalf("agent metrics without process_start_time_seconds")
 		}
-		n := 0.0
-		for _, s := range metricSamples(body, "podiam_agent_http_requests_total") {
-			if s.labels["class"] == "credentials" && s.labels["code"] == "200" {
-				n += s.value
-			}
-		}
-		out[strconv.FormatFloat(start[0].value, 'f', 2, 64)] = n
+		out[strconv.FormatFloat(start, 'f', 2, 64)] = metricValue(t, body, "podiam_agent_http_requests_total",
+			map[string]string{"class": "credentials", "code": "200"})
 	}
 	if len(out) < want {
 		t.Fatalf("60 scrapes of the shared metrics port reached %d agent processes, want %d", len(out), want)
