@@ -28,10 +28,11 @@ const DefaultPageSize = 500
 // page's full pods until the last. Streaming lists (WatchListClient) would,
 // but need an etcd that answers watch progress requests.
 //
-// The API server's watch cache ignores the limit of a list at a
-// resourceVersion ("0" for the reflector's first list, the last one it saw
-// for a relist), so pages are read at resourceVersion "": a consistent
-// list, from the watch cache where it can serve one, else from etcd. That
+// The reflector's lists name a resourceVersion ("0" for its first, the
+// last one it saw for a relist), which the watch cache answers in one
+// piece whatever the limit, so pages are read at resourceVersion "": a
+// consistent list, from the watch cache where it can serve one, else from
+// etcd. That
 // is at least as fresh as any resourceVersion the reflector asks for, which
 // is all a list promises it. The result is one list of *Pod without a
 // continue token, whatever limit the reflector's pager asked for; the
