@@ -341,7 +341,7 @@ const livePodQPS = 50
 
 // trackedPodInformer builds the pod informer as the factory would, on a
 // ListerWatcher the tracker observes, so the index knows when its watch is
-// down.
+// down, and that lists in pages, so a list never holds every full pod.
 func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
 	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
 		pods := c.CoreV1().Pods(metav1.NamespaceAll)
@@ -353,7 +353,7 @@ func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, tim
 				return pods.Watch(ctx, o)
 			},
 		}
-		return cache.NewSharedIndexInformerWithOptions(t.Wrap(lw), &corev1.Pod{}, cache.SharedIndexInformerOptions{
+		return cache.NewSharedIndexInformerWithOptions(t.Wrap(podindex.ListInPages(lw, 0)), &corev1.Pod{}, cache.SharedIndexInformerOptions{
 			ResyncPeriod:      resync,
 			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
 			ObjectDescription: "pods",

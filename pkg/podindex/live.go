@@ -74,7 +74,7 @@ const (
 // cannot reach while kubelets can (pods are deleted and their addresses
 // reused). Agents keep serving the credentials they hold through an
 // Unavailable answer, as long as the address still routes to the same pod.
-func (i *Index) lookupLive(ctx context.Context, ip string) (*corev1.Pod, error) {
+func (i *Index) lookupLive(ctx context.Context, ip string) (*Pod, error) {
 	ctx, cancel := context.WithTimeout(ctx, i.liveTimeout)
 	defer cancel()
 	listed, err := i.live.ByIP(ctx, ip)
@@ -85,10 +85,10 @@ func (i *Index) lookupLive(ctx context.Context, ip string) (*corev1.Pod, error) 
 		i.liveLookups.WithLabelValues(liveFailed).Inc()
 		return nil, fmt.Errorf("%w: %w", ErrStale, err)
 	}
-	var pods []*corev1.Pod
+	var pods []*Pod
 	for _, p := range listed {
-		if slices.Contains(IPs(p), ip) {
-			pods = append(pods, slimPod(p))
+		if pod := FromAPI(p); slices.Contains(pod.IPs, ip) {
+			pods = append(pods, pod)
 		}
 	}
 	pod, err := Choose(pods, i.now())
@@ -119,7 +119,7 @@ func (i *Index) addIndexed(ctx context.Context, ip string, listed []*corev1.Pod)
 		seen[p.UID] = true
 	}
 	for _, obj := range objs {
-		indexed, ok := obj.(*corev1.Pod)
+		indexed, ok := obj.(*Pod)
 		if !ok || seen[indexed.UID] {
 			continue
 		}
@@ -141,7 +141,7 @@ func (i *Index) addIndexed(ctx context.Context, ip string, listed []*corev1.Pod)
 // sameAnswer reports whether two lookups name the same pod (or fail alike).
 // A newer version of the same pod is the same answer: the index being a
 // little behind on a pod's status is normal and not worth a log line.
-func sameAnswer(a *corev1.Pod, aErr error, b *corev1.Pod, bErr error) bool {
+func sameAnswer(a *Pod, aErr error, b *Pod, bErr error) bool {
 	switch {
 	case aErr != nil || bErr != nil:
 		return errors.Is(aErr, ErrNotFound) && errors.Is(bErr, ErrNotFound) ||
@@ -152,7 +152,7 @@ func sameAnswer(a *corev1.Pod, aErr error, b *corev1.Pod, bErr error) bool {
 }
 
 // podRef names a lookup's answer for a log line.
-func podRef(pod *corev1.Pod, err error) string {
+func podRef(pod *Pod, err error) string {
 	switch {
 	case errors.Is(err, ErrConflict):
 		return "conflict"

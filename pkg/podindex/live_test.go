@@ -97,6 +97,7 @@ func TestLookupLive(t *testing.T) {
 		want     string // pod name; "" for an error
 		wantUID  string // if set, the answer's UID
 		wantRV   string // if set, the answer's resourceVersion
+		wantRole string // if set, the answer's role annotation
 		wantErr  error
 		wantStat string // metric result
 	}{
@@ -117,7 +118,7 @@ func TestLookupLive(t *testing.T) {
 			indexed: []*corev1.Pod{old}, live: []*corev1.Pod{mkPod("old", ips(ip), withUID("uid-old-2"))},
 			want: "old", wantUID: "uid-old-2", wantStat: liveCorrected},
 		{name: "pod unknown to the index", live: []*corev1.Pod{mkPod("fresh", ips(ip), full)},
-			want: "fresh", wantStat: liveCorrected},
+			want: "fresh", wantRole: "app", wantStat: liveCorrected},
 		{name: "second address is found through the indexed pod",
 			indexed: []*corev1.Pod{mkPod("dual", ips("10.0.9.9", ip))},
 			live:    []*corev1.Pod{mkPod("dual", ips("10.0.9.9", ip))},
@@ -135,7 +136,7 @@ func TestLookupLive(t *testing.T) {
 			logs := &bytes.Buffer{}
 			idx := newLiveIndex(t, live, func() bool { return false }, logs)
 			for _, p := range tc.indexed {
-				if err := idx.informer.GetIndexer().Add(p); err != nil {
+				if err := idx.informer.GetIndexer().Add(FromAPI(p)); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -163,9 +164,11 @@ func TestLookupLive(t *testing.T) {
 			case tc.wantRV != "" && pod.ResourceVersion != tc.wantRV:
 				t.Fatalf("resourceVersion %s, want the live pod's %s", pod.ResourceVersion, tc.wantRV)
 			}
-			// Live pods are slimmed like informer pods: callers see one shape.
-			if pod != nil && (len(pod.ManagedFields) != 0 || len(pod.Spec.Containers) != 0 || len(pod.Annotations) > 1) {
-				t.Fatalf("live pod not slimmed: %+v", pod)
+			// Live pods are converted as informer pods are.
+			if tc.wantRole != "" {
+				if r, _ := pod.Annotation("iam.amazonaws.com/role"); r != tc.wantRole {
+					t.Fatalf("live pod's role = %q, want %q", r, tc.wantRole)
+				}
 			}
 			got := testutil.ToFloat64(idx.liveLookups.WithLabelValues(tc.wantStat))
 			if errors.Is(tc.wantErr, ErrNotFound) {
@@ -223,7 +226,7 @@ func TestLookupCurrentIndexSkipsLive(t *testing.T) {
 	current := true
 	var mu sync.Mutex
 	idx := newLiveIndex(t, live, func() bool { mu.Lock(); defer mu.Unlock(); return current }, &bytes.Buffer{})
-	if err := idx.informer.GetIndexer().Add(mkPod("a", ips("10.0.0.1"))); err != nil {
+	if err := idx.informer.GetIndexer().Add(FromAPI(mkPod("a", ips("10.0.0.1")))); err != nil {
 		t.Fatal(err)
 	}
 	if pod, err := idx.Lookup(context.Background(), "10.0.0.1"); err != nil || pod.Name != "a" || live.calls != 0 {

@@ -76,6 +76,9 @@ type Index struct {
 
 // New adds the indexes and an event handler to a pod informer that has not
 // been started yet, and registers the index's metrics on reg (nil: none).
+// It sets the informer's transform to Transform: the index, and everything
+// else reading the informer's store or events, sees *Pod, never a
+// *corev1.Pod.
 func New(informer cache.SharedIndexInformer, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Index, error) {
 	if cfg.Current != nil && cfg.Live == nil {
 		return nil, errors.New("podindex: Live is required with Current")
@@ -114,6 +117,9 @@ func New(informer cache.SharedIndexInformer, cfg Config, reg prometheus.Register
 			return nil, fmt.Errorf("podindex: register metrics: %w", err)
 		}
 	}
+	if err := informer.SetTransform(Transform); err != nil {
+		return nil, fmt.Errorf("set pod transform: %w", err)
+	}
 	indexers := cache.Indexers{IndexIP: IPIndexFunc}
 	for name, fn := range cfg.ExtraIndexers {
 		indexers[name] = fn
@@ -144,7 +150,7 @@ const livePoll = 200 * time.Millisecond
 // waiting would not make the answer less ambiguous. While the informer is
 // not current the API server answers (asked again on events and every
 // livePoll), and ErrStale means it did not.
-func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
+func (i *Index) Lookup(ctx context.Context, ip string) (*Pod, error) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return nil, fmt.Errorf("parse address %q: %w", ip, err)
@@ -156,7 +162,7 @@ func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
 		// look and the wait is not missed.
 		ch := i.register(ip)
 		stale := i.current != nil && !i.current()
-		var pod *corev1.Pod
+		var pod *Pod
 		if stale {
 			pod, err = i.lookupLive(ctx, ip)
 			if errors.Is(err, ErrStale) && ctx.Err() != nil && notFound != nil {
@@ -187,14 +193,14 @@ func (i *Index) Lookup(ctx context.Context, ip string) (*corev1.Pod, error) {
 }
 
 // Resolve returns the pod that holds ip now, without waiting.
-func (i *Index) Resolve(ip string) (*corev1.Pod, error) {
+func (i *Index) Resolve(ip string) (*Pod, error) {
 	objs, err := i.informer.GetIndexer().ByIndex(IndexIP, ip)
 	if err != nil {
 		return nil, fmt.Errorf("index lookup: %w", err)
 	}
-	pods := make([]*corev1.Pod, 0, len(objs))
+	pods := make([]*Pod, 0, len(objs))
 	for _, obj := range objs {
-		if pod, ok := obj.(*corev1.Pod); ok {
+		if pod, ok := obj.(*Pod); ok {
 			pods = append(pods, pod)
 		}
 	}
@@ -206,8 +212,8 @@ func (i *Index) Resolve(ip string) (*corev1.Pod, error) {
 // pod's address may already be handed to its successor; a terminating pod
 // alone keeps the address until its deletion deadline so that its shutdown
 // handler can still reach AWS.
-func Choose(pods []*corev1.Pod, now time.Time) (*corev1.Pod, error) {
-	var active, terminating []*corev1.Pod
+func Choose(pods []*Pod, now time.Time) (*Pod, error) {
+	var active, terminating []*Pod
 	for _, pod := range pods {
 		if !Live(pod) {
 			continue
@@ -236,66 +242,24 @@ func Choose(pods []*corev1.Pod, now time.Time) (*corev1.Pod, error) {
 // Live reports whether a pod can be given credentials by address at all.
 // hostNetwork pods share the node's address, so indexing them would hand
 // their role to every other hostNetwork process on the node.
-func Live(pod *corev1.Pod) bool {
-	if pod.Spec.HostNetwork {
+func Live(pod *Pod) bool {
+	if pod.HostNetwork {
 		return false
 	}
-	switch pod.Status.Phase {
+	switch pod.Phase {
 	case corev1.PodSucceeded, corev1.PodFailed:
 		return false
 	}
 	return true
 }
 
-// IPs returns every address of a pod in canonical form: status.podIPs, or
-// status.podIP when podIPs is empty (older API servers).
-func IPs(pod *corev1.Pod) []string {
-	var out []string
-	add := func(s string) {
-		addr, err := netip.ParseAddr(s)
-		if err != nil {
-			return
-		}
-		c := addr.Unmap().String()
-		for _, have := range out {
-			if have == c {
-				return
-			}
-		}
-		out = append(out, c)
-	}
-	for _, p := range pod.Status.PodIPs {
-		add(p.IP)
-	}
-	if len(out) == 0 && pod.Status.PodIP != "" {
-		add(pod.Status.PodIP)
-	}
-	return out
-}
-
-// HostIPs returns the node addresses of a pod in canonical form.
-func HostIPs(pod *corev1.Pod) []string {
-	var out []string
-	for _, h := range pod.Status.HostIPs {
-		if addr, err := netip.ParseAddr(h.IP); err == nil {
-			out = append(out, addr.Unmap().String())
-		}
-	}
-	if len(out) == 0 && pod.Status.HostIP != "" {
-		if addr, err := netip.ParseAddr(pod.Status.HostIP); err == nil {
-			out = append(out, addr.Unmap().String())
-		}
-	}
-	return out
-}
-
 // IPIndexFunc indexes live pods under each of their addresses.
 func IPIndexFunc(obj any) ([]string, error) {
-	pod, ok := obj.(*corev1.Pod)
+	pod, ok := obj.(*Pod)
 	if !ok || !Live(pod) {
 		return nil, nil
 	}
-	return IPs(pod), nil
+	return pod.IPs, nil
 }
 
 func (i *Index) register(ip string) chan struct{} {
@@ -325,14 +289,13 @@ func (i *Index) unregister(ip string, ch chan struct{}) {
 // wake releases every lookup waiting for one of the pod's addresses. It is
 // called from informer handlers, so it only closes channels.
 func (i *Index) wake(obj any) {
-	pod, ok := obj.(*corev1.Pod)
+	pod, ok := obj.(*Pod)
 	if !ok {
 		return
 	}
-	ips := IPs(pod)
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	for _, ip := range ips {
+	for _, ip := range pod.IPs {
 		for ch := range i.waiters[ip] {
 			close(ch)
 		}

@@ -3,6 +3,9 @@ package podindex
 import (
 	"context"
 	"errors"
+	"maps"
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,6 +14,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/reference"
 )
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -37,6 +43,15 @@ func ips(addrs ...string) podOpt {
 			p.Status.PodIP = addrs[0]
 		}
 	}
+}
+
+// slim converts pods as the informer's transform does.
+func slim(pods []*corev1.Pod) []*Pod {
+	out := make([]*Pod, len(pods))
+	for i, p := range pods {
+		out[i] = FromAPI(p)
+	}
+	return out
 }
 
 func phase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
@@ -78,7 +93,7 @@ func TestChoose(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Choose(tc.pods, t0)
+			got, err := Choose(slim(tc.pods), t0)
 			if !errors.Is(err, tc.wantErr) {
 				t.Fatalf("err = %v, want %v", err, tc.wantErr)
 			}
@@ -106,7 +121,7 @@ func TestIPIndexFunc(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := IPIndexFunc(tc.pod)
+			got, err := IPIndexFunc(FromAPI(tc.pod))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -124,11 +139,14 @@ func TestIPIndexFunc(t *testing.T) {
 
 func TestTransform(t *testing.T) {
 	del := metav1.NewTime(t0)
+	grace := int64(30)
 	in := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name: "p", Namespace: "ns", UID: "u", ResourceVersion: "7", DeletionTimestamp: &del,
-			Labels:        map[string]string{"app": "x"},
-			Annotations:   map[string]string{"iam.amazonaws.com/role": "r", "other/big": "zzz"},
+			Name: "p", Namespace: "ns", UID: "u", ResourceVersion: "7",
+			DeletionTimestamp: &del, DeletionGracePeriodSeconds: &grace,
+			Labels: map[string]string{"app": "x"},
+			Annotations: map[string]string{"iam.amazonaws.com/role": "r", "iam.amazonaws.com/external-id": "",
+				"other/big": "zzz"},
 			ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}},
 		},
 		Spec: corev1.PodSpec{
@@ -137,7 +155,8 @@ func TestTransform(t *testing.T) {
 		},
 		Status: corev1.PodStatus{
 			Phase: corev1.PodRunning, PodIP: "10.0.0.1", HostIP: "192.168.0.1",
-			PodIPs: []corev1.PodIP{{IP: "10.0.0.1"}}, HostIPs: []corev1.HostIP{{IP: "192.168.0.1"}},
+			PodIPs:     []corev1.PodIP{{IP: "10.0.0.1"}, {IP: "FD00::1"}, {IP: "::ffff:10.0.0.1"}, {IP: "junk"}},
+			HostIPs:    []corev1.HostIP{{IP: "192.168.0.1"}, {IP: "fd01::1"}},
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady}},
 		},
 	}
@@ -145,26 +164,45 @@ func TestTransform(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := out.(*corev1.Pod)
-	if p.Name != "p" || p.Namespace != "ns" || p.UID != "u" || p.ResourceVersion != "7" || p.DeletionTimestamp == nil {
-		t.Errorf("identity lost: %+v", p.ObjectMeta)
+	p := out.(*Pod)
+	if p.Name != "p" || p.Namespace != "ns" || p.UID != "u" || p.ResourceVersion != "7" ||
+		!p.DeletionTimestamp.Equal(&del) || p.DeletionGracePeriodSeconds == nil || *p.DeletionGracePeriodSeconds != 30 {
+		t.Errorf("identity lost: %+v", p)
 	}
-	if len(p.Annotations) != 1 || p.Annotations["iam.amazonaws.com/role"] != "r" {
-		t.Errorf("annotations = %v, want only iam.amazonaws.com/*", p.Annotations)
+	if p.NodeName != "n1" || !p.HostNetwork || p.ServiceAccountName != "sa" || p.Phase != corev1.PodRunning {
+		t.Errorf("spec or phase lost: %+v", p)
 	}
-	if p.Labels != nil || p.ManagedFields != nil || p.Spec.Containers != nil || p.Status.Conditions != nil {
-		t.Errorf("unneeded fields kept: %+v", p)
+	// Canonical, deduplicated (the mapped address is the first one), junk dropped.
+	if !slices.Equal(p.IPs, []string{"10.0.0.1", "fd00::1"}) || !slices.Equal(p.HostIPs, []string{"192.168.0.1", "fd01::1"}) {
+		t.Errorf("addresses = %v, host %v", p.IPs, p.HostIPs)
 	}
-	if p.Spec.NodeName != "n1" || !p.Spec.HostNetwork || p.Spec.ServiceAccountName != "sa" {
-		t.Errorf("spec lost: %+v", p.Spec)
+	want := map[string]string{"iam.amazonaws.com/role": "r", "iam.amazonaws.com/external-id": ""}
+	if got := p.GetAnnotations(); !maps.Equal(got, want) {
+		t.Errorf("annotations = %v, want only iam.amazonaws.com/* %v", got, want)
 	}
-	if p.Status.Phase != corev1.PodRunning || len(p.Status.PodIPs) != 1 || len(p.Status.HostIPs) != 1 || p.Status.HostIP != "192.168.0.1" {
-		t.Errorf("status lost: %+v", p.Status)
+	if v, ok := p.Annotation("iam.amazonaws.com/external-id"); !ok || v != "" {
+		t.Errorf("an empty annotation is set: %q %v", v, ok)
+	}
+	if _, ok := p.Annotation("iam.amazonaws.com/session-name"); ok {
+		t.Error("absent annotation reported set")
+	}
+	if _, ok := p.Annotation("other/big"); ok {
+		t.Error("foreign annotation kept")
 	}
 	again, _ := Transform(p)
-	if again.(*corev1.Pod).Annotations["iam.amazonaws.com/role"] != "r" {
+	if again != any(p) {
 		t.Error("transform is not idempotent")
 	}
+
+	// Older API servers: podIP and hostIP only.
+	old := FromAPI(&corev1.Pod{Status: corev1.PodStatus{PodIP: "10.0.0.2", HostIP: "192.168.0.2"}})
+	if !slices.Equal(old.IPs, []string{"10.0.0.2"}) || !slices.Equal(old.HostIPs, []string{"192.168.0.2"}) {
+		t.Errorf("singular fields: %v %v", old.IPs, old.HostIPs)
+	}
+	if old.GetAnnotations() != nil || old.IPs == nil {
+		t.Errorf("no annotations must read as nil: %v", old.GetAnnotations())
+	}
+
 	ns, _ := Transform(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns",
 		Annotations: map[string]string{"iam.amazonaws.com/permitted": ".*", "x": "y"}}})
 	if a := ns.(*corev1.Namespace).Annotations; len(a) != 1 || a["iam.amazonaws.com/permitted"] != ".*" {
@@ -173,6 +211,51 @@ func TestTransform(t *testing.T) {
 	tomb := "not a pod"
 	if got, _ := Transform(tomb); got != tomb {
 		t.Error("unknown types must pass through")
+	}
+}
+
+// TestPodIsAnObject checks Pod against what client-go does with it: keys,
+// the namespace index, event references and deep copies.
+func TestPodIsAnObject(t *testing.T) {
+	grace := int64(5)
+	p := FromAPI(mkPod("a", ips("10.0.0.1"), func(p *corev1.Pod) {
+		p.ResourceVersion = "3"
+		p.DeletionGracePeriodSeconds = &grace
+		p.Annotations = map[string]string{"iam.amazonaws.com/role": "r"}
+	}, deleting(t0)))
+	if key, err := cache.MetaNamespaceKeyFunc(p); err != nil || key != "ns/a" {
+		t.Errorf("key = %q, %v", key, err)
+	}
+	if ns, err := cache.MetaNamespaceIndexFunc(p); err != nil || !slices.Equal(ns, []string{"ns"}) {
+		t.Errorf("namespace index = %v, %v", ns, err)
+	}
+	ref, err := reference.GetReference(scheme.Scheme, p)
+	want := &corev1.ObjectReference{Kind: "Pod", APIVersion: "v1", Namespace: "ns", Name: "a", UID: "uid-a", ResourceVersion: "3"}
+	if err != nil || *ref != *want {
+		t.Errorf("reference = %+v, %v; want %+v as for a *corev1.Pod", ref, err, want)
+	}
+	fromAPI, _ := reference.GetReference(scheme.Scheme, mkPod("a", func(p *corev1.Pod) { p.ResourceVersion = "3" }))
+	if *fromAPI != *want {
+		t.Errorf("reference of the API pod = %+v", fromAPI)
+	}
+
+	c := p.DeepCopyObject().(*Pod)
+	if !reflect.DeepEqual(c, p) {
+		t.Fatalf("copy differs: %+v", c)
+	}
+	c.IPs[0] = "10.9.9.9"
+	c.HostIPs = append(c.HostIPs, "x")
+	*c.DeletionGracePeriodSeconds = 99
+	c.DeletionTimestamp.Time = t0.Add(time.Hour)
+	c.SetAnnotations(map[string]string{"iam.amazonaws.com/role": "other", "foreign": "x"})
+	if p.IPs[0] != "10.0.0.1" || *p.DeletionGracePeriodSeconds != 5 || !p.DeletionTimestamp.Time.Equal(t0) {
+		t.Errorf("copy shares state with the original: %+v", p)
+	}
+	if r, _ := p.Annotation("iam.amazonaws.com/role"); r != "r" {
+		t.Errorf("original's annotations changed: %q", r)
+	}
+	if got := c.GetAnnotations(); !maps.Equal(got, map[string]string{"iam.amazonaws.com/role": "other"}) {
+		t.Errorf("SetAnnotations kept %v", got)
 	}
 }
 
@@ -186,6 +269,7 @@ func TestLookupWaitsForEvent(t *testing.T) {
 	client := fake.NewClientset()
 	factory := informers.NewSharedInformerFactory(client, 0)
 	inf := factory.Core().V1().Pods().Informer()
+	// New sets the transform; the informer then stores *Pod.
 	idx, err := New(inf, Config{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +278,7 @@ func TestLookupWaitsForEvent(t *testing.T) {
 	factory.WaitForCacheSync(ctx.Done())
 
 	type result struct {
-		pod *corev1.Pod
+		pod *Pod
 		err error
 	}
 	done := make(chan result, 1)

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
@@ -28,7 +27,7 @@ func CredKeyIndexFunc(keys KeyResolver, defaultSession string) cache.IndexFunc {
 		if pod == nil || !podindex.Live(pod) {
 			return nil, nil
 		}
-		key, err := keys.Key(pod.Annotations, defaultSession)
+		key, err := keys.Key(pod.GetAnnotations(), defaultSession)
 		if err != nil {
 			return nil, nil
 		}
@@ -93,15 +92,18 @@ func NewPrefetchController(defaultSession string, pods cache.SharedIndexInformer
 
 // enqueue reacts only to a pod gaining an address or changing its role
 // annotations; status churn (readiness, conditions) costs nothing.
-func (pc *PrefetchController) enqueue(old, cur *corev1.Pod) {
-	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil || cur.Annotations[role.AnnotationRole] == "" {
+func (pc *PrefetchController) enqueue(old, cur *podindex.Pod) {
+	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil {
 		return
 	}
-	ips := podindex.IPs(cur)
+	if r, _ := cur.Annotation(role.AnnotationRole); r == "" {
+		return
+	}
+	ips := cur.IPs
 	if len(ips) == 0 {
 		return
 	}
-	if old != nil && slices.Equal(podindex.IPs(old), ips) && !relevantChange(old, cur) {
+	if old != nil && slices.Equal(old.IPs, ips) && !relevantChange(old, cur) {
 		return
 	}
 	key, err := cache.MetaNamespaceKeyFunc(cur)
@@ -149,7 +151,7 @@ func (pc *PrefetchController) prefetch(podKey string) {
 	if pod == nil || !podindex.Live(pod) {
 		return
 	}
-	key, err := pc.keys.Key(pod.Annotations, pc.session)
+	key, err := pc.keys.Key(pod.GetAnnotations(), pc.session)
 	if err != nil {
 		return
 	}

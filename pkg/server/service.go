@@ -33,7 +33,7 @@ import (
 
 // PodLookup finds the pod holding an address, waiting until ctx is done.
 type PodLookup interface {
-	Lookup(ctx context.Context, ip string) (*corev1.Pod, error)
+	Lookup(ctx context.Context, ip string) (*podindex.Pod, error)
 }
 
 // NamespaceGetter returns a namespace from the informer cache.
@@ -192,14 +192,14 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	log := s.log.With("namespace", pod.Namespace, "pod", pod.Name, "pod_uid", string(pod.UID), "pod_ip", ip)
 	if s.cfg.NodeBinding {
 		agent := peerAddr(ctx)
-		if !contains(podindex.HostIPs(pod), agent) {
+		if !contains(pod.HostIPs, agent) {
 			s.logDenial(log, pod, "wrong_node", "agent is not on the pod's node", "agent_ip", agent)
 			return nil, deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
 				fmt.Errorf("agent %s is not on the node of pod %s/%s", agent, pod.Namespace, pod.Name))
 		}
 	}
 
-	key, err := s.deps.Keys.Key(pod.Annotations, s.cfg.DefaultSession)
+	key, err := s.deps.Keys.Key(pod.GetAnnotations(), s.cfg.DefaultSession)
 	switch {
 	case errors.Is(err, role.ErrNoRole):
 		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
@@ -228,7 +228,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	}
 
 	log.Info("credentials issued",
-		"service_account", pod.Spec.ServiceAccountName,
+		"service_account", pod.ServiceAccountName,
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
@@ -238,7 +238,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 			Namespace:      pod.Namespace,
 			Name:           pod.Name,
 			Uid:            string(pod.UID),
-			ServiceAccount: pod.Spec.ServiceAccountName,
+			ServiceAccount: pod.ServiceAccountName,
 			RoleArn:        key.RoleARN,
 		},
 		Credentials: &pb.AWSCredentials{
@@ -268,12 +268,12 @@ func (s *Service) checkPolicy(namespace, roleARN string) error {
 
 // denied records a policy or validation denial: a metric, a Kubernetes Event
 // on the pod (the recorder de-duplicates) and a rate-limited log line.
-func (s *Service) denied(log *slog.Logger, pod *corev1.Pod, reason string, err error) {
+func (s *Service) denied(log *slog.Logger, pod *podindex.Pod, reason string, err error) {
 	s.deps.Events.Eventf(pod, corev1.EventTypeWarning, "IAMRoleDenied", "podiam refused credentials: %v", err)
 	s.logDenial(log, pod, reason, "credentials denied", "error", err)
 }
 
-func (s *Service) logDenial(log *slog.Logger, pod *corev1.Pod, reason, msg string, args ...any) {
+func (s *Service) logDenial(log *slog.Logger, pod *podindex.Pod, reason, msg string, args ...any) {
 	s.denials.WithLabelValues(reason).Inc()
 	k := string(pod.UID) + "|" + reason
 	now := s.cfg.Now()
@@ -285,7 +285,7 @@ func (s *Service) logDenial(log *slog.Logger, pod *corev1.Pod, reason, msg strin
 	}
 	s.denyMu.Unlock()
 	if logIt {
-		log.Warn(msg, append(args, "reason", reason, "service_account", pod.Spec.ServiceAccountName, "decision", "deny")...)
+		log.Warn(msg, append(args, "reason", reason, "service_account", pod.ServiceAccountName, "decision", "deny")...)
 	}
 }
 

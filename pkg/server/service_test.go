@@ -24,7 +24,7 @@ import (
 // lookupErr is a PodLookup that always fails with err.
 type lookupErr struct{ err error }
 
-func (l lookupErr) Lookup(context.Context, string) (*corev1.Pod, error) { return nil, l.err }
+func (l lookupErr) Lookup(context.Context, string) (*podindex.Pod, error) { return nil, l.err }
 
 // unused fails the test if the request path goes past identity.
 type unused struct{ t *testing.T }

@@ -97,7 +97,7 @@ func (w *NodeWatcher) Stream(ctx context.Context, hostIP string, send func(*pb.P
 		if pod == nil {
 			continue
 		}
-		for _, ip := range podindex.IPs(pod) {
+		for _, ip := range pod.IPs {
 			if err := send(&pb.PodEvent{Type: pb.PodEvent_TYPE_PRESENT, Ip: ip, Uid: string(pod.UID)}); err != nil {
 				return err
 			}
@@ -122,12 +122,12 @@ func (w *NodeWatcher) Stream(ctx context.Context, hostIP string, send func(*pb.P
 
 // podChanged turns an informer change into events. old or cur is nil for
 // an add or a delete.
-func (w *NodeWatcher) podChanged(old, cur *corev1.Pod) {
+func (w *NodeWatcher) podChanged(old, cur *podindex.Pod) {
 	oldIPs, curIPs := liveIPs(old), liveIPs(cur)
 	var events []*pb.PodEvent
 	var hosts []string
 	if old != nil {
-		hosts = append(hosts, podindex.HostIPs(old)...)
+		hosts = append(hosts, old.HostIPs...)
 		for _, ip := range oldIPs {
 			if cur == nil || !contains(curIPs, ip) || cur.UID != old.UID {
 				events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_DELETED, Ip: ip, Uid: string(old.UID)})
@@ -135,7 +135,7 @@ func (w *NodeWatcher) podChanged(old, cur *corev1.Pod) {
 		}
 	}
 	if cur != nil {
-		hosts = append(hosts, podindex.HostIPs(cur)...)
+		hosts = append(hosts, cur.HostIPs...)
 		changed := old == nil || relevantChange(old, cur)
 		for _, ip := range curIPs {
 			if changed || !contains(oldIPs, ip) {
@@ -174,7 +174,7 @@ func (w *NodeWatcher) namespaceChanged(old, cur *corev1.Namespace) {
 		for _, ip := range liveIPs(pod) {
 			events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_CHANGED, Ip: ip, Uid: string(pod.UID)})
 		}
-		w.publish(podindex.HostIPs(pod), events)
+		w.publish(pod.HostIPs, events)
 	}
 }
 
@@ -200,7 +200,7 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 
 // relevantChange reports whether an update can change which credentials
 // the pod should get.
-func relevantChange(old, cur *corev1.Pod) bool {
+func relevantChange(old, cur *podindex.Pod) bool {
 	if old.UID != cur.UID || podindex.Live(old) != podindex.Live(cur) {
 		return true
 	}
@@ -210,21 +210,21 @@ func relevantChange(old, cur *corev1.Pod) bool {
 	return !maps.Equal(iamAnnotations(old), iamAnnotations(cur))
 }
 
-func iamAnnotations(pod *corev1.Pod) map[string]string {
+func iamAnnotations(pod *podindex.Pod) map[string]string {
 	out := map[string]string{}
 	for _, k := range []string{role.AnnotationRole, role.AnnotationExternalID, role.AnnotationSessionName} {
-		if v, ok := pod.Annotations[k]; ok {
+		if v, ok := pod.Annotation(k); ok {
 			out[k] = v
 		}
 	}
 	return out
 }
 
-func liveIPs(pod *corev1.Pod) []string {
+func liveIPs(pod *podindex.Pod) []string {
 	if pod == nil || !podindex.Live(pod) {
 		return nil
 	}
-	return podindex.IPs(pod)
+	return pod.IPs
 }
 
 func hostIPIndexFunc(obj any) ([]string, error) {
@@ -232,14 +232,15 @@ func hostIPIndexFunc(obj any) ([]string, error) {
 	if pod == nil || !podindex.Live(pod) {
 		return nil, nil
 	}
-	return podindex.HostIPs(pod), nil
+	return pod.HostIPs, nil
 }
 
-func asPod(obj any) *corev1.Pod {
+// asPod returns the *podindex.Pod an informer handler was given, or nil.
+func asPod(obj any) *podindex.Pod {
 	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = t.Obj
 	}
-	pod, _ := obj.(*corev1.Pod)
+	pod, _ := obj.(*podindex.Pod)
 	return pod
 }
 

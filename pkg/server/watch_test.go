@@ -11,17 +11,23 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/podiam/podiam/pkg/podindex"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
 
-func testPod(name, ip, host, roleName string) *corev1.Pod {
+// testPod makes a pod as the informer stores it; edit, if given, changes
+// the API object first.
+func testPod(name, ip, host, roleName string, edit ...func(*corev1.Pod)) *podindex.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "ns", UID: types.UID("uid-" + name),
 			Annotations: map[string]string{"iam.amazonaws.com/role": roleName}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning,
 			PodIPs: []corev1.PodIP{{IP: ip}}, HostIPs: []corev1.HostIP{{IP: host}}},
 	}
-	return p
+	for _, e := range edit {
+		e(p)
+	}
+	return podindex.FromAPI(p)
 }
 
 // newTestWatcher builds a watcher over a plain indexer; the informer
@@ -93,16 +99,25 @@ func TestNodeWatcher(t *testing.T) {
 	expectNone(t, ch)
 
 	// A role change tells the agent to drop what it holds for the address.
-	changed := a.DeepCopy()
-	changed.Annotations["iam.amazonaws.com/role"] = "other"
+	changed := testPod("a", "10.0.0.1", "192.168.0.1", "other")
 	w.podChanged(a, changed)
 	if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_CHANGED || ev.GetIp() != "10.0.0.1" {
 		t.Fatalf("role change = %v", ev)
 	}
 
+	// So does an annotation appearing, even empty: the key may not change,
+	// but the agent re-asks rather than reason about it.
+	withExt := testPod("a", "10.0.0.1", "192.168.0.1", "other", func(p *corev1.Pod) {
+		p.Annotations["iam.amazonaws.com/external-id"] = ""
+	})
+	w.podChanged(changed, withExt)
+	if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_CHANGED || ev.GetIp() != "10.0.0.1" {
+		t.Fatalf("annotation added = %v", ev)
+	}
+
 	// The pod finishing deletes its address.
 	done := changed.DeepCopy()
-	done.Status.Phase = corev1.PodSucceeded
+	done.Phase = corev1.PodSucceeded
 	w.podChanged(changed, done)
 	if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_DELETED || ev.GetUid() != "uid-a" {
 		t.Fatalf("finish = %v", ev)

@@ -460,13 +460,7 @@ func TestFaultAPIServerRestart(t *testing.T) {
 
 	// The informer recovers by itself and then serves pods made after
 	// that from its own watch, without asking the API server.
-	deadline := time.Now().Add(90 * time.Second)
-	for metric(t, sp, "podiam_server_pod_watch_current", nil) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("pod watch not current 90s after the API server came back")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitWatchCurrent(t, sp, 90*time.Second)
 	recovered := time.Now()
 	liveBefore := metric(t, sp, "podiam_server_pod_lookups_live_total", nil)
 	pod("after", "10.2.0.4")

@@ -188,6 +188,19 @@ func metric(t testing.TB, sp *serverProc, name string, labels map[string]string)
 	return v
 }
 
+// waitWatchCurrent waits until the server's pod watch counts as current:
+// until then (the watch's first seconds too) lookups go to the API server.
+func waitWatchCurrent(t testing.TB, sp *serverProc, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for metric(t, sp, "podiam_server_pod_watch_current", nil) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pod watch not current after %s", timeout)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func tail(s string, n int) string {
 	var lines []string
 	sc := bufio.NewScanner(strings.NewReader(s))
