@@ -50,6 +50,7 @@ type WatchTracker struct {
 	open     int       // watches open now; 0 or 1 for one informer
 	openedAt time.Time // when the newest open watch opened
 	closedAt time.Time // when the last watch closed, leaving none open
+	listedAt time.Time // when the last list call succeeded
 	// failing is set by a failed call, a watch that ends at once, or no
 	// watch open for settle, and cleared by a watch that proves itself:
 	// delivers an event or stays open for settle. failingSince and
@@ -105,8 +106,12 @@ func NewWatchTracker(cfg WatchConfig, reg prometheus.Registerer, log *slog.Logge
 	return w, nil
 }
 
-// Current reports whether a watch is open and has been for Settle, so the
-// informer's store is as current as a watch makes it.
+// Current reports whether a watch is open and has been for Settle, or
+// opened within Settle of a successful list, so the informer's store is as
+// current as a watch makes it. A watch that continues from a fresh list
+// has nothing to replay: lists read at resourceVersion "" (ListInPages),
+// so without this every server start would send each request to the API
+// server for Settle, and at scale those lookups time out.
 //
 // It also notices what no call reports: no watch open for Settle (a watch
 // call may hang in client-go's own retries for ten seconds), or one that has
@@ -115,7 +120,8 @@ func NewWatchTracker(cfg WatchConfig, reg prometheus.Registerer, log *slog.Logge
 func (w *WatchTracker) Current() bool {
 	w.mu.Lock()
 	now := w.now()
-	current := w.open > 0 && now.Sub(w.openedAt) >= w.settle
+	fresh := !w.listedAt.IsZero() && !w.openedAt.Before(w.listedAt) && w.openedAt.Sub(w.listedAt) < w.settle
+	current := w.open > 0 && (now.Sub(w.openedAt) >= w.settle || fresh)
 	gap := w.open == 0 && !w.closedAt.IsZero() && now.Sub(w.closedAt) >= w.settle && !w.failing
 	closedAt := w.closedAt
 	w.mu.Unlock()
@@ -153,6 +159,14 @@ func (w *WatchTracker) failed(call string, err error, since time.Time) {
 	} else {
 		w.log.Debug("pod watch still failing", "call", call, "error", err)
 	}
+}
+
+// listed notes a list call that succeeded: the store is about to hold
+// what the API server has now.
+func (w *WatchTracker) listed() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.listedAt = w.now()
 }
 
 // opened notes a watch call that returned a watch, which proves nothing
@@ -219,7 +233,10 @@ func (l *trackedListerWatcher) Watch(options metav1.ListOptions) (watch.Interfac
 
 func (l *trackedListerWatcher) ListWithContext(ctx context.Context, options metav1.ListOptions) (runtime.Object, error) {
 	obj, err := l.inner.ListWithContext(ctx, options)
-	if err != nil && !errors.Is(err, context.Canceled) {
+	switch {
+	case err == nil:
+		l.w.listed()
+	case !errors.Is(err, context.Canceled):
 		l.w.failed("list", err, l.w.now())
 	}
 	return obj, err

@@ -124,8 +124,8 @@ func TestWatchTracker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.Current() {
-		t.Fatal("current right after the watch opened: it may still replay what it missed")
+	if !w.Current() || gauge() != 1 {
+		t.Fatalf("not current right after a watch that continues a fresh list (gauge %v)", gauge())
 	}
 	clk.Step(2 * time.Second)
 	if !w.Current() || gauge() != 1 {
@@ -294,5 +294,56 @@ func TestNewWatchTrackerRejects(t *testing.T) {
 	}
 	if _, err := NewWatchTracker(WatchConfig{}, reg, nil); err == nil {
 		t.Error("registering twice on one registry succeeded")
+	}
+}
+
+// After an outage, a watch resumed from the old resource version must
+// settle, while one that follows a successful relist is current at once.
+func TestWatchTrackerResumeVersusRelist(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	w, err := NewWatchTracker(WatchConfig{Settle: 2 * time.Second, Now: clk.Now}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inner := &fakeLW{}
+	lw := w.Wrap(inner)
+	if _, err := lw.List(metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	first, err := lw.Watch(metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.Current() {
+		t.Fatal("not current after list and watch")
+	}
+	first.Stop()
+	eventually(t, "watch to count as closed", func() bool { return !w.Current() })
+
+	clk.Step(10 * time.Second)
+	resumed, err := lw.Watch(metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.Current() {
+		t.Fatal("a watch resumed long after the last list counted as current at once")
+	}
+	resumed.Stop()
+	eventually(t, "resumed watch to count as closed", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.open == 0
+	})
+
+	clk.Step(time.Second)
+	if _, err := lw.List(metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(100 * time.Millisecond)
+	if _, err := lw.Watch(metav1.ListOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !w.Current() {
+		t.Fatal("a watch right after a successful relist is not current")
 	}
 }
