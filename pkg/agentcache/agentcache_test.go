@@ -14,26 +14,11 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/statuserr"
+
+	testingclock "k8s.io/utils/clock/testing"
 )
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // fakeFetcher answers from a programmable function and records every call.
 type fakeFetcher struct {
@@ -84,7 +69,7 @@ func podCreds(uid, key string, exp time.Time) creds.PodCredentials {
 
 // issuing answers every address with credentials valid for an hour from
 // the clock's current time, uid "uid-"+ip and a fresh access key per call.
-func issuing(clk *clock) func(string) (creds.PodCredentials, error) {
+func issuing(clk *testingclock.FakeClock) func(string) (creds.PodCredentials, error) {
 	var mu sync.Mutex
 	n := 0
 	return func(ip string) (creds.PodCredentials, error) {
@@ -106,12 +91,12 @@ var errNoServer = errors.New("no server reachable")
 type fixture struct {
 	c   *Cache
 	f   *fakeFetcher
-	clk *clock
+	clk *testingclock.FakeClock
 }
 
 func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	t.Helper()
-	clk := &clock{now: t0}
+	clk := testingclock.NewFakeClock(t0)
 	f := &fakeFetcher{answer: issuing(clk)}
 	cfg := Config{Now: clk.Now}
 	if mod != nil {
@@ -166,7 +151,7 @@ func TestHitAndMiss(t *testing.T) {
 	if first.PodUID != "uid-10.0.0.1" || first.Credentials.AccessKeyID != "AKIA1" {
 		t.Fatalf("first answer %+v", first)
 	}
-	fx.clk.Advance(10 * time.Minute)
+	fx.clk.Step(10 * time.Minute)
 	if again := fx.mustGet(t, "10.0.0.1"); again.Credentials.AccessKeyID != "AKIA1" {
 		t.Errorf("second answer has key %s, want the cached AKIA1", again.Credentials.AccessKeyID)
 	}
@@ -280,11 +265,11 @@ func TestCallerCancelDoesNotCancelSharedFetch(t *testing.T) {
 func TestRefreshAt35Minutes(t *testing.T) {
 	fx := newFixture(t, nil)
 	fx.mustGet(t, "10.0.0.1") // valid until t0+60m
-	fx.clk.Advance(25*time.Minute - time.Second)
+	fx.clk.Step(25*time.Minute - time.Second)
 	if pc := fx.mustGet(t, "10.0.0.1"); pc.Credentials.AccessKeyID != "AKIA1" {
 		t.Fatalf("with 35m1s left got %s, want the cached AKIA1", pc.Credentials.AccessKeyID)
 	}
-	fx.clk.Advance(time.Second)
+	fx.clk.Step(time.Second)
 	if pc := fx.mustGet(t, "10.0.0.1"); pc.Credentials.AccessKeyID != "AKIA2" {
 		t.Fatalf("with 35m left got %s, want a fresh AKIA2", pc.Credentials.AccessKeyID)
 	}
@@ -302,12 +287,12 @@ func TestShortLivedAnswerNotRefetchedPerRequest(t *testing.T) {
 	})
 	for range 5 {
 		fx.mustGet(t, "10.0.0.1")
-		fx.clk.Advance(5 * time.Second)
+		fx.clk.Step(5 * time.Second)
 	}
 	if n := fx.f.count("10.0.0.1"); n != 1 {
 		t.Fatalf("%d fetches within the refresh interval, want 1", n)
 	}
-	fx.clk.Advance(10 * time.Second)
+	fx.clk.Step(10 * time.Second)
 	fx.mustGet(t, "10.0.0.1")
 	if n := fx.f.count("10.0.0.1"); n != 2 {
 		t.Fatalf("%d fetches after the refresh interval, want 2", n)
@@ -319,16 +304,16 @@ func TestOutageServesStaleUntilMinServe(t *testing.T) {
 	fx.mustGet(t, "10.0.0.1") // valid until t0+60m
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 
-	fx.clk.Advance(30 * time.Minute) // due, 30m left
+	fx.clk.Step(30 * time.Minute) // due, 30m left
 	if pc := fx.mustGet(t, "10.0.0.1"); pc.Credentials.AccessKeyID != "AKIA1" {
 		t.Fatalf("stale answer has key %s", pc.Credentials.AccessKeyID)
 	}
 	if n := fx.requests("stale"); n != 1 {
 		t.Errorf("stale metric %d, want 1", n)
 	}
-	fx.clk.Advance(25*time.Minute - time.Second) // 5m1s left
+	fx.clk.Step(25*time.Minute - time.Second) // 5m1s left
 	fx.mustGet(t, "10.0.0.1")
-	fx.clk.Advance(time.Second) // 5m left
+	fx.clk.Step(time.Second) // 5m left
 	err := fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
 	if !errors.Is(err, errNoServer) {
 		t.Errorf("error %v does not wrap the fetch error", err)
@@ -359,7 +344,7 @@ func TestStaleAnswerReusedBriefly(t *testing.T) {
 	fx := newFixture(t, func(c *Config) { c.Interface = ifaces.lookup })
 	fx.mustGet(t, "10.0.0.1")
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
-	fx.clk.Advance(30 * time.Minute)
+	fx.clk.Step(30 * time.Minute)
 	for range 10 {
 		fx.mustGet(t, "10.0.0.1")
 	}
@@ -367,7 +352,7 @@ func TestStaleAnswerReusedBriefly(t *testing.T) {
 	if n, l := fx.f.count("10.0.0.1"), ifaces.count(); n != 2 || l != 3 {
 		t.Errorf("%d fetches and %d route lookups for 10 stale requests in one second, want 2 and 3", n, l)
 	}
-	fx.clk.Advance(time.Second)
+	fx.clk.Step(time.Second)
 	fx.mustGet(t, "10.0.0.1")
 	if n := fx.f.count("10.0.0.1"); n != 3 {
 		t.Errorf("%d fetches after a second, want 3", n)
@@ -428,7 +413,7 @@ func TestOutageInterfaceCheck(t *testing.T) {
 			fx.mustGet(t, "10.0.0.1")
 			fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 			ifaces.set("10.0.0.1", tt.atOutage)
-			fx.clk.Advance(30 * time.Minute)
+			fx.clk.Step(30 * time.Minute)
 			if tt.wantStale {
 				fx.mustGet(t, "10.0.0.1")
 				return
@@ -453,7 +438,7 @@ func TestInterfaceRecordedBeforeFetch(t *testing.T) {
 	})
 	fx.mustGet(t, "10.0.0.1")
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
-	fx.clk.Advance(30 * time.Minute)
+	fx.clk.Step(30 * time.Minute)
 	fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
 }
 
@@ -476,7 +461,7 @@ func TestRefusalsDrop(t *testing.T) {
 			fx := newFixture(t, nil)
 			fx.mustGet(t, "10.0.0.1")
 			fx.f.set(failing(tt.status, tt.err))
-			fx.clk.Advance(30 * time.Minute)
+			fx.clk.Step(30 * time.Minute)
 			if !tt.drop {
 				fx.mustGet(t, "10.0.0.1") // stale
 				if fx.c.Len() != 1 {
@@ -501,7 +486,7 @@ func TestRefusalsDrop(t *testing.T) {
 func TestNewPodOnAddressReplacesEntry(t *testing.T) {
 	fx := newFixture(t, nil)
 	fx.mustGet(t, "10.0.0.1")
-	fx.clk.Advance(30 * time.Minute)
+	fx.clk.Step(30 * time.Minute)
 	fx.f.set(func(string) (creds.PodCredentials, error) {
 		return podCreds("new-uid", "AKIA-new", fx.clk.Now().Add(time.Hour)), nil
 	})
@@ -604,9 +589,9 @@ func TestRetain(t *testing.T) {
 func TestBackgroundRefresh(t *testing.T) {
 	fx := newFixture(t, nil)
 	fx.mustGet(t, "10.0.0.1") // expires t0+60m
-	fx.clk.Advance(10 * time.Minute)
+	fx.clk.Step(10 * time.Minute)
 	fx.mustGet(t, "10.0.0.2") // expires t0+70m
-	fx.clk.Advance(16 * time.Minute)
+	fx.clk.Step(16 * time.Minute)
 	fx.mustGet(t, "10.0.0.3") // expires t0+86m
 
 	// t0+26m: only 10.0.0.1 (34m left) is due.
@@ -623,7 +608,7 @@ func TestBackgroundRefresh(t *testing.T) {
 	}
 
 	// t0+40m: 10.0.0.2 (30m left) is due; the server now refuses it.
-	fx.clk.Advance(14 * time.Minute)
+	fx.clk.Step(14 * time.Minute)
 	fx.f.set(failing(http.StatusForbidden, errors.New("namespace policy changed")))
 	fx.c.refresh(t.Context())
 	if fx.c.Len() != 2 || fx.refreshes("error") != 1 {
@@ -631,7 +616,7 @@ func TestBackgroundRefresh(t *testing.T) {
 	}
 
 	// t0+60m: 10.0.0.3 (26m left) is due; no server answers: kept.
-	fx.clk.Advance(20 * time.Minute)
+	fx.clk.Step(20 * time.Minute)
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 	fx.c.refresh(t.Context())
 	if fx.c.Len() != 2 {
@@ -639,7 +624,7 @@ func TestBackgroundRefresh(t *testing.T) {
 	}
 
 	// t0+90m: everything has expired and is dropped.
-	fx.clk.Advance(30 * time.Minute)
+	fx.clk.Step(30 * time.Minute)
 	fx.c.refresh(t.Context())
 	if fx.c.Len() != 0 {
 		t.Fatalf("Len %d after expiry, want 0", fx.c.Len())
@@ -649,7 +634,7 @@ func TestBackgroundRefresh(t *testing.T) {
 func TestRunRefreshes(t *testing.T) {
 	fx := newFixture(t, func(c *Config) { c.RefreshInterval = 5 * time.Millisecond })
 	fx.mustGet(t, "10.0.0.1")
-	fx.clk.Advance(30 * time.Minute)
+	fx.clk.Step(30 * time.Minute)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- fx.c.Run(ctx) }()

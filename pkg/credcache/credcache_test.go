@@ -1,7 +1,6 @@
 package credcache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/ratelimit"
+
+	"github.com/podiam/podiam/pkg/syncbuf"
 )
 
 const session = time.Hour
@@ -113,20 +114,8 @@ type harness struct {
 	sts   *fakeSTS
 	reg   *prometheus.Registry
 	use   *inUse
-	logs  *syncBuffer
+	logs  *syncbuf.Buffer
 }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // newHarness builds a cache with the server's default lifetimes on a fake
 // clock. Every key is in use unless the test says otherwise.
@@ -138,7 +127,7 @@ func newHarness(t *testing.T, mod func(*Config)) *harness {
 		sts:   newFakeSTS(clk),
 		reg:   prometheus.NewRegistry(),
 		use:   &inUse{keys: map[creds.Key]bool{}},
-		logs:  &syncBuffer{},
+		logs:  &syncbuf.Buffer{},
 	}
 	cfg := Config{
 		Refresh:      40 * time.Minute,

@@ -21,6 +21,10 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/statuserr"
+
+	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/podiam/podiam/pkg/syncbuf"
 )
 
 var testNow = time.Date(2025, 3, 4, 5, 6, 7, 0, time.UTC)
@@ -126,51 +130,17 @@ func (p *fakeProvider) seenIPs() []string {
 	return append([]string(nil), p.seen...)
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type env struct {
 	h     *Handler
 	p     *fakeProvider
-	clock *clock
+	clock *testingclock.FakeClock
 	reg   *prometheus.Registry
-	logs  *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs  *syncbuf.Buffer
 }
 
 func newEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
-	e := &env{p: newFakeProvider(), clock: &clock{t: testNow}, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{p: newFakeProvider(), clock: testingclock.NewFakeClock(testNow), reg: prometheus.NewRegistry(), logs: &syncbuf.Buffer{}}
 	if cfg.Now == nil {
 		cfg.Now = e.clock.Now
 	}
@@ -518,7 +488,7 @@ func TestTokenUse(t *testing.T) {
 		}
 		for _, tc := range tests {
 			t.Run(tc.name, func(t *testing.T) {
-				c := &clock{t: testNow.Add(tc.advance)}
+				c := testingclock.NewFakeClock(testNow.Add(tc.advance))
 				e.h.now = c.Now
 				defer func() { e.h.now = e.clock.Now }()
 				for _, target := range []string{credPath, "/latest/meta-data/iam/security-credentials/", "/latest/meta-data/iam/info"} {
@@ -689,9 +659,9 @@ func TestHealth(t *testing.T) {
 		t.Errorf("deep check ran %d times within the interval, want 1", calls())
 	}
 	set(nil, errors.New("server 10.9.9.9:443 unreachable"))
-	e.clock.Advance(DeepCheckInterval - time.Millisecond)
+	e.clock.Step(DeepCheckInterval - time.Millisecond)
 	check("/health?deep=1", 200, "ok") // cached result
-	e.clock.Advance(time.Millisecond)
+	e.clock.Step(time.Millisecond)
 	check("/health?deep=1", 503, "server unavailable")
 	check("/health?deep=1", 503, "server unavailable")
 	if calls() != 2 {
@@ -699,13 +669,13 @@ func TestHealth(t *testing.T) {
 	}
 	check("/health", 200, "ok") // shallow health does not depend on the server
 	set(nil, nil)
-	e.clock.Advance(DeepCheckInterval)
+	e.clock.Step(DeepCheckInterval)
 	check("/health?deep=1", 200, "ok")
 	if calls() != 3 {
 		t.Errorf("deep check ran %d times, want 3", calls())
 	}
 	// A clock that steps back does not pin an old result forever.
-	e.clock.Advance(-time.Hour)
+	e.clock.Step(-time.Hour)
 	check("/health?deep=1", 200, "ok")
 	if calls() != 4 {
 		t.Errorf("deep check ran %d times after clock step back, want 4", calls())
@@ -919,7 +889,7 @@ func TestProxy(t *testing.T) {
 	up.mu.Unlock()
 
 	// The upstream token expires: a new one is fetched before it does.
-	e.clock.Advance(upstreamTokenTTL*time.Second - upstreamTokenMargin)
+	e.clock.Step(upstreamTokenTTL*time.Second - upstreamTokenMargin)
 	e.do(t, req{target: "/latest/meta-data/placement/availability-zone"})
 	gets, puts, _ = up.snapshot()
 	if puts != 2 || gets[len(gets)-1].token != "agent-token-2" {

@@ -1,7 +1,6 @@
 package podindex
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -19,6 +18,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/podiam/podiam/pkg/syncbuf"
 )
 
 // fakeLW answers List and Watch with the next queued error, or success;
@@ -64,20 +65,6 @@ func (f *fakeLW) Watch(metav1.ListOptions) (watch.Interface, error) {
 	return w, nil
 }
 
-// syncBuffer collects log output; the tracker logs from watch goroutines
-// while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // eventually waits for cond, which a watch's forwarding goroutine sets.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -90,7 +77,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func TestWatchTracker(t *testing.T) {
 	clk := testingclock.NewFakeClock(t0)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	reg := prometheus.NewRegistry()
 	w, err := NewWatchTracker(WatchConfig{Settle: 2 * time.Second, Now: clk.Now}, reg,
 		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})))
@@ -242,7 +229,7 @@ func TestWatchTracker(t *testing.T) {
 // A watch call that hangs reports nothing; the gap is noticed anyway.
 func TestWatchTrackerNoticesGap(t *testing.T) {
 	clk := testingclock.NewFakeClock(t0)
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	w, err := NewWatchTracker(WatchConfig{Settle: 2 * time.Second, Now: clk.Now}, nil, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)

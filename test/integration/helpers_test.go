@@ -5,7 +5,6 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +24,8 @@ import (
 	"github.com/podiam/podiam/pkg/tlsconfig"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
+
+	"github.com/podiam/podiam/pkg/syncbuf"
 )
 
 var podiamBin string
@@ -60,24 +60,7 @@ type serverProc struct {
 	MetricsAddr string
 	PKI         *testenv.PKI
 	Pid         int
-	logs        *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs        *syncbuf.Buffer
 }
 
 // Logs returns what the server has logged so far.
@@ -93,7 +76,7 @@ func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...s
 		Addr:        fmt.Sprintf("127.0.0.1:%d", port),
 		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", mport),
 		PKI:         pki,
-		logs:        &syncBuffer{},
+		logs:        &syncbuf.Buffer{},
 	}
 	full := append([]string{"server",
 		"--json-log", "--level=debug",
