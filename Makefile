@@ -41,14 +41,14 @@ test: deps
 # fuzz runs each fuzz target briefly; make fuzz FUZZTIME=10m for a real hunt.
 FUZZTIME ?= 20s
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/imds
-	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/role
+	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/agent/imds
+	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/server/role
 
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/)
 
 # Packages on the agent's path must not link client-go or the AWS SDK.
-AGENT_PKGS := ./pkg/imds ./pkg/agentcache ./pkg/serverclient ./pkg/route ./pkg/iptables ./pkg/tlsconfig ./pkg/rpcstatus ./pkg/statuserr ./pkg/creds ./proto/...
+AGENT_PKGS := ./pkg/agent/... ./pkg/tlsconfig ./pkg/refusal ./pkg/creds ./proto/...
 check-agent-deps:
 	@bad=$$($(GO) list -deps $(AGENT_PKGS) | grep -E '^(k8s.io/client-go|github.com/aws/)' || true); \
 	if [ -n "$$bad" ]; then echo "agent packages link forbidden dependencies:"; echo "$$bad"; exit 1; fi; \

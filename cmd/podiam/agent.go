@@ -20,12 +20,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
-	"github.com/podiam/podiam/pkg/agentcache"
+	"github.com/podiam/podiam/pkg/agent/cache"
+	"github.com/podiam/podiam/pkg/agent/imds"
+	"github.com/podiam/podiam/pkg/agent/iptables"
+	"github.com/podiam/podiam/pkg/agent/route"
+	"github.com/podiam/podiam/pkg/agent/serverclient"
 	"github.com/podiam/podiam/pkg/creds"
-	"github.com/podiam/podiam/pkg/imds"
-	"github.com/podiam/podiam/pkg/iptables"
-	"github.com/podiam/podiam/pkg/route"
-	"github.com/podiam/podiam/pkg/serverclient"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
 
@@ -165,7 +165,7 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	}
 	defer client.Close()
 
-	cache, err := agentcache.New(agentcache.Config{
+	credCache, err := cache.New(cache.Config{
 		Refresh:   cfg.CredentialRefresh,
 		MinServe:  cfg.CredentialMinServe,
 		Interface: route.Interface,
@@ -198,7 +198,7 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 		MaxPerIP:      cfg.MaxRequestsPerIP,
 		Ready:         cachedCheck(rules, 5*time.Second),
 		DeepCheck:     client.Check,
-	}, cache, reg, log.With("component", "imds"))
+	}, credCache, reg, log.With("component", "imds"))
 	if err != nil {
 		return fmt.Errorf("metadata handler: %w", err)
 	}
@@ -218,8 +218,8 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	// The metrics port is shared with the next agent too: during a rolling
 	// update both run, and a new agent that cannot bind would exit.
 	go func() { errc <- serveMetricsOn(ctx, listenReusePort, cfg.PrometheusListenAddr, reg, nil, log) }()
-	go func() { _ = cache.Run(ctx) }()
-	go func() { _ = client.Watch(ctx, newPodEventSink(cache, log).handle) }()
+	go func() { _ = credCache.Run(ctx) }()
+	go func() { _ = client.Watch(ctx, newPodEventSink(credCache, log).handle) }()
 	if rules != nil {
 		go func() { _ = rules.Run(ctx, cfg.IPTablesCheckInterval) }()
 	}
@@ -256,19 +256,19 @@ type fetcher struct{ c *serverclient.Client }
 func (f fetcher) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	pc, err := f.c.Fetch(ctx, ip)
 	if errors.Is(err, serverclient.ErrPodUnknown) {
-		err = fmt.Errorf("%w: %w", agentcache.ErrPodUnknownSynced, err)
+		err = fmt.Errorf("%w: %w", cache.ErrPodUnknownSynced, err)
 	}
 	return pc, err
 }
 
 // podEventSink applies the server's node pod stream to the agent cache.
 type podEventSink struct {
-	cache   *agentcache.Cache
+	cache   *cache.Cache
 	log     *slog.Logger
 	present map[string]string
 }
 
-func newPodEventSink(c *agentcache.Cache, log *slog.Logger) *podEventSink {
+func newPodEventSink(c *cache.Cache, log *slog.Logger) *podEventSink {
 	return &podEventSink{cache: c, log: log, present: map[string]string{}}
 }
 

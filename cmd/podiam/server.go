@@ -25,13 +25,13 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/podiam/podiam/pkg/assumer"
-	"github.com/podiam/podiam/pkg/credcache"
-	"github.com/podiam/podiam/pkg/podindex"
-	"github.com/podiam/podiam/pkg/policy"
-	"github.com/podiam/podiam/pkg/ratelimit"
-	"github.com/podiam/podiam/pkg/role"
-	"github.com/podiam/podiam/pkg/server"
+	"github.com/podiam/podiam/pkg/server/credcache"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
+	"github.com/podiam/podiam/pkg/server/ratelimit"
+	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/service"
+	"github.com/podiam/podiam/pkg/server/sts"
 	"github.com/podiam/podiam/pkg/tlsconfig"
 )
 
@@ -180,7 +180,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	registerProcessMetrics(reg)
 
-	sts, err := assumer.New(ctx, assumer.Config{
+	stsClient, err := sts.New(ctx, sts.Config{
 		Region:          cfg.Region,
 		BaseRoleARN:     cfg.AssumeRoleARN,
 		BaseSessionName: role.SessionName("", cfg.Session),
@@ -194,7 +194,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	}
 	baseARN := cfg.RoleBaseARN
 	if cfg.RoleBaseARNAutodetect {
-		if baseARN, err = detectBaseARN(ctx, sts, log); err != nil {
+		if baseARN, err = detectBaseARN(ctx, stsClient, log); err != nil {
 			return err
 		}
 	}
@@ -234,7 +234,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		return fmt.Errorf("policy: %w", err)
 	}
 	pods, err := podindex.New(podInformer, podindex.Config{
-		ExtraIndexers: cache.Indexers{server.IndexCredKey: server.CredKeyIndexFunc(resolver, cfg.Session)},
+		ExtraIndexers: cache.Indexers{service.IndexCredKey: service.CredKeyIndexFunc(resolver, cfg.Session)},
 		Current:       podWatch.Current,
 		Live:          podindex.APIPods{Client: liveClient.CoreV1()},
 	}, reg, log.With("component", "podindex"))
@@ -249,19 +249,19 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
 		MaxEntries: cfg.CacheMaxEntries,
-		InUse:      server.InUse(podInformer.GetIndexer()),
+		InUse:      service.InUse(podInformer.GetIndexer()),
 		Limiter:    limiter,
-	}, sts, reg, log.With("component", "cache"))
+	}, stsClient, reg, log.With("component", "cache"))
 	if err != nil {
 		return fmt.Errorf("credential cache: %w", err)
 	}
-	watcher, err := server.NewNodeWatcher(podInformer, nsInformer, log.With("component", "watch"))
+	watcher, err := service.NewNodeWatcher(podInformer, nsInformer, log.With("component", "watch"))
 	if err != nil {
 		return err
 	}
-	var prefetch *server.PrefetchController
+	var prefetch *service.PrefetchController
 	if cfg.Prefetch {
-		prefetch, err = server.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
+		prefetch, err = service.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
 		if err != nil {
 			return err
 		}
@@ -272,11 +272,11 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	defer broadcaster.Shutdown()
 	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"})
 
-	svc, err := server.New(server.Config{
+	svc, err := service.New(service.Config{
 		DefaultSession: cfg.Session,
 		PodWait:        cfg.PodWait,
 		NodeBinding:    !cfg.DisableNodeBinding,
-	}, server.Deps{
+	}, service.Deps{
 		Pods:        pods,
 		Namespaces:  namespaces,
 		Keys:        resolver,
@@ -293,7 +293,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("tls: %w", err)
 	}
-	grpcServer, err := server.NewGRPCServer(server.GRPCConfig{
+	grpcServer, err := service.NewGRPCServer(service.GRPCConfig{
 		TLS:                   tlsCfg,
 		KeepaliveTime:         cfg.GRPCKeepaliveTime,
 		KeepaliveTimeout:      cfg.GRPCKeepaliveTimeout,
@@ -322,7 +322,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if prefetch != nil {
 		go func() { _ = prefetch.Run(ctx, 2) }()
 	}
-	go readiness(ctx, grpcServer, sts, []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}, log)
+	go readiness(ctx, grpcServer, stsClient, []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}, log)
 
 	log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", baseARN, "assume_role_arn", cfg.AssumeRoleARN)
 	select {
@@ -364,7 +364,7 @@ func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, tim
 // readiness reports SERVING once the informers have synced and the base
 // credentials can be obtained, and keeps checking the latter so a server
 // that lost its AWS credentials stops attracting agents.
-func readiness(ctx context.Context, g *server.GRPCServer, sts *assumer.Assumer, synced []cache.InformerSynced, log *slog.Logger) {
+func readiness(ctx context.Context, g *service.GRPCServer, stsClient *sts.Assumer, synced []cache.InformerSynced, log *slog.Logger) {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return
 	}
@@ -372,7 +372,7 @@ func readiness(ctx context.Context, g *server.GRPCServer, sts *assumer.Assumer, 
 	serving := false
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := sts.CheckBase(cctx)
+		err := stsClient.CheckBase(cctx)
 		cancel()
 		if ok := err == nil; ok != serving {
 			serving = ok
@@ -399,10 +399,10 @@ func readiness(ctx context.Context, g *server.GRPCServer, sts *assumer.Assumer, 
 
 // detectBaseARN asks STS who the server is, retrying while STS is
 // unreachable, because on EKS the server may start before the network.
-func detectBaseARN(ctx context.Context, sts *assumer.Assumer, log *slog.Logger) (string, error) {
+func detectBaseARN(ctx context.Context, stsClient *sts.Assumer, log *slog.Logger) (string, error) {
 	delay := 500 * time.Millisecond
 	for {
-		arn, err := sts.CallerARN(ctx)
+		arn, err := stsClient.CallerARN(ctx)
 		if err == nil {
 			base, err := role.BaseARNFromCaller(arn)
 			if err != nil {
@@ -438,4 +438,4 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return cfg, nil
 }
 
-func getenvSTSCustom() bool { return assumer.CustomEndpoint(os.Getenv) }
+func getenvSTSCustom() bool { return sts.CustomEndpoint(os.Getenv) }

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/podiam/podiam/pkg/creds"
-	"github.com/podiam/podiam/pkg/rpcstatus"
+	"github.com/podiam/podiam/pkg/refusal"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -493,7 +493,7 @@ func TestFaultAPIServerRestart(t *testing.T) {
 		switch {
 		case c.Err != nil && status.Code(c.Err) == codes.Unavailable:
 			unavailable++
-		case c.Err != nil && c.IP == reusedIP && rpcstatus.Reason(c.Err) == pb.Reason_REASON_POD_UNKNOWN:
+		case c.Err != nil && c.IP == reusedIP && refusal.Reason(c.Err) == pb.Reason_REASON_POD_UNKNOWN:
 			unknown++ // between a deletion and its successor's creation
 		case c.Err != nil:
 			wrong["an error other than Unavailable"] = append(wrong["an error other than Unavailable"], c)

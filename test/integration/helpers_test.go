@@ -25,7 +25,7 @@ import (
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 
-	"github.com/podiam/podiam/pkg/syncbuf"
+	"github.com/podiam/podiam/test/syncbuf"
 )
 
 var podiamBin string

@@ -20,7 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podiam/podiam/pkg/creds"
-	"github.com/podiam/podiam/pkg/rpcstatus"
+	"github.com/podiam/podiam/pkg/refusal"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -63,8 +63,8 @@ func TestServer(t *testing.T) {
 	}
 	wantRefusal := func(t *testing.T, err error, code codes.Code, reason pb.Reason) {
 		t.Helper()
-		if status.Code(err) != code || rpcstatus.Reason(err) != reason {
-			t.Fatalf("got %v (reason %v), want %v %v", err, rpcstatus.Reason(err), code, reason)
+		if status.Code(err) != code || refusal.Reason(err) != reason {
+			t.Fatalf("got %v (reason %v), want %v %v", err, refusal.Reason(err), code, reason)
 		}
 	}
 

@@ -1,0 +1,490 @@
+// Package cache keeps, per pod address, the credentials the agent got
+// from a server, so that a pod keeps working through a server outage and
+// most requests never leave the node.
+//
+// Three things make a cached answer safe to reuse:
+//   - policy is the server's: while a server answers, an entry is only used
+//     until it is due for refresh, and every refusal a server gives drops it;
+//   - addresses are reused: an entry records the pod UID, and the agent's
+//     watch of its node's pods calls Forget and Retain when a pod leaves;
+//   - during an outage nobody can say who holds an address, so a stale entry
+//     is served only while the node still routes the address through the
+//     same host interface (a successor pod gets a new veth).
+package cache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/creds"
+)
+
+// ErrPodUnknownSynced means a server whose view of the pods is complete
+// found no live pod at the address: cached credentials for it must go.
+// A Fetcher wraps it into its error (with HTTP status 503).
+var ErrPodUnknownSynced = errors.New("a synced server knows no live pod at this address")
+
+// Fetcher asks a server about the pod at ip. Its errors carry an HTTP
+// status (httperr); one without is treated as 503, a transient failure.
+type Fetcher interface {
+	Fetch(ctx context.Context, ip string) (creds.PodCredentials, error)
+}
+
+// Config tunes the cache. Zero values take the defaults noted.
+type Config struct {
+	// Refresh: an entry with this much validity or less left is fetched
+	// again (35m). It must be below the server's refresh-ahead (40m), or
+	// the agent would keep fetching credentials the server will not renew.
+	Refresh time.Duration
+	// MinServe: while no server answers, cached credentials are served
+	// until this much validity remains (5m).
+	MinServe time.Duration
+	// Interface returns the host-side interface identity for ip
+	// (route.Interface). nil disables the check, for tests only.
+	Interface func(ctx context.Context, ip string) (string, error)
+	// RefreshInterval is the period of the background refresh scan;
+	// 0 means Refresh/20 clamped to [100ms, 30s]. An entry fetched less
+	// than this long ago is not fetched again on the request path even if
+	// due, so a server handing out short-lived credentials is asked once per
+	// interval, not once per request.
+	RefreshInterval time.Duration
+	// FetchTimeout bounds one shared fetch, which no single caller's
+	// context may cancel (10s).
+	FetchTimeout time.Duration
+	// InterfaceTimeout bounds one interface lookup (2s).
+	InterfaceTimeout time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// staleRecheck is how long a stale answer stands before a server is asked
+// again for the same address.
+const staleRecheck = time.Second
+
+const (
+	defaultRefresh          = 35 * time.Minute
+	defaultMinServe         = 5 * time.Minute
+	defaultFetchTimeout     = 10 * time.Second
+	defaultInterfaceTimeout = 2 * time.Second
+)
+
+func (cfg *Config) setDefaults() error {
+	if cfg.Refresh == 0 {
+		cfg.Refresh = defaultRefresh
+	}
+	if cfg.MinServe == 0 {
+		cfg.MinServe = defaultMinServe
+	}
+	if cfg.FetchTimeout == 0 {
+		cfg.FetchTimeout = defaultFetchTimeout
+	}
+	if cfg.InterfaceTimeout == 0 {
+		cfg.InterfaceTimeout = defaultInterfaceTimeout
+	}
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = min(max(cfg.Refresh/20, 100*time.Millisecond), 30*time.Second)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	switch {
+	case cfg.Refresh < 0 || cfg.MinServe < 0 || cfg.RefreshInterval < 0 || cfg.FetchTimeout < 0 || cfg.InterfaceTimeout < 0:
+		return errors.New("agent cache: durations must not be negative")
+	case cfg.MinServe >= cfg.Refresh:
+		return fmt.Errorf("agent cache: MinServe %s must be below Refresh %s", cfg.MinServe, cfg.Refresh)
+	}
+	return nil
+}
+
+// entry is what one successful fetch taught us about an address.
+type entry struct {
+	pod       creds.PodCredentials
+	fetchedAt time.Time
+	// iface is the host-side interface the address was routed through just
+	// before the fetch; "" when the lookup failed, which rules out serving
+	// the entry stale.
+	iface string
+	// staleUntil: the entry was last served stale after a failed fetch and
+	// an interface check; until then it is served stale without repeating
+	// both. SDKs ask on every call once credentials near expiry, and an
+	// exec per request would be a cost the outage does not need.
+	staleUntil time.Time
+}
+
+// outcome is how a request was answered, for the requests metric.
+type outcome string
+
+const (
+	resultHit   outcome = "hit"
+	resultMiss  outcome = "miss"
+	resultStale outcome = "stale"
+	resultError outcome = "error"
+)
+
+// flight is one fetch for an address, shared by every request for it that
+// arrives meanwhile and by the background refresh.
+type flight struct {
+	done chan struct{}
+	// Set before done is closed.
+	pod creds.PodCredentials
+	res outcome
+	err error
+	// Guarded by Cache.mu. forgotten: Forget or Retain ran while the fetch
+	// was under way; its answer may describe the pod that left, so it is
+	// passed to the callers that asked before but not stored. expectUID:
+	// Retain saw this UID at the address; an answer for another is not
+	// stored.
+	forgotten bool
+	expectUID string
+	waiters   int // callers waiting, for tests
+}
+
+// Cache holds credentials per pod address. It is safe for concurrent use.
+type Cache struct {
+	cfg Config
+	f   Fetcher
+	log *slog.Logger
+
+	mu      sync.Mutex
+	entries map[string]*entry
+	flights map[string]*flight
+
+	requests  *prometheus.CounterVec
+	refreshes *prometheus.CounterVec
+}
+
+// New checks cfg and registers the cache's metrics on reg.
+func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*Cache, error) {
+	if f == nil {
+		return nil, errors.New("agent cache: a fetcher is required")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Cache{
+		cfg:     cfg,
+		f:       f,
+		log:     log,
+		entries: map[string]*entry{},
+		flights: map[string]*flight{},
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_agent_cache_requests_total",
+			Help: "Credential requests answered by the agent cache, by result (hit, miss, stale, error).",
+		}, []string{"result"}),
+		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_agent_cache_refreshes_total",
+			Help: "Background refreshes of cached credentials, by result.",
+		}, []string{"result"}),
+	}
+	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "podiam_agent_cache_entries",
+		Help: "Pod addresses with cached credentials.",
+	}, func() float64 { return float64(c.Len()) })
+	for _, r := range []outcome{resultHit, resultMiss, resultStale, resultError} {
+		c.requests.WithLabelValues(string(r))
+	}
+	c.refreshes.WithLabelValues("ok")
+	c.refreshes.WithLabelValues("error")
+	for _, col := range []prometheus.Collector{c.requests, c.refreshes, entries} {
+		if err := reg.Register(col); err != nil {
+			return nil, fmt.Errorf("agent cache: register metrics: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// Credentials returns credentials for the pod at ip: from the cache while
+// they are fresh, otherwise from a server, otherwise (no server answers)
+// from the cache while they have MinServe left and the address is still
+// routed to the same interface. Errors carry an HTTP status (httperr).
+func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
+	now := c.cfg.Now()
+	c.mu.Lock()
+	if e := c.entries[ip]; e != nil {
+		switch {
+		case c.fresh(e, now):
+			c.mu.Unlock()
+			c.requests.WithLabelValues(string(resultHit)).Inc()
+			return e.pod, nil
+		case now.Before(e.staleUntil) && e.pod.Credentials.Remaining(now) > c.cfg.MinServe:
+			c.mu.Unlock()
+			c.requests.WithLabelValues(string(resultStale)).Inc()
+			return e.pod, nil
+		}
+	}
+	fl := c.joinLocked(ctx, ip)
+	fl.waiters++
+	c.mu.Unlock()
+
+	select {
+	case <-fl.done:
+	case <-ctx.Done():
+		c.mu.Lock()
+		fl.waiters--
+		c.mu.Unlock()
+		c.requests.WithLabelValues(string(resultError)).Inc()
+		return creds.PodCredentials{}, httperr.New(http.StatusServiceUnavailable,
+			fmt.Errorf("waiting for credentials: %w", context.Cause(ctx)))
+	}
+	c.requests.WithLabelValues(string(fl.res)).Inc()
+	if fl.err != nil {
+		return creds.PodCredentials{}, fl.err
+	}
+	return fl.pod, nil
+}
+
+// fresh reports whether e may be served without asking a server.
+func (c *Cache) fresh(e *entry, now time.Time) bool {
+	left := e.pod.Credentials.Remaining(now)
+	return left > c.cfg.Refresh || (left > c.cfg.MinServe && now.Sub(e.fetchedAt) < c.cfg.RefreshInterval)
+}
+
+// joinLocked returns the fetch under way for ip, starting one if there is
+// none. The fetch keeps ctx's values but not its cancellation: other callers
+// may be waiting for it. c.mu must be held.
+func (c *Cache) joinLocked(ctx context.Context, ip string) *flight {
+	if fl := c.flights[ip]; fl != nil {
+		return fl
+	}
+	fl := &flight{done: make(chan struct{})}
+	c.flights[ip] = fl
+	go c.fetch(context.WithoutCancel(ctx), ip, fl)
+	return fl
+}
+
+// fetch runs one flight to completion and publishes its result.
+func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchTimeout)
+	defer cancel()
+	// The route is looked up before the server is asked: if a successor
+	// pod takes the address meanwhile, the recorded interface is its
+	// predecessor's, so the entry can only be refused later, never served
+	// to the wrong pod.
+	iface := c.identity(ctx, ip)
+	pod, err := c.f.Fetch(ctx, ip)
+	now := c.cfg.Now()
+
+	if err == nil {
+		c.mu.Lock()
+		c.storeLocked(ip, fl, pod, iface, now)
+		c.finishLocked(ip, fl, pod, resultMiss, nil)
+		c.mu.Unlock()
+		return
+	}
+
+	status := httperr.Status(err, http.StatusServiceUnavailable)
+	if definitive(status, err) {
+		c.mu.Lock()
+		// A forgotten flight's refusal is about a pod already dropped; an
+		// entry now present came from a newer fetch.
+		if e := c.entries[ip]; e != nil && !fl.forgotten {
+			delete(c.entries, ip)
+			c.log.Info("dropped cached credentials: server refused",
+				"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
+				"status", status, "error", err)
+		}
+		c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, err)
+		c.mu.Unlock()
+		return
+	}
+
+	// The fetch may have used up ctx; the check gets its own time.
+	if e := c.staleCandidate(context.WithoutCancel(ctx), ip, fl, now); e != nil {
+		c.mu.Lock()
+		if c.entries[ip] == e && !fl.forgotten {
+			if e.staleUntil.IsZero() {
+				c.log.Warn("no server answered; serving cached credentials",
+					"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
+					"role_arn", e.pod.RoleARN, "remaining", e.pod.Credentials.Remaining(now).Round(time.Second), "error", err)
+			}
+			e.staleUntil = now.Add(staleRecheck)
+			c.finishLocked(ip, fl, e.pod, resultStale, nil)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+	}
+	c.mu.Lock()
+	c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, httperr.New(status, err))
+	c.mu.Unlock()
+}
+
+// definitive reports whether a fetch error proves that cached credentials
+// for the address must not be served any more.
+func definitive(status int, err error) bool {
+	if status >= 400 && status < 500 {
+		return true
+	}
+	return errors.Is(err, ErrPodUnknownSynced)
+}
+
+// staleCandidate returns the entry for ip if it may be served although no
+// server answered: enough validity left and the same host interface.
+func (c *Cache) staleCandidate(ctx context.Context, ip string, fl *flight, now time.Time) *entry {
+	c.mu.Lock()
+	e := c.entries[ip]
+	ok := e != nil && !fl.forgotten && e.pod.Credentials.Remaining(now) > c.cfg.MinServe
+	c.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if c.cfg.Interface == nil {
+		return e
+	}
+	if e.iface == "" {
+		return nil
+	}
+	if cur := c.identity(ctx, ip); cur != e.iface {
+		c.log.Warn("address now routed to another interface; not serving cached credentials",
+			"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
+			"interface", e.iface, "current_interface", cur)
+		return nil
+	}
+	return e
+}
+
+// identity returns the interface ip is routed through, or "" if unknown.
+func (c *Cache) identity(ctx context.Context, ip string) string {
+	if c.cfg.Interface == nil {
+		return ""
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.InterfaceTimeout)
+	defer cancel()
+	iface, err := c.cfg.Interface(ctx, ip)
+	if err != nil {
+		c.log.Warn("cannot look up the interface of a pod address", "pod_ip", ip, "error", err)
+		return ""
+	}
+	return iface
+}
+
+// storeLocked records a successful answer unless the pod it may describe
+// left while it was fetched. c.mu must be held.
+func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, iface string, now time.Time) {
+	if fl.forgotten || (fl.expectUID != "" && fl.expectUID != pod.PodUID) {
+		return
+	}
+	if pod.Credentials.Remaining(now) <= 0 {
+		return
+	}
+	if old := c.entries[ip]; old != nil && old.pod.PodUID != pod.PodUID {
+		c.log.Info("another pod holds the address; replacing cached credentials",
+			"pod_ip", ip, "old_pod_uid", old.pod.PodUID, "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.PodUID)
+	}
+	c.entries[ip] = &entry{pod: pod, fetchedAt: now, iface: iface}
+}
+
+// finishLocked publishes a flight's result and retires it, so that the
+// next request sees the stored entry or starts a new fetch. c.mu must be
+// held.
+func (c *Cache) finishLocked(ip string, fl *flight, pod creds.PodCredentials, res outcome, err error) {
+	if c.flights[ip] == fl {
+		delete(c.flights, ip)
+	}
+	fl.pod, fl.res, fl.err = pod, res, err
+	close(fl.done)
+}
+
+// Forget drops everything cached for ip, including the answer of a fetch
+// under way: the agent calls it when the pod at ip is deleted or changed.
+func (c *Cache) Forget(ip string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, ip)
+	if fl := c.flights[ip]; fl != nil {
+		fl.forgotten = true
+		delete(c.flights, ip)
+	}
+}
+
+// Retain keeps only the entries whose address maps to the same pod UID in
+// present (address -> UID), the pods a server listed on this node after a
+// resync. Fetches under way are held to the same rule when they finish.
+func (c *Cache) Retain(present map[string]string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ip, e := range c.entries {
+		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID {
+			delete(c.entries, ip)
+		}
+	}
+	for ip, fl := range c.flights {
+		uid, ok := present[ip]
+		if !ok || uid == "" {
+			fl.forgotten = true
+			delete(c.flights, ip)
+			continue
+		}
+		fl.expectUID = uid
+	}
+}
+
+// Len returns the number of addresses with cached credentials.
+func (c *Cache) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}
+
+// Run refreshes due entries and drops expired ones every RefreshInterval
+// until ctx is done; it then returns nil.
+func (c *Cache) Run(ctx context.Context) error {
+	t := time.NewTicker(c.cfg.RefreshInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			c.refresh(ctx)
+		}
+	}
+}
+
+// refresh runs one scan: expired entries go, due entries are fetched again
+// (sharing any fetch a request already started) and the scan waits for
+// those fetches, so that scans never overlap.
+func (c *Cache) refresh(ctx context.Context) {
+	now := c.cfg.Now()
+	type due struct {
+		ip string
+		fl *flight
+	}
+	var pending []due
+	c.mu.Lock()
+	for ip, e := range c.entries {
+		left := e.pod.Credentials.Remaining(now)
+		switch {
+		case left <= 0:
+			delete(c.entries, ip)
+			c.log.Info("dropped expired credentials", "namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_ip", ip)
+		case left <= c.cfg.Refresh:
+			pending = append(pending, due{ip: ip, fl: c.joinLocked(ctx, ip)})
+		}
+	}
+	c.mu.Unlock()
+	for _, d := range pending {
+		select {
+		case <-d.fl.done:
+		case <-ctx.Done():
+			return
+		}
+		if d.fl.res == resultMiss {
+			c.refreshes.WithLabelValues("ok").Inc()
+			continue
+		}
+		c.refreshes.WithLabelValues("error").Inc()
+		c.log.Debug("refresh of cached credentials failed", "pod_ip", d.ip, "error", d.fl.err)
+	}
+}

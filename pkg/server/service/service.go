@@ -1,0 +1,328 @@
+// Package service answers agents over gRPC. It is where identity, policy and
+// credentials meet: an agent names a source IP, the server finds the pod
+// there, checks that the agent runs on that pod's node, resolves the pod's
+// role, applies the namespace policy and only then asks the credential cache.
+// Policy lives here and nowhere else, so a compromised or outdated agent
+// cannot widen what a pod may assume.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
+	"github.com/podiam/podiam/pkg/server/role"
+	pb "github.com/podiam/podiam/proto/podiam/v1"
+)
+
+// PodLookup finds the pod holding an address, waiting until ctx is done.
+type PodLookup interface {
+	Lookup(ctx context.Context, ip string) (*podindex.Pod, error)
+}
+
+// NamespaceGetter returns a namespace from the informer cache.
+type NamespaceGetter interface {
+	Get(name string) (*corev1.Namespace, error)
+}
+
+// KeyResolver turns a pod's annotations into the STS session it may use.
+type KeyResolver interface {
+	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
+}
+
+// PolicyChecker decides whether a namespace's permitted expression allows a
+// role ARN.
+type PolicyChecker interface {
+	Check(expr string, present bool, roleARN string) error
+}
+
+// CredentialSource returns credentials for a session key.
+type CredentialSource interface {
+	Get(ctx context.Context, key creds.Key) (creds.Credentials, error)
+}
+
+// Config tunes the service.
+type Config struct {
+	// DefaultSession is KIAM's --session: the session name suffix used when a
+	// pod has no iam.amazonaws.com/session-name annotation.
+	DefaultSession string
+	// PodWait bounds how long a request for an unknown address waits for the
+	// informer to learn of the pod (the pod start race).
+	PodWait time.Duration
+	// NodeBinding refuses a pod's credentials to any agent not on the pod's
+	// node. Off only where the network rewrites source addresses.
+	NodeBinding bool
+	// DenialLogInterval rate-limits repeated denial log lines per pod and
+	// reason; 0 means one minute.
+	DenialLogInterval time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Deps are the steps of the credential path the service drives.
+type Deps struct {
+	Pods        PodLookup
+	Namespaces  NamespaceGetter
+	Keys        KeyResolver
+	Policy      PolicyChecker
+	Credentials CredentialSource
+	Events      record.EventRecorder
+	Watcher     *NodeWatcher
+	// Synced reports whether the pod and namespace informers have synced.
+	// Until then every answer would be "unknown pod", which agents take as
+	// proof that a pod is gone, so the service answers Unavailable instead.
+	Synced func() bool
+}
+
+// Service implements the podiam.v1.Credentials gRPC service.
+type Service struct {
+	pb.UnimplementedCredentialsServer
+
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+
+	requests *prometheus.CounterVec
+	denials  *prometheus.CounterVec
+
+	denyMu   sync.Mutex
+	denyLogs *lru.LRU[string, time.Time]
+}
+
+// New checks the configuration and registers the service's metrics.
+func New(cfg Config, deps Deps, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	if deps.Pods == nil || deps.Namespaces == nil || deps.Keys == nil || deps.Policy == nil ||
+		deps.Credentials == nil || deps.Events == nil || deps.Watcher == nil || deps.Synced == nil {
+		return nil, errors.New("server: every dependency is required")
+	}
+	if cfg.PodWait <= 0 {
+		return nil, fmt.Errorf("server: pod wait must be positive, got %s", cfg.PodWait)
+	}
+	if cfg.DenialLogInterval == 0 {
+		cfg.DenialLogInterval = time.Minute
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	denyLogs, err := lru.NewLRU[string, time.Time](4096, nil)
+	if err != nil {
+		return nil, fmt.Errorf("server: denial log cache: %w", err)
+	}
+	s := &Service{
+		cfg:      cfg,
+		deps:     deps,
+		log:      log,
+		denyLogs: denyLogs,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_server_credential_requests_total",
+			Help: "Credential requests from agents, by outcome.",
+		}, []string{"result"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_server_denials_total",
+			Help: "Credential requests refused by policy or validation, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, c := range []prometheus.Collector{s.requests, s.denials} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("server: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// GetPodCredentials implements the request path: identity, node binding,
+// role, policy, credentials.
+func (s *Service) GetPodCredentials(ctx context.Context, req *pb.GetPodCredentialsRequest) (*pb.GetPodCredentialsResponse, error) {
+	resp, err := s.getPodCredentials(ctx, req.GetIp())
+	var de *decisionError
+	switch {
+	case err == nil:
+		s.requests.WithLabelValues("issued").Inc()
+	case errors.As(err, &de):
+		s.requests.WithLabelValues(de.result).Inc()
+	default:
+		s.requests.WithLabelValues("error").Inc()
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodCredentialsResponse, error) {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return nil, deny(resultBadRequest, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("invalid pod address %q: %w", ip, err))
+	}
+	ip = addr.Unmap().String()
+	if !s.deps.Synced() {
+		return nil, deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced pods and namespaces yet"))
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.PodWait)
+	pod, err := s.deps.Pods.Lookup(wctx, ip)
+	cancel()
+	switch {
+	case errors.Is(err, podindex.ErrConflict):
+		s.log.Error("several live pods claim one address; refusing", "pod_ip", ip)
+		return nil, deny(resultIPConflict, pb.Reason_REASON_IP_CONFLICT, err)
+	case errors.Is(err, podindex.ErrStale):
+		// Not "pod unknown": agents drop what they hold on that answer.
+		return nil, deny(resultPodIndexStale, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("pod %s: %w", ip, err))
+	case err != nil:
+		return nil, deny(resultPodUnknown, pb.Reason_REASON_POD_UNKNOWN, fmt.Errorf("pod %s: %w", ip, err))
+	}
+
+	log := s.log.With("namespace", pod.Namespace, "pod", pod.Name, "pod_uid", string(pod.UID), "pod_ip", ip)
+	if s.cfg.NodeBinding {
+		agent := peerAddr(ctx)
+		if !contains(pod.HostIPs, agent) {
+			s.logDenial(log, pod, "wrong_node", "agent is not on the pod's node", "agent_ip", agent)
+			return nil, deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
+				fmt.Errorf("agent %s is not on the node of pod %s/%s", agent, pod.Namespace, pod.Name))
+		}
+	}
+
+	key, err := s.deps.Keys.Key(pod.GetAnnotations(), s.cfg.DefaultSession)
+	switch {
+	case errors.Is(err, role.ErrNoRole):
+		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
+	case err != nil:
+		s.denied(log, pod, "invalid_annotation", err)
+		return nil, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)
+	}
+	log = log.With("role_arn", key.RoleARN)
+
+	if err := s.checkPolicy(pod.Namespace, key.RoleARN); err != nil {
+		s.denied(log, pod, policy.Reason(err), err)
+		return nil, deny(resultPolicyDenied, pb.Reason_REASON_POLICY_DENIED, err)
+	}
+
+	c, err := s.deps.Credentials.Get(ctx, key)
+	switch {
+	case errors.Is(err, creds.ErrDenied):
+		s.logDenial(log, pod, "sts_denied", "sts refused the role", "error", err)
+		return nil, deny(resultSTSDenied, pb.Reason_REASON_STS_DENIED, err)
+	case err != nil:
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for credentials: %w", context.Cause(ctx))
+		}
+		log.Warn("credentials unavailable", "error", err)
+		return nil, deny(resultSTSUnavailable, pb.Reason_REASON_STS_UNAVAILABLE, err)
+	}
+
+	log.Info("credentials issued",
+		"service_account", pod.ServiceAccountName,
+		"access_key_id", c.AccessKeyID,
+		"session_name", key.SessionName,
+		"expiration", c.Expiration.UTC().Format(time.RFC3339),
+		"decision", "allow")
+	return &pb.GetPodCredentialsResponse{
+		Pod: &pb.Pod{
+			Namespace:      pod.Namespace,
+			Name:           pod.Name,
+			Uid:            string(pod.UID),
+			ServiceAccount: pod.ServiceAccountName,
+			RoleArn:        key.RoleARN,
+		},
+		Credentials: &pb.AWSCredentials{
+			AccessKeyId:     c.AccessKeyID,
+			SecretAccessKey: c.SecretAccessKey,
+			SessionToken:    c.SessionToken,
+			Expiration:      timestamppb.New(c.Expiration),
+			LastUpdated:     timestamppb.New(c.LastUpdated),
+		},
+	}, nil
+}
+
+// checkPolicy applies the namespace's permitted expression. A namespace the
+// informer does not know is treated as one without the annotation: deny.
+func (s *Service) checkPolicy(namespace, roleARN string) error {
+	ns, err := s.deps.Namespaces.Get(namespace)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("namespace %s: %w", namespace, err)
+	}
+	var expr string
+	var present bool
+	if ns != nil {
+		expr, present = ns.Annotations[role.AnnotationPermitted]
+	}
+	return s.deps.Policy.Check(expr, present, roleARN)
+}
+
+// denied records a policy or validation denial: a metric, a Kubernetes Event
+// on the pod (the recorder de-duplicates) and a rate-limited log line.
+func (s *Service) denied(log *slog.Logger, pod *podindex.Pod, reason string, err error) {
+	s.deps.Events.Eventf(pod, corev1.EventTypeWarning, "IAMRoleDenied", "podiam refused credentials: %v", err)
+	s.logDenial(log, pod, reason, "credentials denied", "error", err)
+}
+
+func (s *Service) logDenial(log *slog.Logger, pod *podindex.Pod, reason, msg string, args ...any) {
+	s.denials.WithLabelValues(reason).Inc()
+	k := string(pod.UID) + "|" + reason
+	now := s.cfg.Now()
+	s.denyMu.Lock()
+	last, seen := s.denyLogs.Get(k)
+	logIt := !seen || now.Sub(last) >= s.cfg.DenialLogInterval
+	if logIt {
+		s.denyLogs.Add(k, now)
+	}
+	s.denyMu.Unlock()
+	if logIt {
+		log.Warn(msg, append(args, "reason", reason, "service_account", pod.ServiceAccountName, "decision", "deny")...)
+	}
+}
+
+// WatchNodePods streams changes to the pods on the agent's node.
+func (s *Service) WatchNodePods(req *pb.WatchNodePodsRequest, stream pb.Credentials_WatchNodePodsServer) error {
+	// A snapshot from unsynced informers would tell the agent that pods
+	// it knows are gone.
+	if !s.deps.Synced() {
+		return toStatus(deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced yet")))
+	}
+	return s.deps.Watcher.Stream(stream.Context(), req.GetHostIp(), stream.Send)
+}
+
+func peerAddr(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok || p.Addr == nil {
+		return ""
+	}
+	host, _, err := net.SplitHostPort(p.Addr.String())
+	if err != nil {
+		return ""
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		return ""
+	}
+	return addr.Unmap().String()
+}
+
+func contains(list []string, s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}

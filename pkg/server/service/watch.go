@@ -1,0 +1,253 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/role"
+	pb "github.com/podiam/podiam/proto/podiam/v1"
+)
+
+// IndexHostIP indexes live pods by the addresses of their node.
+const IndexHostIP = "podiam-hostip"
+
+// subscriberBuffer is how many events a slow agent may fall behind before
+// its stream is ended; it then reconnects and resyncs from a snapshot,
+// which is always correct, whereas blocking the informer would stall every
+// other consumer.
+const subscriberBuffer = 1024
+
+// NodeWatcher fans pod changes out to the agents on each node, so an agent
+// forgets a pod's credentials as soon as the pod is deleted, replaced or
+// loses its permission, not when they expire.
+type NodeWatcher struct {
+	pods cache.Indexer
+	log  *slog.Logger
+
+	mu   sync.Mutex
+	subs map[*subscriber]struct{}
+}
+
+type subscriber struct {
+	hostIP string
+	ch     chan *pb.PodEvent
+	// overflow is closed when the subscriber fell too far behind.
+	overflow chan struct{}
+	once     sync.Once
+}
+
+// NewNodeWatcher registers indexes and handlers on informers that have not
+// been started yet.
+func NewNodeWatcher(pods, namespaces cache.SharedIndexInformer, log *slog.Logger) (*NodeWatcher, error) {
+	w := &NodeWatcher{pods: pods.GetIndexer(), log: log, subs: map[*subscriber]struct{}{}}
+	if err := pods.AddIndexers(cache.Indexers{IndexHostIP: hostIPIndexFunc}); err != nil {
+		return nil, fmt.Errorf("add host IP index: %w", err)
+	}
+	if _, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.podChanged(nil, asPod(obj)) },
+		UpdateFunc: func(old, obj any) { w.podChanged(asPod(old), asPod(obj)) },
+		DeleteFunc: func(obj any) { w.podChanged(asPod(obj), nil) },
+	}); err != nil {
+		return nil, fmt.Errorf("add pod handler: %w", err)
+	}
+	if _, err := namespaces.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj any) { w.namespaceChanged(asNamespace(old), asNamespace(obj)) },
+		DeleteFunc: func(obj any) { w.namespaceChanged(asNamespace(obj), nil) },
+	}); err != nil {
+		return nil, fmt.Errorf("add namespace handler: %w", err)
+	}
+	return w, nil
+}
+
+// Stream sends a snapshot of the live pods on hostIP's node, a SYNCED
+// marker, then changes, until ctx is done or send fails.
+func (w *NodeWatcher) Stream(ctx context.Context, hostIP string, send func(*pb.PodEvent) error) error {
+	addr, err := netip.ParseAddr(hostIP)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "invalid host address %q", hostIP)
+	}
+	sub := &subscriber{hostIP: addr.Unmap().String(), ch: make(chan *pb.PodEvent, subscriberBuffer), overflow: make(chan struct{})}
+	// Subscribe before the snapshot so that no change falls between them;
+	// an event repeated by both is harmless.
+	w.mu.Lock()
+	w.subs[sub] = struct{}{}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.subs, sub)
+		w.mu.Unlock()
+	}()
+
+	objs, err := w.pods.ByIndex(IndexHostIP, sub.hostIP)
+	if err != nil {
+		return status.Errorf(codes.Internal, "list pods on node: %v", err)
+	}
+	for _, obj := range objs {
+		pod := asPod(obj)
+		if pod == nil {
+			continue
+		}
+		for _, ip := range pod.IPs {
+			if err := send(&pb.PodEvent{Type: pb.PodEvent_TYPE_PRESENT, Ip: ip, Uid: string(pod.UID)}); err != nil {
+				return err
+			}
+		}
+	}
+	if err := send(&pb.PodEvent{Type: pb.PodEvent_TYPE_SYNCED}); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.overflow:
+			return status.Error(codes.ResourceExhausted, "agent fell behind pod events; reconnect to resync")
+		case ev := <-sub.ch:
+			if err := send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// podChanged turns an informer change into events. old or cur is nil for
+// an add or a delete.
+func (w *NodeWatcher) podChanged(old, cur *podindex.Pod) {
+	oldIPs, curIPs := liveIPs(old), liveIPs(cur)
+	var events []*pb.PodEvent
+	var hosts []string
+	if old != nil {
+		hosts = append(hosts, old.HostIPs...)
+		for _, ip := range oldIPs {
+			if cur == nil || !contains(curIPs, ip) || cur.UID != old.UID {
+				events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_DELETED, Ip: ip, Uid: string(old.UID)})
+			}
+		}
+	}
+	if cur != nil {
+		hosts = append(hosts, cur.HostIPs...)
+		changed := old == nil || relevantChange(old, cur)
+		for _, ip := range curIPs {
+			if changed || !contains(oldIPs, ip) {
+				events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_CHANGED, Ip: ip, Uid: string(cur.UID)})
+			}
+		}
+	}
+	w.publish(hosts, events)
+}
+
+// namespaceChanged tells agents about every pod in a namespace whose
+// permitted expression changed, so none keeps serving credentials the new
+// policy would refuse.
+func (w *NodeWatcher) namespaceChanged(old, cur *corev1.Namespace) {
+	if old == nil {
+		return
+	}
+	if cur != nil {
+		o, oOK := old.Annotations[role.AnnotationPermitted]
+		c, cOK := cur.Annotations[role.AnnotationPermitted]
+		if o == c && oOK == cOK {
+			return
+		}
+	}
+	objs, err := w.pods.ByIndex(cache.NamespaceIndex, old.Name)
+	if err != nil {
+		w.log.Error("list pods of changed namespace", "namespace", old.Name, "error", err)
+		return
+	}
+	for _, obj := range objs {
+		pod := asPod(obj)
+		if pod == nil {
+			continue
+		}
+		var events []*pb.PodEvent
+		for _, ip := range liveIPs(pod) {
+			events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_CHANGED, Ip: ip, Uid: string(pod.UID)})
+		}
+		w.publish(pod.HostIPs, events)
+	}
+}
+
+func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
+	if len(events) == 0 || len(hosts) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for sub := range w.subs {
+		if !contains(hosts, sub.hostIP) {
+			continue
+		}
+		for _, ev := range events {
+			select {
+			case sub.ch <- ev:
+			default:
+				sub.once.Do(func() { close(sub.overflow) })
+			}
+		}
+	}
+}
+
+// relevantChange reports whether an update can change which credentials
+// the pod should get.
+func relevantChange(old, cur *podindex.Pod) bool {
+	if old.UID != cur.UID || podindex.Live(old) != podindex.Live(cur) {
+		return true
+	}
+	if (old.DeletionTimestamp == nil) != (cur.DeletionTimestamp == nil) {
+		return true
+	}
+	return !maps.Equal(iamAnnotations(old), iamAnnotations(cur))
+}
+
+func iamAnnotations(pod *podindex.Pod) map[string]string {
+	out := map[string]string{}
+	for _, k := range []string{role.AnnotationRole, role.AnnotationExternalID, role.AnnotationSessionName} {
+		if v, ok := pod.Annotation(k); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func liveIPs(pod *podindex.Pod) []string {
+	if pod == nil || !podindex.Live(pod) {
+		return nil
+	}
+	return pod.IPs
+}
+
+func hostIPIndexFunc(obj any) ([]string, error) {
+	pod := asPod(obj)
+	if pod == nil || !podindex.Live(pod) {
+		return nil, nil
+	}
+	return pod.HostIPs, nil
+}
+
+// asPod returns the *podindex.Pod an informer handler was given, or nil.
+func asPod(obj any) *podindex.Pod {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, _ := obj.(*podindex.Pod)
+	return pod
+}
+
+func asNamespace(obj any) *corev1.Namespace {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	ns, _ := obj.(*corev1.Namespace)
+	return ns
+}
