@@ -245,7 +245,7 @@ func httpStatus(code codes.Code, reason pb.Reason) int {
 	case pb.Reason_REASON_NO_ROLE:
 		return http.StatusNotFound
 	case pb.Reason_REASON_POLICY_DENIED, pb.Reason_REASON_INVALID_ANNOTATION,
-		pb.Reason_REASON_WRONG_NODE, pb.Reason_REASON_STS_DENIED:
+		pb.Reason_REASON_WRONG_NODE, pb.Reason_REASON_STS_DENIED, pb.Reason_REASON_STATIC_POD:
 		return http.StatusForbidden
 	case pb.Reason_REASON_POD_UNKNOWN, pb.Reason_REASON_IP_CONFLICT, pb.Reason_REASON_STS_UNAVAILABLE:
 		return http.StatusServiceUnavailable

@@ -20,6 +20,7 @@ const (
 	resultIPConflict        = "ip_conflict"
 	resultWrongNode         = "wrong_node"
 	resultNoRole            = "no_role"
+	resultStaticPod         = "static_pod"
 	resultInvalidAnnotation = "invalid_annotation"
 	resultPolicyDenied      = "policy_denied"
 	resultSTSDenied         = "sts_denied"
@@ -44,6 +45,7 @@ var resultCodes = map[string]codes.Code{
 	resultPodIndexStale:     codes.Unavailable,
 	resultPodUnknown:        codes.NotFound,
 	resultNoRole:            codes.NotFound,
+	resultStaticPod:         codes.PermissionDenied,
 	resultIPConflict:        codes.FailedPrecondition,
 	resultWrongNode:         codes.PermissionDenied,
 	resultInvalidAnnotation: codes.PermissionDenied,
