@@ -7,8 +7,8 @@
 // Several server replicas sit behind one DNS name (a headless Service, as
 // KIAM deploys them): the client resolves all their addresses, balances
 // round robin over those that pass the standard gRPC health check, and
-// fails a request fast when none is reachable, so the agent can fall back
-// to what it has cached within the SDKs' one-second budget.
+// lets a request wait for a ready one only within its call timeout, so the
+// agent can fall back to what it has cached within the SDKs' budget.
 //
 // It must not import client-go or the AWS SDK: the agent links it.
 package serverclient
@@ -89,9 +89,12 @@ const (
 	defaultCallTimeout      = 5 * time.Second
 	defaultConnectTimeout   = 5 * time.Second
 
-	// Reconnection backoff for connections and the watch stream.
+	// Reconnection backoff for connections and the watch stream. The cap
+	// is short so that a server that comes back is used within about a
+	// second: an agent reconnects to a handful of servers, never enough
+	// to burden them.
 	backoffBase   = 100 * time.Millisecond
-	backoffMax    = 5 * time.Second
+	backoffMax    = time.Second
 	backoffJitter = 0.2
 )
 
@@ -223,9 +226,14 @@ func (c *Client) countUnary(ctx context.Context, method string, req, reply any, 
 func (c *Client) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
-	// Not wait-for-ready: with no server reachable the call fails at once
-	// and the agent answers from its cache instead of making the pod wait.
-	resp, err := c.api.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip}, grpc.WaitForReady(false))
+	// Wait for a ready (connected, SERVING) server within the call's own
+	// deadline rather than failing at once: a connection in reconnect
+	// backoff, or a server that just restarted, would otherwise turn
+	// every request into a 503 until the next attempt. With several
+	// servers, any ready one takes the call. The deadline (KIAM's
+	// --gateway-timeout-creation, 1s) still bounds how long the pod waits
+	// before the agent falls back to its cache.
+	resp, err := c.api.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip}, grpc.WaitForReady(true))
 	if err != nil {
 		return creds.PodCredentials{}, fromRPCError(err)
 	}
