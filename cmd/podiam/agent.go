@@ -23,7 +23,7 @@ import (
 	"github.com/podiam/podiam/pkg/agent/cache"
 	"github.com/podiam/podiam/pkg/agent/imds"
 	"github.com/podiam/podiam/pkg/agent/iptables"
-	"github.com/podiam/podiam/pkg/agent/route"
+	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/agent/serverclient"
 	"github.com/podiam/podiam/pkg/creds"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
@@ -168,7 +168,7 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 	credCache, err := cache.New(cache.Config{
 		Refresh:   cfg.CredentialRefresh,
 		MinServe:  cfg.CredentialMinServe,
-		Interface: route.Interface,
+		Sandbox:   sandbox.Identify,
 	}, fetcher{client}, reg, log.With("component", "cache"))
 	if err != nil {
 		return fmt.Errorf("agent cache: %w", err)
@@ -213,12 +213,13 @@ func runAgent(ctx context.Context, cfg agentConfig, log *slog.Logger) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- srv.Serve(lis) }()
 	// The metrics port is shared with the next agent too: during a rolling
 	// update both run, and a new agent that cannot bind would exit.
 	go func() { errc <- serveMetricsOn(ctx, listenReusePort, cfg.PrometheusListenAddr, reg, nil, log) }()
 	go func() { _ = credCache.Run(ctx) }()
+	go func() { errc <- sandbox.Watch(ctx, credCache.SandboxChanged) }()
 	go func() { _ = client.Watch(ctx, newPodEventSink(credCache, log).handle) }()
 	if rules != nil {
 		go func() { _ = rules.Run(ctx, cfg.IPTablesCheckInterval) }()
@@ -255,8 +256,11 @@ type fetcher struct{ c *serverclient.Client }
 
 func (f fetcher) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	pc, err := f.c.Fetch(ctx, ip)
-	if errors.Is(err, serverclient.ErrPodUnknown) {
+	switch {
+	case errors.Is(err, serverclient.ErrPodUnknown):
 		err = fmt.Errorf("%w: %w", cache.ErrPodUnknownSynced, err)
+	case errors.Is(err, serverclient.ErrIPConflict):
+		err = fmt.Errorf("%w: %w", cache.ErrAddressConflict, err)
 	}
 	return pc, err
 }
@@ -279,10 +283,12 @@ func (s *podEventSink) handle(ev *pb.PodEvent) {
 	switch ev.GetType() {
 	case pb.PodEvent_TYPE_UNSPECIFIED:
 		s.present = map[string]string{}
+		s.cache.PodStreamSynced(false)
 	case pb.PodEvent_TYPE_PRESENT:
 		s.present[ev.GetIp()] = ev.GetUid()
 	case pb.PodEvent_TYPE_SYNCED:
 		s.cache.Retain(s.present)
+		s.cache.PodStreamSynced(true)
 		s.log.Debug("pod list synced from server", "pods", len(s.present))
 		s.present = map[string]string{}
 	case pb.PodEvent_TYPE_CHANGED, pb.PodEvent_TYPE_DELETED:

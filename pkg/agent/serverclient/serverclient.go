@@ -49,6 +49,11 @@ import (
 // whatever it cached for the address is stale.
 var ErrPodUnknown = errors.New("server knows no live pod at this address")
 
+// ErrIPConflict means a server found several live pods claiming the
+// address. It is definitive for whatever the agent cached: whichever
+// sandbox asks may be either pod.
+var ErrIPConflict = errors.New("several live pods claim this address")
+
 // ErrMalformedAnswer means a server's answer lacked something the agent
 // needs; it is treated like an unreachable server.
 var ErrMalformedAnswer = errors.New("malformed answer from server")
@@ -267,8 +272,11 @@ func httpStatus(code codes.Code, reason pb.Reason) int {
 func fromRPCError(err error) error {
 	code, reason := status.Code(err), refusal.Reason(err)
 	wrapped := fmt.Errorf("podiam server: %w", err)
-	if reason == pb.Reason_REASON_POD_UNKNOWN {
+	switch reason {
+	case pb.Reason_REASON_POD_UNKNOWN:
 		wrapped = fmt.Errorf("%w: %w", ErrPodUnknown, err)
+	case pb.Reason_REASON_IP_CONFLICT:
+		wrapped = fmt.Errorf("%w: %w", ErrIPConflict, err)
 	}
 	return httperr.New(httpStatus(code, reason), wrapped)
 }
@@ -321,9 +329,11 @@ func (c *Client) Check(ctx context.Context) error {
 // nil. onEvent is called, from Watch's goroutine, for every event of each
 // stream in order: an event of TYPE_UNSPECIFIED marking the start of a new
 // stream (so a snapshot cut short is never mixed with the next one), a
-// snapshot of TYPE_PRESENT events, TYPE_SYNCED, then changes. Whenever a stream ends, Watch starts another after a backoff;
-// the new stream begins with a new snapshot, and only its TYPE_SYNCED
-// makes the picture whole again.
+// snapshot of TYPE_PRESENT events, TYPE_SYNCED, changes, and another
+// TYPE_UNSPECIFIED when the stream ends (until the next snapshot nothing
+// reports pods leaving). Whenever a stream ends, Watch starts another
+// after a backoff; the new stream begins with a new snapshot, and only its
+// TYPE_SYNCED makes the picture whole again.
 func (c *Client) Watch(ctx context.Context, onEvent func(*pb.PodEvent)) error {
 	if c.cfg.HostIP == "" {
 		return errors.New("serverclient: watch needs the node's address (HostIP)")
@@ -376,6 +386,9 @@ func (c *Client) watchOnce(ctx context.Context, onEvent func(*pb.PodEvent)) (syn
 		return false, err
 	}
 	onEvent(&pb.PodEvent{Type: pb.PodEvent_TYPE_UNSPECIFIED})
+	// And again when the stream ends: until the next snapshot, nothing
+	// reports pods leaving, and the agent must know.
+	defer onEvent(&pb.PodEvent{Type: pb.PodEvent_TYPE_UNSPECIFIED})
 	for {
 		ev, err := stream.Recv()
 		if err != nil {

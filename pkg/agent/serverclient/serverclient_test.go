@@ -141,6 +141,9 @@ func TestFetchErrorMapping(t *testing.T) {
 			if got := httperr.Status(err, 0); got != tt.want {
 				t.Errorf("status %d, want %d (%v)", got, tt.want, err)
 			}
+			if got, want := errors.Is(err, ErrIPConflict), tt.name == "ip conflict"; got != want {
+				t.Errorf("errors.Is(ErrIPConflict) = %v, want %v", got, want)
+			}
 			if got := errors.Is(err, ErrPodUnknown); got != tt.podUnknown {
 				t.Errorf("errors.Is(ErrPodUnknown) = %v, want %v", got, tt.podUnknown)
 			}
@@ -353,8 +356,13 @@ func TestWatchSnapshotChangesAndReconnect(t *testing.T) {
 		}
 	}
 
-	// The server restarts on the same port with another view.
+	// The server goes away: the end of the stream is marked at once, so
+	// the agent knows nothing reports pods leaving until the next snapshot.
 	first.srv.Stop()
+	if got := recv(start); got != start {
+		t.Fatalf("event %q after the stream ended, want the end marked", got)
+	}
+	// The server restarts on the same port with another view.
 	startServer(t, p, first.addr, &fakeServer{watch: stream([]*pb.PodEvent{present("10.1.0.3", "u3")})})
 	expect("PRESENT 10.1.0.3 u3", "SYNCED  ")
 	if n := testutil.ToFloat64(c.reconnects); n < 1 {
