@@ -134,7 +134,22 @@ const (
 	resultMiss  outcome = "miss"
 	resultStale outcome = "stale"
 	resultError outcome = "error"
+	// resultRefused: answered with a server's recent definitive refusal
+	// without asking again.
+	resultRefused outcome = "refused"
 )
+
+// refusalTTL is how long a server's 403 or 404 for an address is answered
+// again without asking: a denied pod retrying in a tight loop costs a
+// server at most one call per address and TTL. Pod events drop it, so a
+// pod that gains a role or permission waits for none of it.
+const refusalTTL = time.Second
+
+// refusal is a server's definitive 403 or 404 for an address.
+type refusal struct {
+	err   error
+	until time.Time
+}
 
 // flight is one fetch for an address, shared by every request for it that
 // arrives meanwhile and by the background refresh.
@@ -163,6 +178,7 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	flights map[string]*flight
+	refused map[string]refusal
 	// streamSynced: the agent's pod stream from a server is open and has
 	// delivered its snapshot, so a pod that leaves is reported.
 	streamSynced bool
@@ -188,9 +204,10 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		log:     log,
 		entries: map[string]*entry{},
 		flights: map[string]*flight{},
+		refused: map[string]refusal{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podiam_agent_cache_requests_total",
-			Help: "Credential requests answered by the agent cache, by result (hit, miss, stale, error).",
+			Help: "Credential requests answered by the agent cache, by result (hit, miss, stale, error, refused).",
 		}, []string{"result"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podiam_agent_cache_refreshes_total",
@@ -201,7 +218,7 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		Name: "podiam_agent_cache_entries",
 		Help: "Pod addresses with cached credentials.",
 	}, func() float64 { return float64(c.Len()) })
-	for _, r := range []outcome{resultHit, resultMiss, resultStale, resultError} {
+	for _, r := range []outcome{resultHit, resultMiss, resultStale, resultError, resultRefused} {
 		c.requests.WithLabelValues(string(r))
 	}
 	c.refreshes.WithLabelValues("ok")
@@ -221,6 +238,14 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	now := c.cfg.Now()
 	c.mu.Lock()
+	if r, ok := c.refused[ip]; ok {
+		if now.Before(r.until) {
+			c.mu.Unlock()
+			c.requests.WithLabelValues(string(resultRefused)).Inc()
+			return creds.PodCredentials{}, r.err
+		}
+		delete(c.refused, ip)
+	}
 	if e := c.entries[ip]; e != nil && c.confirmedLocked(e) {
 		switch {
 		case c.fresh(e, now):
@@ -311,6 +336,9 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 			c.log.Info("dropped cached credentials: server refused",
 				"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
 				"status", status, "error", err)
+		}
+		if (status == http.StatusForbidden || status == http.StatusNotFound) && !fl.forgotten {
+			c.refused[ip] = refusal{err: err, until: now.Add(refusalTTL)}
 		}
 		c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, err)
 		c.mu.Unlock()
@@ -425,6 +453,7 @@ func (c *Cache) Forget(ip string) {
 
 func (c *Cache) forgetLocked(ip string) {
 	delete(c.entries, ip)
+	delete(c.refused, ip)
 	if fl := c.flights[ip]; fl != nil {
 		fl.forgotten = true
 		delete(c.flights, ip)
@@ -437,6 +466,7 @@ func (c *Cache) forgetLocked(ip string) {
 func (c *Cache) Retain(present map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	clear(c.refused)
 	for ip, e := range c.entries {
 		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID {
 			delete(c.entries, ip)
@@ -470,7 +500,11 @@ func (c *Cache) SandboxChanged(ch sandbox.Change) {
 			"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
 			"sandbox", e.sandbox.String())
 	}
+	if ch.LinkGone != 0 {
+		clear(c.refused)
+	}
 	if ch.Neighbour.IsValid() {
+		delete(c.refused, ch.Neighbour.String())
 		// A fetch under way may have recorded the previous MAC.
 		if fl := c.flights[ch.Neighbour.String()]; fl != nil {
 			fl.forgotten = true
@@ -529,6 +563,11 @@ func (c *Cache) refresh(ctx context.Context) {
 	}
 	var pending []due
 	c.mu.Lock()
+	for ip, r := range c.refused {
+		if !now.Before(r.until) {
+			delete(c.refused, ip)
+		}
+	}
 	for ip, e := range c.entries {
 		left := e.pod.Credentials.Remaining(now)
 		switch {

@@ -490,6 +490,7 @@ func TestRefusalsDrop(t *testing.T) {
 			}
 			// Even a server outage right after cannot bring it back.
 			fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+			fx.clk.Step(refusalTTL) // past a remembered refusal
 			fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
 		})
 	}
@@ -685,8 +686,8 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := testutil.GatherAndCount(reg, "podiam_agent_cache_requests_total", "podiam_agent_cache_entries", "podiam_agent_cache_refreshes_total")
-	if err != nil || n != 7 {
-		t.Errorf("gathered %d series (%v), want 7", n, err)
+	if err != nil || n != 8 {
+		t.Errorf("gathered %d series (%v), want 8", n, err)
 	}
 }
 
@@ -762,4 +763,44 @@ func TestStreamDownUnconfirmedNotServed(t *testing.T) {
 	if n := fx.f.count("10.0.0.2"); n != 1 {
 		t.Fatalf("%d fetches for a known sandbox with the stream down, want 1", n)
 	}
+}
+
+// TestRefusalRemembered: a denied pod asking in a tight loop reaches a
+// server at most once per refusalTTL; a pod event drops the refusal at
+// once, so a pod that gains its role is not kept waiting.
+func TestRefusalRemembered(t *testing.T) {
+	for _, status := range []int{http.StatusForbidden, http.StatusNotFound} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			fx := newFixture(t, nil)
+			fx.f.set(failing(status, errors.New("refused")))
+			for range 1000 {
+				fx.mustFail(t, "10.0.0.1", status)
+			}
+			if n := fx.f.count("10.0.0.1"); n != 1 {
+				t.Fatalf("%d server calls for 1000 requests within the TTL, want 1", n)
+			}
+			if got := fx.requests("refused"); got != 999 {
+				t.Errorf("requests{result=refused} = %v, want 999", got)
+			}
+			fx.clk.Step(refusalTTL)
+			fx.mustFail(t, "10.0.0.1", status)
+			if n := fx.f.count("10.0.0.1"); n != 2 {
+				t.Fatalf("%d server calls after the TTL, want 2", n)
+			}
+			// The pod changed (its role annotation was fixed): asked again.
+			fx.f.set(issuing(fx.clk))
+			fx.c.Forget("10.0.0.1")
+			fx.mustGet(t, "10.0.0.1")
+		})
+	}
+	t.Run("transient failures are not remembered", func(t *testing.T) {
+		fx := newFixture(t, nil)
+		fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+		for range 3 {
+			fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
+		}
+		if n := fx.f.count("10.0.0.1"); n != 3 {
+			t.Fatalf("%d server calls, want 3", n)
+		}
+	})
 }
