@@ -136,11 +136,21 @@ func TestWatchOnlyOwnNode(t *testing.T) {
 		{"own address", true, "192.0.2.1", "192.0.2.1", false},
 		{"own address, IPv4-mapped claim", true, "192.0.2.1", "::ffff:192.0.2.1", false},
 		{"another node", true, "192.0.2.1", "192.0.2.2", true},
-		{"empty claim", true, "192.0.2.1", "", true},
+		{"empty claim: the caller's own node", true, "192.0.2.1", "", false},
+		{"dual-stack node, the other family's address", true, "fd00::1", "192.0.2.1", false},
+		{"claim of a node that shares no pod with the caller", true, "fd00::9", "192.0.2.1", true},
 		{"another node without node binding", false, "192.0.2.1", "192.0.2.2", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			w, _ := newTestWatcher(t)
+			w, idx := newTestWatcher(t)
+			// A pod on the dual-stack node 192.0.2.1 / fd00::1.
+			if err := idx.Add(podindex.FromAPI(&corev1.Pod{
+				ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u"},
+				Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.0.0.7",
+					HostIPs: []corev1.HostIP{{IP: "192.0.2.1"}, {IP: "fd00::1"}}},
+			})); err != nil {
+				t.Fatal(err)
+			}
 			svc, err := New(Config{DefaultSession: "kiam", PodWait: time.Second, NodeBinding: tc.nodeBinding}, Deps{
 				Pods: podAt{}, Namespaces: namespaces{}, Keys: &role.Resolver{}, Policy: allowAll{},
 				Credentials: credentialsFunc(func(context.Context, creds.Key) (creds.Credentials, error) { return creds.Credentials{}, nil }),

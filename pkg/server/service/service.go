@@ -306,17 +306,20 @@ func (s *Service) WatchNodePods(req *pb.WatchNodePodsRequest, stream pb.Credenti
 	}
 	host := req.GetHostIp()
 	if s.cfg.NodeBinding {
-		// An agent learns only of its own node's pods: the address it
-		// claims must be the one it calls from, as for credentials.
+		// An agent learns only of its own node's pods: the node is the one
+		// at the address it calls from, and a claim for another node is
+		// refused. A dual-stack node's agent may claim its address of the
+		// other family.
 		peer := peerAddr(stream.Context())
 		if claim, err := netip.ParseAddr(host); err == nil {
 			host = claim.Unmap().String()
 		}
-		if host != peer {
+		if peer == "" || (host != "" && !s.deps.Watcher.SameNode(peer, host)) {
 			s.log.Warn("agent asked for another node's pods; refusing", "agent_ip", peer, "host_ip", req.GetHostIp(), "decision", "deny")
 			return toStatus(deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
 				fmt.Errorf("agent %s may watch only its own node, not %q", peer, req.GetHostIp())))
 		}
+		host = peer
 	}
 	return s.deps.Watcher.Stream(stream.Context(), host, stream.Send)
 }
