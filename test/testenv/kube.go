@@ -69,13 +69,7 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 	t.Helper()
 	etcdBin := Bin(t, "etcd")
 	apiserverBin := Bin(t, "kube-apiserver")
-	addr := opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	if net.ParseIP(addr) == nil {
-		t.Fatalf("testenv: KubeOptions.Addr %q is not an IP address", addr)
-	}
+	addr := bindAddr(t, "KubeOptions.Addr", opts.Addr)
 	if opts.NetNS != "" {
 		// etcd listens on the namespace's loopback; a fresh namespace has it down.
 		out, err := runCommand(Bin(t, "ip"), "netns", "exec", opts.NetNS, Bin(t, "ip"), "link", "set", "lo", "up")

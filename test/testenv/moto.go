@@ -46,13 +46,7 @@ type MotoOptions struct {
 func StartMoto(t testing.TB, opts MotoOptions) *Moto {
 	t.Helper()
 	bin := Bin(t, "moto_server")
-	addr := opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	if net.ParseIP(addr) == nil {
-		t.Fatalf("testenv: MotoOptions.Addr %q is not an IP address", addr)
-	}
+	addr := bindAddr(t, "MotoOptions.Addr", opts.Addr)
 	dir := t.TempDir()
 	port := FreePort(t)
 	p := startProcess(t, dir, "moto_server", opts.NetNS, bin, []string{"-H", addr, "-p", strconv.Itoa(port)}, nil)

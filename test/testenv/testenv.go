@@ -136,6 +136,19 @@ func FreePort(t testing.TB) int {
 	return freePorts(t, 1)[0]
 }
 
+// bindAddr is where a part listens: addr, which must be an IP address, or
+// 127.0.0.1 when addr is empty.
+func bindAddr(t testing.TB, option, addr string) string {
+	t.Helper()
+	if addr == "" {
+		return "127.0.0.1"
+	}
+	if net.ParseIP(addr) == nil {
+		t.Fatalf("testenv: %s %q is not an IP address", option, addr)
+	}
+	return addr
+}
+
 // freePorts holds every listener open until all ports are chosen, so that one
 // call never returns the same port twice.
 func freePorts(t testing.TB, n int) []int {
