@@ -10,6 +10,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -47,22 +48,30 @@ func installHint(name string) string {
 func sbinDirs() []string { return []string{"/usr/local/sbin", "/usr/sbin", "/sbin"} }
 
 // BinDir returns <repo>/bin, where hack scripts cache built tools such as
-// kube-apiserver. The repository root is the first directory holding go.mod
-// above the working directory (go test runs in the package directory).
+// kube-apiserver, or "bin" when the repository is not found.
 func BinDir() string {
-	if wd, err := os.Getwd(); err == nil {
-		if root, ok := findRoot(wd); ok {
-			return filepath.Join(root, "bin")
-		}
-	}
-	// A test binary run from elsewhere still knows where its source was,
-	// unless it was built with -trimpath.
-	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
-		if root, ok := findRoot(filepath.Dir(file)); ok {
-			return filepath.Join(root, "bin")
-		}
+	if root, err := RepoRoot(); err == nil {
+		return filepath.Join(root, "bin")
 	}
 	return "bin"
+}
+
+// RepoRoot returns the repository root: the first directory holding go.mod
+// above the working directory (go test runs in the package directory).
+func RepoRoot() (string, error) {
+	if wd, err := os.Getwd(); err == nil {
+		if root, ok := findRoot(wd); ok {
+			return root, nil
+		}
+	}
+	// A binary run from elsewhere still knows where its source was, unless
+	// it was built with -trimpath.
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		if root, ok := findRoot(filepath.Dir(file)); ok {
+			return root, nil
+		}
+	}
+	return "", errors.New("no go.mod above the working directory: run from the podiam repository")
 }
 
 func findRoot(dir string) (string, bool) {
