@@ -26,7 +26,6 @@ import (
 const (
 	nodeIP        = "10.79.0.1"
 	nodeName      = "node-1"
-	metadataIP    = "169.254.169.254"
 	agentPort     = 8181
 	serverPort    = 9610
 	serverMetrics = 9620
@@ -38,14 +37,6 @@ const (
 	account     = testenv.MotoAccountID
 	baseRoleARN = "arn:aws:iam::" + account + ":role/podiam-server"
 	roleBaseARN = "arn:aws:iam::" + account + ":role/"
-)
-
-// IMDS paths and headers.
-const (
-	credPath  = "/latest/meta-data/iam/security-credentials/"
-	tokenPath = "/latest/api/token"
-	ttlHeader = "X-aws-ec2-metadata-token-ttl-seconds"
-	tokHeader = "X-aws-ec2-metadata-token"
 )
 
 // pod is one pod: an object in the API and a network namespace wired to
@@ -233,7 +224,7 @@ func (n *node) natRules() string {
 func dnatRules(rules string) []string {
 	var out []string
 	for _, l := range strings.Split(rules, "\n") {
-		if strings.Contains(l, metadataIP) && strings.Contains(l, "-j DNAT") {
+		if strings.Contains(l, testenv.MetadataIP) && strings.Contains(l, "-j DNAT") {
 			out = append(out, l)
 		}
 	}
@@ -293,7 +284,7 @@ func (n *node) startAgent() *proc {
 			return fmt.Errorf("/ping: %s", resp.Status)
 		}
 		if len(dnatRules(n.natRules())) == 0 {
-			return fmt.Errorf("no DNAT rule for %s yet", metadataIP)
+			return fmt.Errorf("no DNAT rule for %s yet", testenv.MetadataIP)
 		}
 		return nil
 	})
@@ -358,11 +349,11 @@ func (n *node) showDenied() {
 	pd := n.denied
 	n.p.linef("")
 	n.p.linef("2. A pod whose namespace does not permit its role is refused: %s/%s (role %s)", pd.Namespace, pd.Name, pd.Role)
-	n.p.command(pd.Name, "curl -s -i http://"+metadataIP+credPath)
-	r := n.curl(pd, http.MethodGet, credPath)
+	n.p.command(pd.Name, "curl -s -i http://"+testenv.MetadataIP+testenv.CredentialsPath)
+	r := n.curl(pd, http.MethodGet, testenv.CredentialsPath)
 	n.p.output(fmt.Sprintf("HTTP/1.1 %d %s\n%s", r.Code, http.StatusText(r.Code), r.Body))
 	if r.Code != http.StatusForbidden {
-		n.r.Errorf("pod %s GET %s: %s, want 403", pd.Name, credPath, r)
+		n.r.Errorf("pod %s GET %s: %s, want 403", pd.Name, testenv.CredentialsPath, r)
 	}
 	n.p.command(pd.Name, "aws sts get-caller-identity")
 	res := n.inPod(pd, 60*time.Second, "aws", "sts", "get-caller-identity")
@@ -395,44 +386,44 @@ func (n *node) showDenied() {
 // token is worthless when wrong or presented from another pod's address.
 func (n *node) showIMDSv2() {
 	pd := n.report
-	base := "http://" + metadataIP
+	base := "http://" + testenv.MetadataIP
 	n.p.linef("")
 	n.p.linef("3. IMDSv2: the agent issues session tokens bound to the pod's address: %s/%s", pd.Namespace, pd.Name)
 
-	n.p.command(pd.Name, fmt.Sprintf("TOKEN=$(curl -s -X PUT -H '%s: 300' %s%s)", ttlHeader, base, tokenPath))
-	r := n.curl(pd, http.MethodPut, tokenPath, ttlHeader+": 300")
+	n.p.command(pd.Name, fmt.Sprintf("TOKEN=$(curl -s -X PUT -H '%s: 300' %s%s)", testenv.TokenTTLHeader, base, testenv.TokenPath))
+	r := n.curl(pd, http.MethodPut, testenv.TokenPath, testenv.TokenTTLHeader+": 300")
 	if r.Code != http.StatusOK || r.Body == "" {
 		n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
-		n.r.Errorf("PUT %s: %s, want 200 and a token", tokenPath, r)
+		n.r.Errorf("PUT %s: %s, want 200 and a token", testenv.TokenPath, r)
 		return
 	}
 	token := r.Body
 	n.p.output(fmt.Sprintf("%d, a token of %d characters, valid for 300 s", r.Code, len(token)))
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s`, tokHeader, base, credPath))
-	r = n.curl(pd, http.MethodGet, credPath, tokHeader+": "+token)
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s`, testenv.TokenHeader, base, testenv.CredentialsPath))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusOK || r.Body != pd.Role {
-		n.r.Errorf("GET %s with a token: %s, want 200 %s", credPath, r, pd.Role)
+		n.r.Errorf("GET %s with a token: %s, want 200 %s", testenv.CredentialsPath, r, pd.Role)
 	}
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s%s`, tokHeader, base, credPath, pd.Role))
-	r = n.curl(pd, http.MethodGet, credPath+pd.Role, tokHeader+": "+token)
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s%s`, testenv.TokenHeader, base, testenv.CredentialsPath, pd.Role))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath+pd.Role, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, summarizeCredentials(r.Body)))
 	if r.Code != http.StatusOK || !strings.Contains(r.Body, `"AccessKeyId"`) {
-		n.r.Errorf("GET %s%s with a token: %s, want 200 and credentials", credPath, pd.Role, r)
+		n.r.Errorf("GET %s%s with a token: %s, want 200 and credentials", testenv.CredentialsPath, pd.Role, r)
 	}
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: not-a-valid-token" %s%s`, tokHeader, base, credPath))
-	r = n.curl(pd, http.MethodGet, credPath, tokHeader+": not-a-valid-token")
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: not-a-valid-token" %s%s`, testenv.TokenHeader, base, testenv.CredentialsPath))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": not-a-valid-token")
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusUnauthorized {
 		n.r.Errorf("GET with a bad token: %s, want 401", r)
 	}
 
 	other := n.web
-	n.p.command(other.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s    # %s's token, from another pod`, tokHeader, base, credPath, pd.Name))
-	r = n.curl(other, http.MethodGet, credPath, tokHeader+": "+token)
+	n.p.command(other.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s    # %s's token, from another pod`, testenv.TokenHeader, base, testenv.CredentialsPath, pd.Name))
+	r = n.curl(other, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusUnauthorized {
 		n.r.Errorf("GET from %s with %s's token: %s, want 401", other.Name, pd.Name, r)

@@ -124,8 +124,8 @@ func (e *env) measureResponse(b *testing.B, p *podNet, url string) response {
 }
 
 func benchHotPath(b *testing.B, e *env) {
-	path := credPath + "app-web"
-	agentURL := "http://" + metadataIP + path
+	path := testenv.CredentialsPath + "app-web"
+	agentURL := "http://" + testenv.MetadataIP + path
 	ceilingURL := "http://" + ceilingIP + path
 
 	// Warm the agent's cache and take the bytes the yardstick must serve.
@@ -374,7 +374,7 @@ func benchColdPath(b *testing.B, e *env) {
 			// The agent reconnects with backoff; a pod without a role is
 			// answered by the server only, never from the agent's cache.
 			eventually(b, 30*time.Second, "agent reaches the new server", func() error {
-				if r := e.imds(e.norole, http.MethodGet, credPath); r.Code != http.StatusNotFound {
+				if r := e.imds(e.norole, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusNotFound {
 					return fmt.Errorf("pod without role: %s", r)
 				}
 				return nil
@@ -449,7 +449,7 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 	hit := map[string]string{"result": "hit"}
 	sts0, hits0 := scrape("podiam_sts_requests_total", assumeRole), scrape("podiam_credcache_requests_total", hit)
 
-	url := "http://" + metadataIP + credPath + role
+	url := "http://" + testenv.MetadataIP + testenv.CredentialsPath + role
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		b.Fatal(err)
@@ -457,7 +457,7 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 	// Closing the write end ends a loop that was never started.
 	defer stdinW.Close()
 	defer stdinR.Close()
-	done := make(chan runResult, 1)
+	done := make(chan testenv.RunResult, 1)
 	go func() {
 		done <- e.inPodStdin(spare, 60*time.Second, stdinR, "bash", "-c", coldLoop, "cold-loop", ip, url)
 	}()

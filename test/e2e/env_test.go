@@ -92,7 +92,7 @@ func newEnv(t testing.TB) *env {
 	e.old = topo.wirePod(t, topo.PodNS[3], "pdm4", fmt.Sprintf(podIPFormat, 4))
 	e.spareNS = topo.PodNS[4]
 
-	e.canary = startCanary(t, hostPort(metadataIP, 80))
+	e.canary = startCanary(t, hostPort(testenv.MetadataIP, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)

@@ -122,7 +122,7 @@ func (f *faultEnv) waitCreds(t *testing.T, p faultPod, timeout time.Duration, ok
 	t.Helper()
 	var doc credDoc
 	eventually(t, timeout, "pod "+p.net.IP+" gets credentials for "+p.role, func() error {
-		r := f.imds(p.net, http.MethodGet, credPath+p.role)
+		r := f.imds(p.net, http.MethodGet, testenv.CredentialsPath+p.role)
 		if r.Code != http.StatusOK {
 			return fmt.Errorf("%s", r)
 		}
@@ -174,7 +174,7 @@ type outageState struct {
 
 // observe checks one answer to a pod during the outage: the held
 // credentials while more than faultMinServe is left, then 503 for good.
-func (st *outageState) observe(t *testing.T, p faultPod, r curlResult, start, end, killed time.Time) {
+func (st *outageState) observe(t *testing.T, p faultPod, r testenv.CurlResult, start, end, killed time.Time) {
 	t.Helper()
 	unavailable := http.StatusText(http.StatusServiceUnavailable)
 	switch {
@@ -247,7 +247,7 @@ func testEveryServerDown(t *testing.T, f *faultEnv) {
 		for _, p := range f.pods {
 			st := states[p.net.IP]
 			start := time.Now()
-			r := e.imds(p.net, http.MethodGet, credPath+p.role)
+			r := e.imds(p.net, http.MethodGet, testenv.CredentialsPath+p.role)
 			st.observe(t, p, r, start, time.Now(), killed)
 			// Go on until the credentials have expired (the document's
 			// second plus one) and the pod was refused.
@@ -271,7 +271,7 @@ func testEveryServerDown(t *testing.T, f *faultEnv) {
 		if st.served == 0 {
 			t.Errorf("pod %s never got its cached credentials while no server ran", p.net.IP)
 		}
-		if r := e.imds(p.net, http.MethodGet, credPath); r.Code != http.StatusServiceUnavailable {
+		if r := e.imds(p.net, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusServiceUnavailable {
 			t.Errorf("pod %s role listing after its credentials expired with no server: %s, want 503", p.net.IP, r)
 		}
 	}
@@ -500,7 +500,7 @@ func testAgentRestartLoop(t *testing.T, f *faultEnv) {
 		t.Error("no pod request succeeded during the restarts")
 	}
 	e.canary.assertUntouched(t)
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after %d restarts: %s, want 200 app-web", agentRestarts, r)
 	}
 }
@@ -662,7 +662,7 @@ done`
 
 func (f *faultEnv) startLoop(t *testing.T, p faultPod, keepAlive bool) *requestLoop {
 	t.Helper()
-	url := "http://" + metadataIP + credPath + p.role
+	url := "http://" + testenv.MetadataIP + testenv.CredentialsPath + p.role
 	urls := []string{url}
 	if keepAlive {
 		urls = slices.Repeat(urls, 10)
