@@ -91,7 +91,7 @@ type node struct {
 	denied *pod
 	report *pod
 
-	server, agent *proc
+	server, agent *testenv.Proc
 }
 
 // runNode runs the demo in the node namespace and returns the exit code.
@@ -236,7 +236,7 @@ func hostPort(host string, port int) string { return host + ":" + strconv.Itoa(p
 // startServer runs `podiam server` on the node against kube-apiserver and
 // moto, chaining from a base role into each pod's role, and waits until
 // `podiam health` says it serves.
-func (n *node) startServer() *proc {
+func (n *node) startServer() *testenv.Proc {
 	addr := hostPort(nodeIP, serverPort)
 	p := n.startProc("server", []string{"server",
 		"--json-log",
@@ -248,21 +248,21 @@ func (n *node) startServer() *proc {
 		"--role-base-arn=" + roleBaseARN,
 		"--drain-time=0s",
 	}, n.moto.Env())
-	n.waitUntil("podiam server healthy", 90*time.Second, p, func() error {
-		out, err := exec.Command(n.podiam, "health",
+	testenv.Ready(n.r, 90*time.Second, "podiam server healthy", func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, n.podiam, "health",
 			"--cert="+n.pki.AgentCert, "--key="+n.pki.AgentKey, "--ca="+n.pki.CA,
 			"--server-address="+addr, "--timeout=2s").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}
 		return nil
-	})
+	}, p)
 	return p
 }
 
 // startAgent runs `podiam agent` with the DaemonSet's command line and
 // waits until it answers /ping and its DNAT rule is in the node's table.
-func (n *node) startAgent() *proc {
+func (n *node) startAgent() *testenv.Proc {
 	p := n.startProc("agent", []string{"agent",
 		"--json-log",
 		"--port=" + strconv.Itoa(agentPort),
@@ -274,7 +274,7 @@ func (n *node) startAgent() *proc {
 	}, nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	n.waitUntil("podiam agent ready", 60*time.Second, p, func() error {
+	testenv.Ready(n.r, 60*time.Second, "podiam agent ready", func(context.Context) error {
 		resp, err := client.Get("http://" + hostPort(nodeIP, agentPort) + "/ping")
 		if err != nil {
 			return err
@@ -287,27 +287,8 @@ func (n *node) startAgent() *proc {
 			return fmt.Errorf("no DNAT rule for %s yet", testenv.MetadataIP)
 		}
 		return nil
-	})
+	}, p)
 	return p
-}
-
-// waitUntil polls ready until it returns nil; it ends the demo with the
-// process's log when the process exits or timeout passes first.
-func (n *node) waitUntil(what string, timeout time.Duration, p *proc, ready func() error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		if gone, err := p.exited(); gone {
-			n.r.Fatalf("%s exited while waiting for %s: %v\n%s", p.name, what, err, p.tail(40))
-		}
-		err := ready()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			n.r.Fatalf("%s: not after %s: %v\n%s", what, timeout, err, p.tail(40))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 func (n *node) createAPIObjects() {
@@ -432,10 +413,10 @@ func (n *node) showIMDSv2() {
 
 // waitLog waits briefly for a log record: the agent logs a refusal just
 // after it answers, so curl may return first.
-func (n *node) waitLog(p *proc, want map[string]string) (map[string]any, bool) {
+func (n *node) waitLog(p *testenv.Proc, want map[string]string) (map[string]any, bool) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if rec, ok := findRecord(p.logs(), want); ok {
+		if rec, ok := findRecord(p.Logs(), want); ok {
 			return rec, true
 		}
 		if time.Now().After(deadline) {

@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +54,7 @@ func BenchmarkE2E(b *testing.B) {
 	e.createAPIObjects(b)
 	e.server = e.startServer(b, benchServerFlags...)
 	e.agent = e.startAgent(b, "--level=info")
-	b.Cleanup(func() { failWithLogs(b, e.server, e.agent) })
+	b.Cleanup(func() { testenv.LogTails(b, e.server, e.agent) })
 
 	b.Run("AgentHotPath", func(b *testing.B) { benchHotPath(b, e) })
 	b.Run("ColdPath", func(b *testing.B) { benchColdPath(b, e) })
@@ -164,7 +163,7 @@ func benchHotPath(b *testing.B, e *env) {
 	}
 	dur := time.Duration(testenv.EnvInt(envWrkSeconds, 2)) * time.Second
 	rounds := testenv.EnvInt(envWrkRounds, 3)
-	agentPid, ceilingPid := e.agent.cmd.Process.Pid, ceiling.cmd.Process.Pid
+	agentPid, ceilingPid := e.agent.Pid(), ceiling.Pid()
 	// A short run each first: connection set-up paths, page faults and the
 	// Go heap's first growth are not what is being measured.
 	for _, t := range []struct {
@@ -367,7 +366,7 @@ func benchColdPath(b *testing.B, e *env) {
 		mode := "on"
 		if !prefetch {
 			mode = "off"
-			if err := e.server.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+			if err := stop(b.Context(), e.server); err != nil {
 				b.Logf("server stop: %v", err)
 			}
 			e.server = e.startServer(b, append(slices.Clone(benchServerFlags), "--no-prefetch")...)

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -62,9 +61,9 @@ var trickyPaths = []string{
 // the node as the next expects it (agent running, canary untouched).
 func TestE2E(t *testing.T) {
 	e := newEnv(t)
-	var procs []*proc
-	t.Cleanup(func() { failWithLogs(t, procs...) })
-	track := func(p *proc) *proc { procs = append(procs, p); return p }
+	var procs []*testenv.Proc
+	t.Cleanup(func() { testenv.LogTails(t, procs...) })
+	track := func(p *testenv.Proc) *testenv.Proc { procs = append(procs, p); return p }
 
 	if !t.Run("harness", func(t *testing.T) { testHarness(t, e) }) {
 		t.Fatal("the harness itself does not work; the scenarios would prove nothing")
@@ -111,13 +110,13 @@ func TestE2E(t *testing.T) {
 	})
 	e.canary.Reset()
 	t.Run("require-imdsv2", func(t *testing.T) {
-		if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-			t.Logf("agent stop: %v", err)
+		if err := stop(t.Context(), e.agent); err != nil {
+			t.Errorf("agent stop: %v", err)
 		}
 		e.agent = track(e.startAgent(t, "--require-imdsv2"))
 		testRequireIMDSv2(t, e)
-		if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-			t.Logf("agent stop: %v", err)
+		if err := stop(t.Context(), e.agent); err != nil {
+			t.Errorf("agent stop: %v", err)
 		}
 		e.agent = track(e.startAgent(t))
 	})
@@ -132,7 +131,7 @@ func TestE2E(t *testing.T) {
 			logs := p.Logs()
 			for _, secret := range []string{web.SecretAccessKey, web.Token} {
 				if strings.Contains(logs, secret) {
-					t.Errorf("%s (%s) logged secret material of the web pod's credentials", p.name, p.logPath)
+					t.Errorf("%s (%s) logged secret material of the web pod's credentials", p.Name(), p.LogPath())
 				}
 			}
 		}
@@ -401,14 +400,14 @@ func testTokens(t *testing.T, e *env) {
 // testAgentRestart stops the agent with SIGTERM and checks fail-closed
 // behaviour while it is down, then starts it with --allow-route-regexp=.*
 // for the next scenario and returns it.
-func testAgentRestart(t *testing.T, e *env) *proc {
+func testAgentRestart(t *testing.T, e *env) *testenv.Proc {
 	before := natRules(t)
 	t.Logf("nat table with the agent running:\n%s", before)
 	if !ruleInstalled(before) || dnatCount(before) != 1 {
 		t.Errorf("want exactly one metadata DNAT rule while the agent runs, got:\n%s", before)
 	}
-	if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Logf("agent exit after SIGTERM: %v", err)
+	if err := stop(t.Context(), e.agent); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v", err)
 	}
 	if during := natRules(t); during != before {
 		t.Errorf("nat table changed when the agent stopped (--no-iptables-remove):\nbefore:\n%s\nafter:\n%s", before, during)
@@ -601,7 +600,7 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 	if l, doc, _ := e.credsOf(e.web); l.Code != http.StatusOK || doc.AccessKeyId == "" {
 		t.Fatalf("web pod before the outage: %s", l)
 	}
-	if err := e.server.Stop(syscall.SIGKILL, 10*time.Second); err != nil {
+	if err := e.server.Kill(); err != nil {
 		t.Logf("server after SIGKILL: %v", err)
 	}
 	l, doc, r := e.credsOf(e.web)

@@ -47,7 +47,7 @@ type env struct {
 	web, intruder, norole, old *podNet
 	spareNS                    string
 
-	server, agent *proc
+	server, agent *testenv.Proc
 }
 
 // newEnv builds the node: addresses, veths to four pod namespaces, the

@@ -1,12 +1,17 @@
-// Package testenv starts the real parts that podiam's integration and e2e
-// tests run against: etcd and kube-apiserver, moto as STS, and a small PKI
-// for mutual TLS. Fakes are not evidence that the system works, so these
-// helpers fail the test (never skip it) when a binary is missing, pointing at
-// hack/install-deps.sh.
+// Package testenv is the one harness of podiam's demo, integration and e2e
+// tests and benchmarks. It starts the real parts they run against (etcd and
+// kube-apiserver, moto as STS, a small PKI for mutual TLS) and podiam
+// itself: BuildPodiam is the one build of the binary, Proc the one child
+// process type (start, logs, readiness, SIGTERM then SIGKILL, or kill -9
+// for fault tests), Supervisor the one keeper of a run's network
+// namespaces, and the metadata constants are shared. Fakes are not evidence
+// that the system works, so these helpers fail the test (never skip it)
+// when a binary is missing, pointing at hack/install-deps.sh.
 //
-// Every process runs in its own process group with a parent-death signal, and
-// the group is killed and reaped in t.Cleanup, so nothing outlives the test
-// binary even when a test fails half way.
+// Every process runs in its own process group with a parent-death signal,
+// and the processes testenv starts for a test are killed and reaped in
+// t.Cleanup, so nothing outlives the test binary even when a test fails
+// half way.
 package testenv
 
 import (
