@@ -164,8 +164,8 @@ type Cache struct {
 	refreshes *prometheus.CounterVec
 }
 
-// New checks cfg and registers the cache's metrics on reg (nil: not
-// registered). log may be nil (discarded).
+// New checks cfg and registers the cache's metrics on reg. reg may be nil
+// (metrics not registered); log may be nil (discarded).
 func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*Cache, error) {
 	if f == nil {
 		return nil, errors.New("agent cache: a fetcher is required")

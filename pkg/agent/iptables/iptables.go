@@ -98,7 +98,8 @@ type tables interface {
 type openTables func(proto goipt.Protocol, path string) (tables, error)
 
 // New checks cfg, finds the iptables binaries and registers the metrics on
-// reg (nil: not registered). It changes no rules.
+// reg. It changes no rules. reg may be nil (metrics not registered); log may
+// be nil (discarded).
 func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Rules, error) {
 	return newRules(cfg, reg, log, execTables)
 }

@@ -163,7 +163,8 @@ const (
 	kindPrefetch
 )
 
-// New checks cfg and registers the metrics on reg (nil: not registered).
+// New checks cfg and registers the metrics on reg. reg may be nil (metrics
+// not registered); log may be nil (discarded).
 func New(cfg Config, delegate Assumer, reg prometheus.Registerer, log *slog.Logger) (*Cache, error) {
 	if delegate == nil {
 		return nil, fmt.Errorf("%w: delegate is nil", ErrInvalidConfig)

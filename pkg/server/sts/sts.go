@@ -96,7 +96,8 @@ type Assumer struct {
 }
 
 // New loads the SDK's default configuration and builds the STS client. It
-// does not call STS; CheckBase does.
+// does not call STS; CheckBase does. reg may be nil (metrics not
+// registered); log may be nil (discarded).
 func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Assumer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
