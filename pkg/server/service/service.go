@@ -153,11 +153,11 @@ func (s *Service) GetPodCredentials(ctx context.Context, req *pb.GetPodCredentia
 	var de *decisionError
 	switch {
 	case err == nil:
-		s.requests.WithLabelValues("issued").Inc()
+		s.requests.WithLabelValues(string(resultIssued)).Inc()
 	case errors.As(err, &de):
-		s.requests.WithLabelValues(de.result).Inc()
+		s.requests.WithLabelValues(string(de.result)).Inc()
 	default:
-		s.requests.WithLabelValues("error").Inc()
+		s.requests.WithLabelValues(string(resultError)).Inc()
 	}
 	if err != nil {
 		return nil, toStatus(err)
