@@ -7,6 +7,11 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
 .PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs
 
+# TEST_TAGS builds the tests that need more than Go: root and network
+# namespaces (real iptables) or the tools make deps installs (moto). make
+# test sets it; make unit leaves those tests out, so it runs as any user.
+TEST_TAGS := privileged
+
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
 
@@ -35,7 +40,7 @@ deps:
 # real kube-apiserver, etcd and moto, and the end-to-end suite in network
 # namespaces (root). Nothing is skipped for a missing tool: it fails.
 test: deps
-	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 30m -tags $(TEST_TAGS) ./...
 	$(MAKE) fuzz
 
 # fuzz runs each fuzz target briefly; make fuzz FUZZTIME=10m for a real hunt.
@@ -44,6 +49,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/agent/imds
 	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/server/role
 
+# unit runs the tests that need only Go, in seconds, as any user: neither
+# test/ nor the files behind TEST_TAGS.
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v -e /test/)
 
@@ -55,10 +62,11 @@ check-agent-deps:
 	echo "agent packages link neither client-go nor the AWS SDK"
 
 # verify fails when formatting, vet, generated code and docs, or agent
-# dependencies are not as committed.
+# dependencies are not as committed. vet sets TEST_TAGS to see every file:
+# none is built only without them.
 verify: check-agent-deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
+	$(GO) vet -tags $(TEST_TAGS) ./...
 	$(MAKE) proto
 	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)
 	$(GO) test -count=1 -run '^(TestREADMEFlagTables|TestKIAMFlagsKept)$$' ./cmd/podiam

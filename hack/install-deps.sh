@@ -26,8 +26,10 @@ as_root() {
 }
 
 # --- apt packages -----------------------------------------------------------
+# libprotobuf-dev holds the well-known types (timestamp.proto) that make
+# proto, and so make verify, compile against.
 
-apt_packages=(etcd-server iptables iproute2 conntrack protobuf-compiler wrk curl)
+apt_packages=(etcd-server iptables iproute2 conntrack protobuf-compiler libprotobuf-dev wrk curl)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podiam/podiam/test/testenv"
 )
 
 func TestMissingPrerequisites(t *testing.T) {
@@ -43,8 +45,8 @@ func buildDemo(t *testing.T) string {
 		t.Fatal("the demo needs root (network namespaces); run the tests as root, as CI does")
 	}
 	bin := filepath.Join(t.TempDir(), "podiam-demo")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./test/demo: %v\n%s", err, out)
+	if err := testenv.GoBuild(t.Context(), bin, "./test/demo", false); err != nil {
+		t.Fatal(err)
 	}
 	return bin
 }

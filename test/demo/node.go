@@ -26,7 +26,6 @@ import (
 const (
 	nodeIP        = "10.79.0.1"
 	nodeName      = "node-1"
-	metadataIP    = "169.254.169.254"
 	agentPort     = 8181
 	serverPort    = 9610
 	serverMetrics = 9620
@@ -38,14 +37,6 @@ const (
 	account     = testenv.MotoAccountID
 	baseRoleARN = "arn:aws:iam::" + account + ":role/podiam-server"
 	roleBaseARN = "arn:aws:iam::" + account + ":role/"
-)
-
-// IMDS paths and headers.
-const (
-	credPath  = "/latest/meta-data/iam/security-credentials/"
-	tokenPath = "/latest/api/token"
-	ttlHeader = "X-aws-ec2-metadata-token-ttl-seconds"
-	tokHeader = "X-aws-ec2-metadata-token"
 )
 
 // pod is one pod: an object in the API and a network namespace wired to
@@ -100,7 +91,7 @@ type node struct {
 	denied *pod
 	report *pod
 
-	server, agent *proc
+	server, agent *testenv.Proc
 }
 
 // runNode runs the demo in the node namespace and returns the exit code.
@@ -233,7 +224,7 @@ func (n *node) natRules() string {
 func dnatRules(rules string) []string {
 	var out []string
 	for _, l := range strings.Split(rules, "\n") {
-		if strings.Contains(l, metadataIP) && strings.Contains(l, "-j DNAT") {
+		if strings.Contains(l, testenv.MetadataIP) && strings.Contains(l, "-j DNAT") {
 			out = append(out, l)
 		}
 	}
@@ -245,7 +236,7 @@ func hostPort(host string, port int) string { return host + ":" + strconv.Itoa(p
 // startServer runs `podiam server` on the node against kube-apiserver and
 // moto, chaining from a base role into each pod's role, and waits until
 // `podiam health` says it serves.
-func (n *node) startServer() *proc {
+func (n *node) startServer() *testenv.Proc {
 	addr := hostPort(nodeIP, serverPort)
 	p := n.startProc("server", []string{"server",
 		"--json-log",
@@ -257,21 +248,21 @@ func (n *node) startServer() *proc {
 		"--role-base-arn=" + roleBaseARN,
 		"--drain-time=0s",
 	}, n.moto.Env())
-	n.waitUntil("podiam server healthy", 90*time.Second, p, func() error {
-		out, err := exec.Command(n.podiam, "health",
+	testenv.Ready(n.r, 90*time.Second, "podiam server healthy", func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, n.podiam, "health",
 			"--cert="+n.pki.AgentCert, "--key="+n.pki.AgentKey, "--ca="+n.pki.CA,
 			"--server-address="+addr, "--timeout=2s").CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
 		}
 		return nil
-	})
+	}, p)
 	return p
 }
 
 // startAgent runs `podiam agent` with the DaemonSet's command line and
 // waits until it answers /ping and its DNAT rule is in the node's table.
-func (n *node) startAgent() *proc {
+func (n *node) startAgent() *testenv.Proc {
 	p := n.startProc("agent", []string{"agent",
 		"--json-log",
 		"--port=" + strconv.Itoa(agentPort),
@@ -283,7 +274,7 @@ func (n *node) startAgent() *proc {
 	}, nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	n.waitUntil("podiam agent ready", 60*time.Second, p, func() error {
+	testenv.Ready(n.r, 60*time.Second, "podiam agent ready", func(context.Context) error {
 		resp, err := client.Get("http://" + hostPort(nodeIP, agentPort) + "/ping")
 		if err != nil {
 			return err
@@ -293,30 +284,11 @@ func (n *node) startAgent() *proc {
 			return fmt.Errorf("/ping: %s", resp.Status)
 		}
 		if len(dnatRules(n.natRules())) == 0 {
-			return fmt.Errorf("no DNAT rule for %s yet", metadataIP)
+			return fmt.Errorf("no DNAT rule for %s yet", testenv.MetadataIP)
 		}
 		return nil
-	})
+	}, p)
 	return p
-}
-
-// waitUntil polls ready until it returns nil; it ends the demo with the
-// process's log when the process exits or timeout passes first.
-func (n *node) waitUntil(what string, timeout time.Duration, p *proc, ready func() error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		if gone, err := p.exited(); gone {
-			n.r.Fatalf("%s exited while waiting for %s: %v\n%s", p.name, what, err, p.tail(40))
-		}
-		err := ready()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			n.r.Fatalf("%s: not after %s: %v\n%s", what, timeout, err, p.tail(40))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 func (n *node) createAPIObjects() {
@@ -358,11 +330,11 @@ func (n *node) showDenied() {
 	pd := n.denied
 	n.p.linef("")
 	n.p.linef("2. A pod whose namespace does not permit its role is refused: %s/%s (role %s)", pd.Namespace, pd.Name, pd.Role)
-	n.p.command(pd.Name, "curl -s -i http://"+metadataIP+credPath)
-	r := n.curl(pd, http.MethodGet, credPath)
+	n.p.command(pd.Name, "curl -s -i http://"+testenv.MetadataIP+testenv.CredentialsPath)
+	r := n.curl(pd, http.MethodGet, testenv.CredentialsPath)
 	n.p.output(fmt.Sprintf("HTTP/1.1 %d %s\n%s", r.Code, http.StatusText(r.Code), r.Body))
 	if r.Code != http.StatusForbidden {
-		n.r.Errorf("pod %s GET %s: %s, want 403", pd.Name, credPath, r)
+		n.r.Errorf("pod %s GET %s: %s, want 403", pd.Name, testenv.CredentialsPath, r)
 	}
 	n.p.command(pd.Name, "aws sts get-caller-identity")
 	res := n.inPod(pd, 60*time.Second, "aws", "sts", "get-caller-identity")
@@ -395,44 +367,44 @@ func (n *node) showDenied() {
 // token is worthless when wrong or presented from another pod's address.
 func (n *node) showIMDSv2() {
 	pd := n.report
-	base := "http://" + metadataIP
+	base := "http://" + testenv.MetadataIP
 	n.p.linef("")
 	n.p.linef("3. IMDSv2: the agent issues session tokens bound to the pod's address: %s/%s", pd.Namespace, pd.Name)
 
-	n.p.command(pd.Name, fmt.Sprintf("TOKEN=$(curl -s -X PUT -H '%s: 300' %s%s)", ttlHeader, base, tokenPath))
-	r := n.curl(pd, http.MethodPut, tokenPath, ttlHeader+": 300")
+	n.p.command(pd.Name, fmt.Sprintf("TOKEN=$(curl -s -X PUT -H '%s: 300' %s%s)", testenv.TokenTTLHeader, base, testenv.TokenPath))
+	r := n.curl(pd, http.MethodPut, testenv.TokenPath, testenv.TokenTTLHeader+": 300")
 	if r.Code != http.StatusOK || r.Body == "" {
 		n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
-		n.r.Errorf("PUT %s: %s, want 200 and a token", tokenPath, r)
+		n.r.Errorf("PUT %s: %s, want 200 and a token", testenv.TokenPath, r)
 		return
 	}
 	token := r.Body
 	n.p.output(fmt.Sprintf("%d, a token of %d characters, valid for 300 s", r.Code, len(token)))
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s`, tokHeader, base, credPath))
-	r = n.curl(pd, http.MethodGet, credPath, tokHeader+": "+token)
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s`, testenv.TokenHeader, base, testenv.CredentialsPath))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusOK || r.Body != pd.Role {
-		n.r.Errorf("GET %s with a token: %s, want 200 %s", credPath, r, pd.Role)
+		n.r.Errorf("GET %s with a token: %s, want 200 %s", testenv.CredentialsPath, r, pd.Role)
 	}
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s%s`, tokHeader, base, credPath, pd.Role))
-	r = n.curl(pd, http.MethodGet, credPath+pd.Role, tokHeader+": "+token)
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s%s`, testenv.TokenHeader, base, testenv.CredentialsPath, pd.Role))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath+pd.Role, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, summarizeCredentials(r.Body)))
 	if r.Code != http.StatusOK || !strings.Contains(r.Body, `"AccessKeyId"`) {
-		n.r.Errorf("GET %s%s with a token: %s, want 200 and credentials", credPath, pd.Role, r)
+		n.r.Errorf("GET %s%s with a token: %s, want 200 and credentials", testenv.CredentialsPath, pd.Role, r)
 	}
 
-	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: not-a-valid-token" %s%s`, tokHeader, base, credPath))
-	r = n.curl(pd, http.MethodGet, credPath, tokHeader+": not-a-valid-token")
+	n.p.command(pd.Name, fmt.Sprintf(`curl -s -H "%s: not-a-valid-token" %s%s`, testenv.TokenHeader, base, testenv.CredentialsPath))
+	r = n.curl(pd, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": not-a-valid-token")
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusUnauthorized {
 		n.r.Errorf("GET with a bad token: %s, want 401", r)
 	}
 
 	other := n.web
-	n.p.command(other.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s    # %s's token, from another pod`, tokHeader, base, credPath, pd.Name))
-	r = n.curl(other, http.MethodGet, credPath, tokHeader+": "+token)
+	n.p.command(other.Name, fmt.Sprintf(`curl -s -H "%s: $TOKEN" %s%s    # %s's token, from another pod`, testenv.TokenHeader, base, testenv.CredentialsPath, pd.Name))
+	r = n.curl(other, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+token)
 	n.p.output(fmt.Sprintf("%d %s", r.Code, r.Body))
 	if r.Code != http.StatusUnauthorized {
 		n.r.Errorf("GET from %s with %s's token: %s, want 401", other.Name, pd.Name, r)
@@ -441,10 +413,10 @@ func (n *node) showIMDSv2() {
 
 // waitLog waits briefly for a log record: the agent logs a refusal just
 // after it answers, so curl may return first.
-func (n *node) waitLog(p *proc, want map[string]string) (map[string]any, bool) {
+func (n *node) waitLog(p *testenv.Proc, want map[string]string) (map[string]any, bool) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if rec, ok := findRecord(p.logs(), want); ok {
+		if rec, ok := findRecord(p.Logs(), want); ok {
 			return rec, true
 		}
 		if time.Now().After(deadline) {

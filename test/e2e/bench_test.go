@@ -16,7 +16,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -55,7 +54,7 @@ func BenchmarkE2E(b *testing.B) {
 	e.createAPIObjects(b)
 	e.server = e.startServer(b, benchServerFlags...)
 	e.agent = e.startAgent(b, "--level=info")
-	b.Cleanup(func() { failWithLogs(b, e.server, e.agent) })
+	b.Cleanup(func() { testenv.LogTails(b, e.server, e.agent) })
 
 	b.Run("AgentHotPath", func(b *testing.B) { benchHotPath(b, e) })
 	b.Run("ColdPath", func(b *testing.B) { benchColdPath(b, e) })
@@ -124,8 +123,8 @@ func (e *env) measureResponse(b *testing.B, p *podNet, url string) response {
 }
 
 func benchHotPath(b *testing.B, e *env) {
-	path := credPath + "app-web"
-	agentURL := "http://" + metadataIP + path
+	path := testenv.CredentialsPath + "app-web"
+	agentURL := "http://" + testenv.MetadataIP + path
 	ceilingURL := "http://" + ceilingIP + path
 
 	// Warm the agent's cache and take the bytes the yardstick must serve.
@@ -164,7 +163,7 @@ func benchHotPath(b *testing.B, e *env) {
 	}
 	dur := time.Duration(testenv.EnvInt(envWrkSeconds, 2)) * time.Second
 	rounds := testenv.EnvInt(envWrkRounds, 3)
-	agentPid, ceilingPid := e.agent.cmd.Process.Pid, ceiling.cmd.Process.Pid
+	agentPid, ceilingPid := e.agent.Pid(), ceiling.Pid()
 	// A short run each first: connection set-up paths, page faults and the
 	// Go heap's first growth are not what is being measured.
 	for _, t := range []struct {
@@ -367,14 +366,14 @@ func benchColdPath(b *testing.B, e *env) {
 		mode := "on"
 		if !prefetch {
 			mode = "off"
-			if err := e.server.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+			if err := stop(b.Context(), e.server); err != nil {
 				b.Logf("server stop: %v", err)
 			}
 			e.server = e.startServer(b, append(slices.Clone(benchServerFlags), "--no-prefetch")...)
 			// The agent reconnects with backoff; a pod without a role is
 			// answered by the server only, never from the agent's cache.
 			eventually(b, 30*time.Second, "agent reaches the new server", func() error {
-				if r := e.imds(e.norole, http.MethodGet, credPath); r.Code != http.StatusNotFound {
+				if r := e.imds(e.norole, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusNotFound {
 					return fmt.Errorf("pod without role: %s", r)
 				}
 				return nil
@@ -449,7 +448,7 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 	hit := map[string]string{"result": "hit"}
 	sts0, hits0 := scrape("podiam_sts_requests_total", assumeRole), scrape("podiam_credcache_requests_total", hit)
 
-	url := "http://" + metadataIP + credPath + role
+	url := "http://" + testenv.MetadataIP + testenv.CredentialsPath + role
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
 		b.Fatal(err)
@@ -457,7 +456,7 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 	// Closing the write end ends a loop that was never started.
 	defer stdinW.Close()
 	defer stdinR.Close()
-	done := make(chan runResult, 1)
+	done := make(chan testenv.RunResult, 1)
 	go func() {
 		done <- e.inPodStdin(spare, 60*time.Second, stdinR, "bash", "-c", coldLoop, "cold-loop", ip, url)
 	}()

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/podiam/podiam/test/testenv"
 )
 
 // Everything the canary serves contains canaryMarker, so a pod that ever
@@ -78,15 +80,15 @@ func (l *recordingListener) Accept() (net.Conn, error) {
 func (c *canary) serve(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	c.reqs = append(c.reqs, canaryRequest{Remote: r.RemoteAddr, Method: r.Method, URI: r.RequestURI,
-		Token: r.Header.Get("X-aws-ec2-metadata-token")})
+		Token: r.Header.Get(testenv.TokenHeader)})
 	c.tokens++
 	n := c.tokens
 	c.mu.Unlock()
 
 	path := r.URL.Path
 	switch {
-	case r.Method == http.MethodPut && path == "/latest/api/token":
-		w.Header().Set("X-aws-ec2-metadata-token-ttl-seconds", r.Header.Get("X-aws-ec2-metadata-token-ttl-seconds"))
+	case r.Method == http.MethodPut && path == testenv.TokenPath:
+		w.Header().Set(testenv.TokenTTLHeader, r.Header.Get(testenv.TokenTTLHeader))
 		fmt.Fprintf(w, "%s%d", canaryTokenPref, n)
 	case strings.HasSuffix(path, "/iam/security-credentials") || strings.HasSuffix(path, "/iam/security-credentials/"):
 		fmt.Fprint(w, canaryRole)

@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -18,13 +17,6 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/test/testenv"
-)
-
-const (
-	credPath  = "/latest/meta-data/iam/security-credentials/"
-	tokenPath = "/latest/api/token"
-	ttlHeader = "X-aws-ec2-metadata-token-ttl-seconds"
-	tokHeader = "X-aws-ec2-metadata-token"
 )
 
 // imdsTime is the only layout botocore's strptime accepts.
@@ -69,9 +61,9 @@ var trickyPaths = []string{
 // the node as the next expects it (agent running, canary untouched).
 func TestE2E(t *testing.T) {
 	e := newEnv(t)
-	var procs []*proc
-	t.Cleanup(func() { failWithLogs(t, procs...) })
-	track := func(p *proc) *proc { procs = append(procs, p); return p }
+	var procs []*testenv.Proc
+	t.Cleanup(func() { testenv.LogTails(t, procs...) })
+	track := func(p *testenv.Proc) *testenv.Proc { procs = append(procs, p); return p }
 
 	if !t.Run("harness", func(t *testing.T) { testHarness(t, e) }) {
 		t.Fatal("the harness itself does not work; the scenarios would prove nothing")
@@ -118,13 +110,13 @@ func TestE2E(t *testing.T) {
 	})
 	e.canary.Reset()
 	t.Run("require-imdsv2", func(t *testing.T) {
-		if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-			t.Logf("agent stop: %v", err)
+		if err := stop(t.Context(), e.agent); err != nil {
+			t.Errorf("agent stop: %v", err)
 		}
 		e.agent = track(e.startAgent(t, "--require-imdsv2"))
 		testRequireIMDSv2(t, e)
-		if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-			t.Logf("agent stop: %v", err)
+		if err := stop(t.Context(), e.agent); err != nil {
+			t.Errorf("agent stop: %v", err)
 		}
 		e.agent = track(e.startAgent(t))
 	})
@@ -139,7 +131,7 @@ func TestE2E(t *testing.T) {
 			logs := p.Logs()
 			for _, secret := range []string{web.SecretAccessKey, web.Token} {
 				if strings.Contains(logs, secret) {
-					t.Errorf("%s (%s) logged secret material of the web pod's credentials", p.name, p.logPath)
+					t.Errorf("%s (%s) logged secret material of the web pod's credentials", p.Name(), p.LogPath())
 				}
 			}
 		}
@@ -178,7 +170,7 @@ func testHarness(t *testing.T, e *env) {
 	})
 	t.Run("without the rule pods reach the canary and paths arrive verbatim", func(t *testing.T) {
 		e.canary.Reset()
-		r := e.imds(e.web, http.MethodGet, credPath)
+		r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath)
 		if r.Code != http.StatusOK || r.Body != canaryRole {
 			t.Fatalf("canary from pod: %s", r)
 		}
@@ -199,7 +191,7 @@ func testHarness(t *testing.T, e *env) {
 				if r.Err != nil || !strings.HasPrefix(strings.TrimSpace(r.Stdout), "arn:aws:") {
 					t.Errorf("%s with the canary's credentials: %s", c.Name, r)
 				}
-				want := credPath + canaryRole
+				want := testenv.CredentialsPath + canaryRole
 				if !sawRequest(e.canary.Requests(), e.web.IP, want) {
 					t.Errorf("%s never fetched %s from the canary; it saw %v", c.Name, want, e.canary.Requests())
 				}
@@ -256,14 +248,14 @@ func testAgentEndpoints(t *testing.T, e *env) {
 }
 
 func testCredentialDocument(t *testing.T, e *env) credDoc {
-	for _, path := range []string{credPath, strings.TrimSuffix(credPath, "/"), "/2016-09-02/meta-data/iam/security-credentials/"} {
+	for _, path := range []string{testenv.CredentialsPath, strings.TrimSuffix(testenv.CredentialsPath, "/"), "/2016-09-02/meta-data/iam/security-credentials/"} {
 		if r := e.imds(e.web, http.MethodGet, path); r.Code != http.StatusOK || r.Body != "app-web" {
 			t.Errorf("GET %s: %s, want 200 \"app-web\"", path, r)
 		}
 	}
-	r := e.imds(e.web, http.MethodGet, credPath+"app-web")
+	r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath+"app-web")
 	if r.Code != http.StatusOK {
-		t.Fatalf("GET %sapp-web: %s", credPath, r)
+		t.Fatalf("GET %sapp-web: %s", testenv.CredentialsPath, r)
 	}
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("Content-Type %q, want application/json", ct)
@@ -293,7 +285,7 @@ func testCredentialDocument(t *testing.T, e *env) credDoc {
 		t.Errorf("served credentials are %q (%v), want %q", arn, err, assumedARN("app-web"))
 	}
 
-	if r := e.imds(e.web, http.MethodGet, credPath+"app-other"); r.Code != http.StatusNotFound {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath+"app-other"); r.Code != http.StatusNotFound {
 		t.Errorf("GET credentials of a role that is not the pod's: %s, want 404", r)
 	}
 	r = e.imds(e.web, http.MethodGet, "/latest/meta-data/iam/info")
@@ -318,7 +310,7 @@ func testDenied(t *testing.T, e *env) {
 		}
 	})
 	t.Run("curl", func(t *testing.T) {
-		for _, path := range []string{credPath, credPath + "app-web"} {
+		for _, path := range []string{testenv.CredentialsPath, testenv.CredentialsPath + "app-web"} {
 			if r := e.imds(e.intruder, http.MethodGet, path); r.Code != http.StatusForbidden {
 				t.Errorf("denied pod GET %s: %s, want 403", path, r)
 			}
@@ -326,15 +318,15 @@ func testDenied(t *testing.T, e *env) {
 	})
 	t.Run("headers never change the caller", func(t *testing.T) {
 		spoof := []string{"X-Forwarded-For: " + e.web.IP, "X-Real-IP: " + e.web.IP, "Forwarded: for=" + e.web.IP}
-		for _, path := range []string{credPath, credPath + "app-web"} {
+		for _, path := range []string{testenv.CredentialsPath, testenv.CredentialsPath + "app-web"} {
 			if r := e.imds(e.intruder, http.MethodGet, path, spoof...); r.Code != http.StatusForbidden {
 				t.Errorf("denied pod GET %s claiming to be %s: %s, want 403", path, e.web.IP, r)
 			}
 		}
 	})
 	t.Run("pod without a role", func(t *testing.T) {
-		if r := e.imds(e.norole, http.MethodGet, credPath); r.Code != http.StatusNotFound {
-			t.Errorf("pod without role GET %s: %s, want 404", credPath, r)
+		if r := e.imds(e.norole, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusNotFound {
+			t.Errorf("pod without role GET %s: %s, want 404", testenv.CredentialsPath, r)
 		}
 		if r := e.runSDK(e.norole, sdkByName("aws-sdk-go-v2")); r.Err == nil {
 			t.Errorf("pod without role found credentials: %s", r)
@@ -346,9 +338,9 @@ func testDenied(t *testing.T, e *env) {
 // token fetches an IMDSv2 token for the pod.
 func (e *env) token(t *testing.T, p *podNet, ttl string) string {
 	t.Helper()
-	r := e.imds(p, http.MethodPut, tokenPath, ttlHeader+": "+ttl)
+	r := e.imds(p, http.MethodPut, testenv.TokenPath, testenv.TokenTTLHeader+": "+ttl)
 	if r.Code != http.StatusOK || r.Body == "" {
-		t.Fatalf("PUT %s (ttl %s) from %s: %s", tokenPath, ttl, p.IP, r)
+		t.Fatalf("PUT %s (ttl %s) from %s: %s", testenv.TokenPath, ttl, p.IP, r)
 	}
 	return r.Body
 }
@@ -361,15 +353,15 @@ func testTokens(t *testing.T, e *env) {
 		headers []string
 		want    int
 	}{
-		{"PUT without TTL", http.MethodPut, tokenPath, nil, 400},
-		{"TTL 0", http.MethodPut, tokenPath, []string{ttlHeader + ": 0"}, 400},
-		{"TTL 21601", http.MethodPut, tokenPath, []string{ttlHeader + ": 21601"}, 400},
-		{"TTL -1", http.MethodPut, tokenPath, []string{ttlHeader + ": -1"}, 400},
-		{"TTL not a number", http.MethodPut, tokenPath, []string{ttlHeader + ": abc"}, 400},
-		{"PUT with X-Forwarded-For", http.MethodPut, tokenPath, []string{ttlHeader + ": 60", "X-Forwarded-For: " + e.web.IP}, 403},
-		{"invalid token", http.MethodGet, credPath, []string{tokHeader + ": AQAEAInvalidTokenForPodiamE2E=="}, 401},
-		{"TTL 1 accepted", http.MethodPut, tokenPath, []string{ttlHeader + ": 1"}, 200},
-		{"TTL 21600 accepted", http.MethodPut, tokenPath, []string{ttlHeader + ": 21600"}, 200},
+		{"PUT without TTL", http.MethodPut, testenv.TokenPath, nil, 400},
+		{"TTL 0", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": 0"}, 400},
+		{"TTL 21601", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": 21601"}, 400},
+		{"TTL -1", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": -1"}, 400},
+		{"TTL not a number", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": abc"}, 400},
+		{"PUT with X-Forwarded-For", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": 60", "X-Forwarded-For: " + e.web.IP}, 403},
+		{"invalid token", http.MethodGet, testenv.CredentialsPath, []string{testenv.TokenHeader + ": AQAEAInvalidTokenForPodiamE2E=="}, 401},
+		{"TTL 1 accepted", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": 1"}, 200},
+		{"TTL 21600 accepted", http.MethodPut, testenv.TokenPath, []string{testenv.TokenTTLHeader + ": 21600"}, 200},
 	}
 	for _, c := range cases {
 		if r := e.imds(e.web, c.method, c.path, c.headers...); r.Code != c.want || strings.Contains(r.Body, canaryMarker) {
@@ -377,12 +369,12 @@ func testTokens(t *testing.T, e *env) {
 		}
 	}
 
-	r := e.imds(e.web, http.MethodPut, tokenPath, ttlHeader+": 60")
-	if r.Code != http.StatusOK || r.Body == "" || r.Header.Get(ttlHeader) != "60" {
-		t.Fatalf("PUT token with TTL 60: %s, %s header %q (want 200, a token and the TTL echoed)", r, ttlHeader, r.Header.Get(ttlHeader))
+	r := e.imds(e.web, http.MethodPut, testenv.TokenPath, testenv.TokenTTLHeader+": 60")
+	if r.Code != http.StatusOK || r.Body == "" || r.Header.Get(testenv.TokenTTLHeader) != "60" {
+		t.Fatalf("PUT token with TTL 60: %s, %s header %q (want 200, a token and the TTL echoed)", r, testenv.TokenTTLHeader, r.Header.Get(testenv.TokenTTLHeader))
 	}
 	tok := r.Body
-	if r := e.imds(e.web, http.MethodGet, credPath, tokHeader+": "+tok); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+tok); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("GET with a valid token: %s, want 200 app-web", r)
 	}
 	last := byte('A')
@@ -390,16 +382,16 @@ func testTokens(t *testing.T, e *env) {
 		last = 'B'
 	}
 	tampered := tok[:len(tok)-1] + string(last)
-	if r := e.imds(e.web, http.MethodGet, credPath, tokHeader+": "+tampered); r.Code != http.StatusUnauthorized {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+tampered); r.Code != http.StatusUnauthorized {
 		t.Errorf("GET with a tampered token: %s, want 401", r)
 	}
 	// Tokens are bound to the caller's IP: web's token is worthless elsewhere.
-	if r := e.imds(e.norole, http.MethodGet, credPath, tokHeader+": "+tok); r.Code != http.StatusUnauthorized {
+	if r := e.imds(e.norole, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+tok); r.Code != http.StatusUnauthorized {
 		t.Errorf("another pod presenting web's token: %s, want 401", r)
 	}
 	short := e.token(t, e.web, "1")
 	time.Sleep(2500 * time.Millisecond)
-	if r := e.imds(e.web, http.MethodGet, credPath, tokHeader+": "+short); r.Code != http.StatusUnauthorized {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+short); r.Code != http.StatusUnauthorized {
 		t.Errorf("GET with an expired token: %s, want 401", r)
 	}
 	e.canary.assertUntouched(t)
@@ -408,20 +400,20 @@ func testTokens(t *testing.T, e *env) {
 // testAgentRestart stops the agent with SIGTERM and checks fail-closed
 // behaviour while it is down, then starts it with --allow-route-regexp=.*
 // for the next scenario and returns it.
-func testAgentRestart(t *testing.T, e *env) *proc {
+func testAgentRestart(t *testing.T, e *env) *testenv.Proc {
 	before := natRules(t)
 	t.Logf("nat table with the agent running:\n%s", before)
 	if !ruleInstalled(before) || dnatCount(before) != 1 {
 		t.Errorf("want exactly one metadata DNAT rule while the agent runs, got:\n%s", before)
 	}
-	if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
-		t.Logf("agent exit after SIGTERM: %v", err)
+	if err := stop(t.Context(), e.agent); err != nil {
+		t.Errorf("agent exit after SIGTERM: %v", err)
 	}
 	if during := natRules(t); during != before {
 		t.Errorf("nat table changed when the agent stopped (--no-iptables-remove):\nbefore:\n%s\nafter:\n%s", before, during)
 	}
 	for _, p := range []*podNet{e.web, e.intruder} {
-		r := e.imds(p, http.MethodGet, credPath)
+		r := e.imds(p, http.MethodGet, testenv.CredentialsPath)
 		if r.Code != 0 || (r.Exit != 7 && r.Exit != 28) {
 			t.Errorf("pod %s while the agent is down: %s, want connection refused or timeout", p.IP, r)
 		}
@@ -435,7 +427,7 @@ func testAgentRestart(t *testing.T, e *env) *proc {
 	if after := natRules(t); after != before {
 		t.Errorf("nat table differs after the restart (duplicated or moved rule):\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after restart: %s, want 200 app-web", r)
 	}
 	e.canary.assertUntouched(t)
@@ -453,7 +445,7 @@ func testAllowedRoutes(t *testing.T, e *env) {
 		"/latest/meta-data/%69nstance-id",
 	}
 	for _, path := range proxied {
-		for _, hdr := range [][]string{nil, {tokHeader + ": " + podToken}} {
+		for _, hdr := range [][]string{nil, {testenv.TokenHeader + ": " + podToken}} {
 			if r := e.imds(e.web, http.MethodGet, path, hdr...); r.Code != http.StatusOK || r.Body != canaryInstance {
 				t.Errorf("GET %s %v with --allow-route-regexp=.*: %s, want the node's instance id proxied", path, hdr, r)
 			}
@@ -467,7 +459,7 @@ func testAllowedRoutes(t *testing.T, e *env) {
 			t.Errorf("GET %s with --allow-route-regexp=.*: %s, want a 4xx from the agent", path, r)
 		}
 	}
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("credential listing with --allow-route-regexp=.*: %s, want the pod's role", r)
 	}
 
@@ -479,7 +471,7 @@ func testAllowedRoutes(t *testing.T, e *env) {
 			t.Errorf("a pod reached the canary directly: %s", req)
 		}
 		switch {
-		case req.Method == http.MethodPut && req.URI == tokenPath:
+		case req.Method == http.MethodPut && req.URI == testenv.TokenPath:
 		case req.Method == http.MethodGet && allowed[req.URI]:
 			sawInstanceID = sawInstanceID || req.URI == "/latest/meta-data/instance-id"
 			if req.Token == podToken || !strings.HasPrefix(req.Token, canaryTokenPref) {
@@ -495,11 +487,11 @@ func testAllowedRoutes(t *testing.T, e *env) {
 }
 
 func testRequireIMDSv2(t *testing.T, e *env) {
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusUnauthorized {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusUnauthorized {
 		t.Errorf("IMDSv1 GET with --require-imdsv2: %s, want 401", r)
 	}
 	tok := e.token(t, e.web, "60")
-	if r := e.imds(e.web, http.MethodGet, credPath, tokHeader+": "+tok); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath, testenv.TokenHeader+": "+tok); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("IMDSv2 GET with --require-imdsv2: %s, want 200 app-web", r)
 	}
 	if r := e.runSDK(e.web, sdkByName("boto3-imdsv1")); r.Err == nil || !strings.Contains(r.Stderr, "Unable to locate credentials") {
@@ -513,12 +505,12 @@ func testRequireIMDSv2(t *testing.T, e *env) {
 
 // credsOf fetches the listing and, when it names a role, that role's
 // document, from pod p.
-func (e *env) credsOf(p *podNet) (curlResult, credDoc, curlResult) {
-	listing := e.imds(p, http.MethodGet, credPath)
+func (e *env) credsOf(p *podNet) (testenv.CurlResult, credDoc, testenv.CurlResult) {
+	listing := e.imds(p, http.MethodGet, testenv.CredentialsPath)
 	var doc credDoc
-	var r curlResult
+	var r testenv.CurlResult
 	if listing.Code == http.StatusOK && listing.Body != "" {
-		r = e.imds(p, http.MethodGet, credPath+listing.Body)
+		r = e.imds(p, http.MethodGet, testenv.CredentialsPath+listing.Body)
 		_ = json.Unmarshal([]byte(r.Body), &doc)
 	}
 	return listing, doc, r
@@ -549,7 +541,7 @@ func testIPReuse(t *testing.T, e *env) {
 	// A new pod gets the same IP on a new veth before the API has it.
 	reused := e.topo.wirePod(t, e.spareNS, "pdm5", e.old.IP)
 
-	leaked := func(what string, listing curlResult, doc credDoc) {
+	leaked := func(what string, listing testenv.CurlResult, doc credDoc) {
 		t.Helper()
 		if listing.Body == "app-old" || (oldDoc.AccessKeyId != "" && doc.AccessKeyId == oldDoc.AccessKeyId) {
 			t.Errorf("%s: the new pod on %s got the deleted pod's role: %s", what, reused.IP, listing)
@@ -560,8 +552,8 @@ func testIPReuse(t *testing.T, e *env) {
 		l, doc, _ := e.credsOf(reused)
 		leaked("before the new pod is in the API", l, doc)
 		statuses = append(statuses, l.Code)
-		if r := e.imds(reused, http.MethodGet, credPath+"app-old"); r.Code == http.StatusOK {
-			t.Errorf("before the new pod is in the API, GET %sapp-old: %s", credPath, r)
+		if r := e.imds(reused, http.MethodGet, testenv.CredentialsPath+"app-old"); r.Code == http.StatusOK {
+			t.Errorf("before the new pod is in the API, GET %sapp-old: %s", testenv.CredentialsPath, r)
 		}
 	}
 	t.Logf("listing statuses before the new pod is in the API: %v", statuses)
@@ -577,8 +569,8 @@ func testIPReuse(t *testing.T, e *env) {
 		newDoc = doc
 		return nil
 	})
-	if r := e.imds(reused, http.MethodGet, credPath+"app-old"); r.Code != http.StatusNotFound {
-		t.Errorf("new pod GET %sapp-old: %s, want 404", credPath, r)
+	if r := e.imds(reused, http.MethodGet, testenv.CredentialsPath+"app-old"); r.Code != http.StatusNotFound {
+		t.Errorf("new pod GET %sapp-old: %s, want 404", testenv.CredentialsPath, r)
 	}
 	if r := e.runSDK(reused, sdkByName("aws-cli-imdsv2")); strings.TrimSpace(r.Stdout) != assumedARN("app-new") {
 		t.Errorf("aws cli in the new pod: %s, want %s", r, assumedARN("app-new"))
@@ -608,7 +600,7 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 	if l, doc, _ := e.credsOf(e.web); l.Code != http.StatusOK || doc.AccessKeyId == "" {
 		t.Fatalf("web pod before the outage: %s", l)
 	}
-	if err := e.server.Stop(syscall.SIGKILL, 10*time.Second); err != nil {
+	if err := e.server.Kill(); err != nil {
 		t.Logf("server after SIGKILL: %v", err)
 	}
 	l, doc, r := e.credsOf(e.web)
@@ -624,7 +616,7 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 		}
 	}
 	// Fail closed: what was refused stays refused without a server.
-	if r := e.imds(e.intruder, http.MethodGet, credPath+"app-web"); r.Code == http.StatusOK {
+	if r := e.imds(e.intruder, http.MethodGet, testenv.CredentialsPath+"app-web"); r.Code == http.StatusOK {
 		t.Errorf("denied pod got credentials during the outage: %s", r)
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
@@ -636,18 +628,18 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 }
 
 func testMalformed(t *testing.T, e *env) {
-	base := "http://" + metadataIP
+	base := "http://" + testenv.MetadataIP
 	cases := []struct {
 		name string
 		path string
 		args []string
 	}{
-		{"POST with a body", credPath, []string{"-X", "POST", "--data-binary", "x=1"}},
-		{"GET with a body", credPath, []string{"-X", "GET", "--data-binary", "x=1"}},
-		{"DELETE", credPath, []string{"-X", "DELETE"}},
-		{"PUT token with a body", tokenPath, []string{"-X", "PUT", "-H", ttlHeader + ": 60", "--data-binary", "x=1"}},
+		{"POST with a body", testenv.CredentialsPath, []string{"-X", "POST", "--data-binary", "x=1"}},
+		{"GET with a body", testenv.CredentialsPath, []string{"-X", "GET", "--data-binary", "x=1"}},
+		{"DELETE", testenv.CredentialsPath, []string{"-X", "DELETE"}},
+		{"PUT token with a body", testenv.TokenPath, []string{"-X", "PUT", "-H", testenv.TokenTTLHeader + ": 60", "--data-binary", "x=1"}},
 		{"bad percent escape", "/latest/meta-data/%zz", nil},
-		{"huge header", credPath, []string{"-H", "X-Junk: " + strings.Repeat("a", 16<<10)}},
+		{"huge header", testenv.CredentialsPath, []string{"-H", "X-Junk: " + strings.Repeat("a", 16<<10)}},
 		{"huge path", "/latest/meta-data/" + strings.Repeat("a/", 8<<10), nil},
 	}
 	for _, c := range cases {
@@ -657,7 +649,7 @@ func testMalformed(t *testing.T, e *env) {
 		}
 	}
 	e.assertAgentUp(t)
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after malformed requests: %s, want 200 app-web", r)
 	}
 	e.canary.assertUntouched(t)
@@ -673,7 +665,7 @@ func testRuleRestore(t *testing.T, e *env) {
 	before := natRules(t)
 	var dnat, jump string
 	for _, l := range strings.Split(before, "\n") {
-		if strings.Contains(l, metadataIP) && strings.Contains(l, "-j DNAT") {
+		if strings.Contains(l, testenv.MetadataIP) && strings.Contains(l, "-j DNAT") {
 			dnat = l
 		}
 	}
@@ -712,7 +704,7 @@ func testRuleRestore(t *testing.T, e *env) {
 			return nil
 		})
 	}
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after the rule was restored: %s, want 200 app-web", r)
 	}
 	e.canary.assertUntouched(t)

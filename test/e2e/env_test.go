@@ -47,7 +47,7 @@ type env struct {
 	web, intruder, norole, old *podNet
 	spareNS                    string
 
-	server, agent *proc
+	server, agent *testenv.Proc
 }
 
 // newEnv builds the node: addresses, veths to four pod namespaces, the
@@ -92,7 +92,7 @@ func newEnv(t testing.TB) *env {
 	e.old = topo.wirePod(t, topo.PodNS[3], "pdm4", fmt.Sprintf(podIPFormat, 4))
 	e.spareNS = topo.PodNS[4]
 
-	e.canary = startCanary(t, hostPort(metadataIP, 80))
+	e.canary = startCanary(t, hostPort(testenv.MetadataIP, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)

@@ -78,13 +78,13 @@ type faultPod struct {
 // scenarios.
 type faultEnv struct {
 	*env
-	track func(*proc) *proc
+	track func(*testenv.Proc) *testenv.Proc
 	pods  []faultPod // web and two more pods with roles, all permitted
 }
 
 // testFaults runs the fault scenarios in order; each leaves a server and an
 // agent (started with the fault flags) running.
-func testFaults(t *testing.T, e *env, track func(*proc) *proc) {
+func testFaults(t *testing.T, e *env, track func(*testenv.Proc) *testenv.Proc) {
 	f := &faultEnv{env: e, track: track}
 	f.setUp(t)
 	t.Run("every server down for longer than a refresh period", func(t *testing.T) { testEveryServerDown(t, f) })
@@ -105,10 +105,10 @@ func (f *faultEnv) setUp(t *testing.T) {
 	f.pods = []faultPod{{e.web, "app-web"}, {a, "app-fault-a"}, {b, "app-fault-b"}}
 
 	if e.server != nil {
-		_ = e.server.Stop(syscall.SIGKILL, 10*time.Second) // already gone after the outage scenario
+		_ = e.server.Kill() // already gone after the outage scenario
 	}
 	e.server = f.track(e.startServer(t, faultServerArgs()...))
-	if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+	if err := stop(t.Context(), e.agent); err != nil {
 		t.Errorf("agent exit after SIGTERM: %v", err)
 	}
 	e.agent = f.track(e.startAgent(t, faultAgentArgs()...))
@@ -122,7 +122,7 @@ func (f *faultEnv) waitCreds(t *testing.T, p faultPod, timeout time.Duration, ok
 	t.Helper()
 	var doc credDoc
 	eventually(t, timeout, "pod "+p.net.IP+" gets credentials for "+p.role, func() error {
-		r := f.imds(p.net, http.MethodGet, credPath+p.role)
+		r := f.imds(p.net, http.MethodGet, testenv.CredentialsPath+p.role)
 		if r.Code != http.StatusOK {
 			return fmt.Errorf("%s", r)
 		}
@@ -174,7 +174,7 @@ type outageState struct {
 
 // observe checks one answer to a pod during the outage: the held
 // credentials while more than faultMinServe is left, then 503 for good.
-func (st *outageState) observe(t *testing.T, p faultPod, r curlResult, start, end, killed time.Time) {
+func (st *outageState) observe(t *testing.T, p faultPod, r testenv.CurlResult, start, end, killed time.Time) {
 	t.Helper()
 	unavailable := http.StatusText(http.StatusServiceUnavailable)
 	switch {
@@ -232,12 +232,12 @@ func (st *outageState) observe(t *testing.T, p faultPod, r curlResult, start, en
 // credentials to the same agent process.
 func testEveryServerDown(t *testing.T, f *faultEnv) {
 	e := f.env
-	agentPID := e.agent.cmd.Process.Pid
+	agentPID := e.agent.Pid()
 	states := map[string]*outageState{}
 	for _, p := range f.pods {
 		states[p.net.IP] = &outageState{held: f.waitCreds(t, p, 30*time.Second, func(credDoc) error { return nil })}
 	}
-	if err := e.server.Stop(syscall.SIGKILL, 10*time.Second); err != nil {
+	if err := e.server.Kill(); err != nil {
 		t.Logf("server after SIGKILL: %v", err)
 	}
 	killed := time.Now()
@@ -247,7 +247,7 @@ func testEveryServerDown(t *testing.T, f *faultEnv) {
 		for _, p := range f.pods {
 			st := states[p.net.IP]
 			start := time.Now()
-			r := e.imds(p.net, http.MethodGet, credPath+p.role)
+			r := e.imds(p.net, http.MethodGet, testenv.CredentialsPath+p.role)
 			st.observe(t, p, r, start, time.Now(), killed)
 			// Go on until the credentials have expired (the document's
 			// second plus one) and the pod was refused.
@@ -271,7 +271,7 @@ func testEveryServerDown(t *testing.T, f *faultEnv) {
 		if st.served == 0 {
 			t.Errorf("pod %s never got its cached credentials while no server ran", p.net.IP)
 		}
-		if r := e.imds(p.net, http.MethodGet, credPath); r.Code != http.StatusServiceUnavailable {
+		if r := e.imds(p.net, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusServiceUnavailable {
 			t.Errorf("pod %s role listing after its credentials expired with no server: %s, want 503", p.net.IP, r)
 		}
 	}
@@ -298,7 +298,7 @@ func testEveryServerDown(t *testing.T, f *faultEnv) {
 			t.Errorf("pod %s after the outage: credentials of %q, want %q", p.net.IP, arn, assumedARN(p.role))
 		}
 	}
-	if gone, err := e.agent.Exited(); gone || e.agent.cmd.Process.Pid != agentPID {
+	if gone, err := e.agent.Exited(); gone || e.agent.Pid() != agentPID {
 		t.Errorf("the agent was restarted (exited: %v %v); recovery must not need that", gone, err)
 	}
 	e.canary.assertUntouched(t)
@@ -327,7 +327,7 @@ func (f *faultEnv) callerARN(t *testing.T, doc credDoc) string {
 // on both sides.
 func testCertRotation(t *testing.T, f *faultEnv) {
 	e := f.env
-	serverPID, agentPID := e.server.cmd.Process.Pid, e.agent.cmd.Process.Pid
+	serverPID, agentPID := e.server.Pid(), e.agent.Pid()
 	oldCert, oldKey := filepath.Join(e.tmp, "old-agent.pem"), filepath.Join(e.tmp, "old-agent-key.pem")
 	copyFile(t, e.pki.AgentCert, oldCert)
 	copyFile(t, e.pki.AgentKey, oldKey)
@@ -358,7 +358,7 @@ func testCertRotation(t *testing.T, f *faultEnv) {
 	dropped := time.Now()
 	e.pki.WriteCABundle(t, next.PEM())
 	var reloaded time.Time
-	for _, p := range []*proc{e.agent, e.server} {
+	for _, p := range []*testenv.Proc{e.agent, e.server} {
 		at := waitLog(t, p, 30*time.Second, func(l logLine) bool {
 			return l.Msg == "tls certificates reloaded" && l.CACount == 1 && !l.Time.Before(dropped)
 		})
@@ -385,12 +385,12 @@ func testCertRotation(t *testing.T, f *faultEnv) {
 	if failed1 != failed0 || ok1 <= ok0 {
 		t.Errorf("agent -> server GetPodCredentials during the rotation: %v OK, %v failed; want only OK", ok1-ok0, failed1-failed0)
 	}
-	if e.server.cmd.Process.Pid != serverPID || e.agent.cmd.Process.Pid != agentPID {
+	if e.server.Pid() != serverPID || e.agent.Pid() != agentPID {
 		t.Errorf("server or agent was restarted during the rotation")
 	}
-	for _, p := range []*proc{e.server, e.agent} {
+	for _, p := range []*testenv.Proc{e.server, e.agent} {
 		if gone, err := p.Exited(); gone {
-			t.Errorf("%s exited during the rotation: %v", p.name, err)
+			t.Errorf("%s exited during the rotation: %v", p.Name(), err)
 		}
 	}
 	e.canary.assertUntouched(t)
@@ -472,7 +472,7 @@ func testAgentRestartLoop(t *testing.T, f *faultEnv) {
 	perRestart := make([]int, 0, agentRestarts)
 	for i := range agentRestarts {
 		failedBefore := loops.failedSoFar()
-		if err := e.agent.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		if err := stop(t.Context(), e.agent); err != nil {
 			t.Errorf("restart %d: agent exit after SIGTERM: %v", i+1, err)
 		}
 		stopped := time.Now()
@@ -500,7 +500,7 @@ func testAgentRestartLoop(t *testing.T, f *faultEnv) {
 		t.Error("no pod request succeeded during the restarts")
 	}
 	e.canary.assertUntouched(t)
-	if r := e.imds(e.web, http.MethodGet, credPath); r.Code != http.StatusOK || r.Body != "app-web" {
+	if r := e.imds(e.web, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusOK || r.Body != "app-web" {
 		t.Errorf("after %d restarts: %s, want 200 app-web", agentRestarts, r)
 	}
 }
@@ -543,7 +543,7 @@ func testAgentOverlap(t *testing.T, f *faultEnv) {
 		pings := startPingLoad(8)
 		time.Sleep(100 * time.Millisecond)
 		sigterms = append(sigterms, time.Now().Format("15:04:05.000"))
-		if err := old.Stop(syscall.SIGTERM, 20*time.Second); err != nil {
+		if err := stop(t.Context(), old); err != nil {
 			t.Errorf("upgrade %d: old agent exit after SIGTERM: %v", i+1, err)
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -662,7 +662,7 @@ done`
 
 func (f *faultEnv) startLoop(t *testing.T, p faultPod, keepAlive bool) *requestLoop {
 	t.Helper()
-	url := "http://" + metadataIP + credPath + p.role
+	url := "http://" + testenv.MetadataIP + testenv.CredentialsPath + p.role
 	urls := []string{url}
 	if keepAlive {
 		urls = slices.Repeat(urls, 10)
@@ -916,10 +916,10 @@ type logLine struct {
 }
 
 // waitLog waits until p logs a line match accepts and returns its time.
-func waitLog(t *testing.T, p *proc, timeout time.Duration, match func(logLine) bool) time.Time {
+func waitLog(t *testing.T, p *testenv.Proc, timeout time.Duration, match func(logLine) bool) time.Time {
 	t.Helper()
 	var at time.Time
-	eventually(t, timeout, p.name+" logs the expected line", func() error {
+	eventually(t, timeout, p.Name()+" logs the expected line", func() error {
 		for _, raw := range strings.Split(p.Logs(), "\n") {
 			var l logLine
 			if json.Unmarshal([]byte(raw), &l) == nil && match(l) {
@@ -927,7 +927,7 @@ func waitLog(t *testing.T, p *proc, timeout time.Duration, match func(logLine) b
 				return nil
 			}
 		}
-		return fmt.Errorf("not in %s", p.logPath)
+		return fmt.Errorf("not in %s", p.LogPath())
 	})
 	return at
 }

@@ -2,7 +2,7 @@ package e2e
 
 import (
 	"bytes"
-	"errors"
+	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -10,54 +10,41 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/podiam/podiam/test/testenv"
 )
 
-// proc is a podiam process in the node namespace (this process's own), in
-// its own process group so that stopping it also stops anything it forked.
-type proc struct {
-	name    string
-	logPath string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error // valid once done is closed
-}
-
 // startProc starts podiam with args; failures end t, and the process is
 // killed when TestE2E ends, not t: a scenario that restarts the agent hands
 // the new one to the scenarios after it.
-func (e *env) startProc(t testing.TB, name string, args, env []string) *proc {
+func (e *env) startProc(t testing.TB, name string, args, env []string) *testenv.Proc {
 	t.Helper()
 	return e.startExe(t, e.podiam, name, args, env)
 }
 
 // startExe is startProc for any executable.
-func (e *env) startExe(t testing.TB, exe, name string, args, env []string) *proc {
+func (e *env) startExe(t testing.TB, exe, name string, args, env []string) *testenv.Proc {
 	t.Helper()
-	logPath := filepath.Join(e.logDir, fmt.Sprintf("%s-%d.log", name, e.seq.Add(1)))
-	logFile, err := os.Create(logPath)
+	p, err := testenv.Spawn(testenv.ProcSpec{Name: name, Path: exe, Args: args,
+		Env: append([]string{raceEnv()}, env...),
+		Log: filepath.Join(e.logDir, fmt.Sprintf("%s-%d.log", name, e.seq.Add(1)))})
 	if err != nil {
-		t.Fatalf("create %s log: %v", name, err)
+		t.Fatal(err)
 	}
-	defer logFile.Close()
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(append(os.Environ(), raceEnv()), env...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &proc{name: name, logPath: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		close(p.done)
-	}()
-	e.root.Cleanup(func() { p.kill() })
+	e.root.Cleanup(func() { _ = p.Kill() })
 	return p
+}
+
+// stopTimeout is how long podiam gets to exit after SIGTERM.
+const stopTimeout = 20 * time.Second
+
+// stop stops p with SIGTERM, as a kubelet stops a container.
+func stop(ctx context.Context, p *testenv.Proc) error {
+	ctx, cancel := context.WithTimeout(ctx, stopTimeout)
+	defer cancel()
+	return p.Stop(ctx)
 }
 
 // raceEnv keeps the race detector's options but drops its default
@@ -72,73 +59,10 @@ func raceEnv() string {
 	return "GORACE=" + opts
 }
 
-// Logs returns everything the process wrote.
-func (p *proc) Logs() string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", p.logPath, err)
-	}
-	return string(b)
-}
-
-// Tail returns the last n lines of the log.
-func (p *proc) Tail(n int) string {
-	lines := strings.Split(strings.TrimRight(p.Logs(), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// Exited reports whether the process ended, and how.
-func (p *proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.waitErr
-	default:
-		return false, nil
-	}
-}
-
-// Stop sends sig to the leader and waits up to timeout for it to exit.
-func (p *proc) Stop(sig syscall.Signal, timeout time.Duration) error {
-	if err := p.cmd.Process.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return err
-	}
-	select {
-	case <-p.done:
-		return p.waitErr
-	case <-time.After(timeout):
-		p.kill()
-		return fmt.Errorf("%s did not exit within %s of %v", p.name, timeout, sig)
-	}
-}
-
-func (p *proc) kill() {
-	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-	}
-}
-
-// failWithLogs prints the tail of every process log when the test failed.
-func failWithLogs(t testing.TB, procs ...*proc) {
-	t.Helper()
-	if !t.Failed() {
-		return
-	}
-	for _, p := range procs {
-		if p != nil {
-			t.Logf("last lines of %s (%s):\n%s", p.name, p.logPath, p.Tail(80))
-		}
-	}
-}
-
 // startServer runs `podiam server` on the node IP against the run's
 // kube-apiserver and moto, and waits until `podiam health` says SERVING.
 // extra flags come last, so they override the defaults here.
-func (e *env) startServer(t testing.TB, extra ...string) *proc {
+func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
 	addr := hostPort(nodeIP, serverPort)
 	p := e.startProc(t, "server", append([]string{"server",
@@ -151,28 +75,22 @@ func (e *env) startServer(t testing.TB, extra ...string) *proc {
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
 	}, extra...), e.moto.Env())
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		if gone, err := p.Exited(); gone {
-			t.Fatalf("server exited during start: %v\n%s", err, p.Tail(60))
-		}
-		out, err := exec.Command(e.podiam, "health",
+	testenv.Ready(t, 90*time.Second, "podiam health", func(ctx context.Context) error {
+		out, err := exec.CommandContext(ctx, e.podiam, "health",
 			"--cert="+e.pki.AgentCert, "--key="+e.pki.AgentKey, "--ca="+e.pki.CA,
 			"--server-address="+addr, "--timeout=2s").CombinedOutput()
-		if err == nil {
-			return p
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not healthy after 90s: %v: %s\n%s", err, out, p.Tail(60))
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return nil
+	}, p)
+	return p
 }
 
 // startAgent runs `podiam agent` with the command line the DaemonSet uses
 // plus extra flags, and waits until it answers /ping and its DNAT rule is in
 // the node's nat table.
-func (e *env) startAgent(t testing.TB, extra ...string) *proc {
+func (e *env) startAgent(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
 	args := append([]string{"agent",
 		"--json-log", "--level=debug",
@@ -188,21 +106,17 @@ func (e *env) startAgent(t testing.TB, extra ...string) *proc {
 	p := e.startProc(t, "agent", args, nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if gone, err := p.Exited(); gone {
-			t.Fatalf("agent exited during start: %v\n%s", err, p.Tail(60))
-		}
+	testenv.Ready(t, 60*time.Second, "agent /ping and DNAT rule", func(context.Context) error {
 		status, body, err := get(client, fmt.Sprintf("http://%s/ping", hostPort(nodeIP, agentPort)))
-		if err == nil && status == http.StatusOK && ruleInstalled(natRules(t)) {
-			return p
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("/ping: %d %q %v", status, body, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready after 60s (/ping: %d %q %v; nat rules:\n%s)\n%s",
-				status, body, err, natRules(t), p.Tail(60))
+		if rules := natRules(t); !ruleInstalled(rules) {
+			return fmt.Errorf("no DNAT rule for the agent; nat rules:\n%s", rules)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	}, p)
+	return p
 }
 
 // get fetches url from this (the node) namespace.

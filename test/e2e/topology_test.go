@@ -17,7 +17,6 @@ import (
 // ever sees these.
 const (
 	nodeIP      = "10.77.0.1"
-	metadataIP  = "169.254.169.254"
 	agentPort   = 8181
 	serverPort  = 9610
 	serverMetr  = 9620
@@ -90,7 +89,7 @@ func (tp *topology) setUpNode(t testing.TB) {
 	t.Helper()
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", "lo", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", nodeIP+"/32", "dev", "lo")
-	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", metadataIP+"/32", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", testenv.MetadataIP+"/32", "dev", "lo")
 }
 
 // wirePod joins pod namespace ns to the node as Calico does: a veth whose
@@ -126,7 +125,7 @@ func natRules(t testing.TB) string {
 func dnatRules(rules string) []string {
 	var out []string
 	for _, l := range strings.Split(rules, "\n") {
-		if strings.Contains(l, metadataIP) {
+		if strings.Contains(l, testenv.MetadataIP) {
 			out = append(out, l)
 		}
 	}

@@ -336,7 +336,7 @@ func measureServer(b *testing.B, c *cluster) serverFigures {
 	// by the initial list depends on when the last collection ran.
 	waitWatchCurrent(b, sp, time.Minute)
 	var err error
-	if f.Mem, err = testenv.ProcMemory(sp.Pid); err != nil {
+	if f.Mem, err = testenv.ProcMemory(sp.Pid()); err != nil {
 		b.Fatal(err)
 	}
 	f.Heap = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
@@ -349,7 +349,7 @@ func measureServer(b *testing.B, c *cluster) serverFigures {
 		return f
 	}
 	f.Warm = benchWarmRequests(b, sp, c.pods, 4, 32, 3*time.Second)
-	if f.MemAfterWarm, err = testenv.ProcMemory(sp.Pid); err != nil {
+	if f.MemAfterWarm, err = testenv.ProcMemory(sp.Pid()); err != nil {
 		b.Fatal(err)
 	}
 	f.HeapAfterWarm = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
@@ -464,7 +464,7 @@ func benchWarmRequests(b *testing.B, sp *serverProc, pods []bulkPod, nodes, work
 		}
 		byNode[p.HostIP] = append(byNode[p.HostIP], p.IP)
 	}
-	cpu0, err := testenv.ProcCPU(sp.Pid)
+	cpu0, err := testenv.ProcCPU(sp.Pid())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -492,7 +492,7 @@ func benchWarmRequests(b *testing.B, sp *serverProc, pods []bulkPod, nodes, work
 	}
 	wg.Wait()
 	took := time.Since(start)
-	cpu1, err := testenv.ProcCPU(sp.Pid)
+	cpu1, err := testenv.ProcCPU(sp.Pid())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -4,16 +4,12 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,11 +20,14 @@ import (
 	"github.com/podiam/podiam/pkg/tlsconfig"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
-
-	"github.com/podiam/podiam/test/syncbuf"
 )
 
-var podiamBin string
+var (
+	podiamBin string
+	// race: podiam runs with the race detector, except in benchmarks, which
+	// measure the binary as shipped.
+	race bool
+)
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -38,14 +37,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	podiamBin = filepath.Join(dir, "podiam")
-	// Benchmarks measure the binary as shipped, without the race detector.
-	race := "-race"
-	if testenv.Benchmarking() {
-		race = "-race=false"
-	}
-	build := exec.Command("go", "build", race, "-o", podiamBin, "../../cmd/podiam")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	race = !testenv.Benchmarking()
+	if err := testenv.BuildPodiam(context.Background(), podiamBin, race); err != nil {
 		fmt.Fprintln(os.Stderr, "build podiam:", err)
 		os.Exit(1)
 	}
@@ -56,27 +49,23 @@ func TestMain(m *testing.M) {
 
 // serverProc is a running `podiam server`.
 type serverProc struct {
+	*testenv.Proc
 	Addr        string
 	MetricsAddr string
 	PKI         *testenv.PKI
-	Pid         int
-	logs        *syncbuf.Buffer
 }
-
-// Logs returns what the server has logged so far.
-func (s *serverProc) Logs() string { return s.logs.String() }
 
 // startServer runs the podiam server against kube and moto and waits until
 // its health service reports SERVING.
 func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
 	t.Helper()
-	pki := testenv.NewPKI(t, t.TempDir())
+	dir := t.TempDir()
+	pki := testenv.NewPKI(t, dir)
 	port, mport := testenv.FreePort(t), testenv.FreePort(t)
 	sp := &serverProc{
 		Addr:        fmt.Sprintf("127.0.0.1:%d", port),
 		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", mport),
 		PKI:         pki,
-		logs:        &syncbuf.Buffer{},
 	}
 	full := append([]string{"server",
 		"--json-log", "--level=debug",
@@ -86,48 +75,39 @@ func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...s
 		"--prometheus-listen-addr=" + sp.MetricsAddr,
 		"--drain-time=0s",
 	}, args...)
-	cmd := exec.Command(podiamBin, full...)
-	cmd.Env = append(os.Environ(), moto.Env()...)
-	cmd.Stdout, cmd.Stderr = sp.logs, sp.logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	p, err := testenv.Spawn(testenv.ProcSpec{Name: "server", Path: podiamBin, Args: full, Env: moto.Env(),
+		Log: filepath.Join(dir, "server.log")})
+	if err != nil {
 		t.Fatal(err)
 	}
-	sp.Pid = cmd.Process.Pid
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
+	sp.Proc = p
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := p.Stop(ctx); err != nil {
+			report := t.Logf
+			if race {
+				report = t.Errorf // a server that found a data race exits with status 66
+			}
+			report("server stop: %v", err)
 		}
-		if t.Failed() {
-			t.Logf("server logs:\n%s", tail(sp.Logs(), 60))
-		}
+		testenv.LogTails(t, p)
 	})
 
 	conn := dial(t, sp, pki.AgentCert, pki.AgentKey, "")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		select {
-		case <-exited:
-			t.Fatalf("server exited early:\n%s", sp.Logs())
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	testenv.Ready(t, 60*time.Second, "server SERVING", func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
 		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return sp
+		if err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not serving after 60s (last: %v %v):\n%s", resp, err, tail(sp.Logs(), 60))
+		if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			return fmt.Errorf("health: %v", resp.GetStatus())
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	}, p)
+	return sp
 }
 
 // dial connects as an agent with the given client certificate, optionally
@@ -182,17 +162,4 @@ func waitWatchCurrent(t testing.TB, sp *serverProc, timeout time.Duration) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-func tail(s string, n int) string {
-	var lines []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		lines = append(lines, sc.Text())
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

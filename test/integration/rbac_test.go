@@ -69,7 +69,7 @@ func TestServerWithShippedRBAC(t *testing.T) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no denial Event recorded with the shipped RBAC; server logs:\n%s", tail(sp.Logs(), 40))
+			t.Fatalf("no denial Event recorded with the shipped RBAC; server logs:\n%s", sp.Tail(40))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -381,8 +381,8 @@ func established(crd *unstructured.Unstructured) bool {
 func podiamFlags(t *testing.T) map[string]map[string]bool {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "podiam")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/podiam").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/podiam: %v\n%s", err, out)
+	if err := testenv.BuildPodiam(t.Context(), bin, false); err != nil {
+		t.Fatal(err)
 	}
 	flags := map[string]map[string]bool{}
 	for _, cmd := range []string{"server", "agent", "health"} {

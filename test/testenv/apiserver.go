@@ -1,9 +1,11 @@
 package testenv
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -31,7 +33,7 @@ func (k *Kube) stopAPIServer(t testing.TB) {
 	k.apiserver = nil
 	k.mu.Unlock()
 	if p != nil {
-		p.stop(t) // returns once the process has exited and its port is closed
+		killProc(t, p) // returns once the process has exited and its port is closed
 	}
 }
 
@@ -48,7 +50,14 @@ func (k *Kube) StartAPIServer(t testing.TB) {
 		t.Fatalf("testenv: StartAPIServer: kube-apiserver is already running")
 		return
 	}
-	p := spawnProcess(t, k.dir, "kube-apiserver", k.netns, k.apiserverBin, k.apiserverArgs, nil)
+	// Appended to one log, however often it restarts.
+	p, err := Spawn(ProcSpec{Name: "kube-apiserver", Path: k.apiserverBin, Args: k.apiserverArgs,
+		Dir: k.dir, NetNS: k.netns, Log: filepath.Join(k.dir, "kube-apiserver.log")})
+	if err != nil {
+		k.mu.Unlock()
+		t.Fatalf("testenv: %v", err)
+		return
+	}
 	k.apiserver = p
 	k.mu.Unlock()
 	k.waitReady(t)
@@ -64,13 +73,13 @@ func (k *Kube) RestartAPIServer(t testing.TB, down time.Duration) {
 }
 
 // procs are the processes whose exit makes waiting on the cluster pointless.
-func (k *Kube) procs() []*process {
+func (k *Kube) procs() []*Proc {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.apiserver == nil {
-		return []*process{k.etcd}
+		return []*Proc{k.etcd}
 	}
-	return []*process{k.etcd, k.apiserver}
+	return []*Proc{k.etcd, k.apiserver}
 }
 
 // waitReady polls /readyz. On the first start the serving certificate does
@@ -83,8 +92,8 @@ func (k *Kube) waitReady(t testing.TB) {
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // readiness probe only
 	}
 	defer probe.CloseIdleConnections()
-	waitFor(t, "kube-apiserver /readyz", kubeStartTimeout, k.procs(), func() error {
-		req, err := http.NewRequest(http.MethodGet, k.URL+"/readyz", nil)
+	Ready(t, kubeStartTimeout, "kube-apiserver /readyz", func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, k.URL+"/readyz", nil)
 		if err != nil {
 			return err
 		}
@@ -98,5 +107,5 @@ func (k *Kube) waitReady(t testing.TB) {
 			return fmt.Errorf("/readyz: %s", resp.Status)
 		}
 		return nil
-	})
+	}, k.procs()...)
 }

@@ -18,8 +18,8 @@ func TestKubeRestartAPIServer(t *testing.T) {
 	t.Run("restart", func(t *testing.T) {
 		k := StartKube(t, KubeOptions{})
 		ctx := t.Context()
-		first := k.apiserver.cmd.Process.Pid
-		pgids = append(pgids, k.etcd.cmd.Process.Pid, first)
+		first := k.apiserver.Pid()
+		pgids = append(pgids, k.etcd.Pid(), first)
 		url := k.URL
 		hostPort := strings.TrimPrefix(url, "https://")
 		k.CreateNamespace(t, "before", nil)
@@ -41,7 +41,7 @@ func TestKubeRestartAPIServer(t *testing.T) {
 		if !utilnet.IsConnectionRefused(err) {
 			t.Fatalf("API call while stopped: %v, want connection refused", err)
 		}
-		if gone, _ := k.etcd.exited(); gone {
+		if gone, _ := k.etcd.Exited(); gone {
 			t.Fatal("etcd died with kube-apiserver")
 		}
 		rec := &fatalRecorder{TB: t}
@@ -51,7 +51,7 @@ func TestKubeRestartAPIServer(t *testing.T) {
 		}
 
 		k.StartAPIServer(t)
-		second := k.apiserver.cmd.Process.Pid
+		second := k.apiserver.Pid()
 		pgids = append(pgids, second)
 		if second == first || k.URL != url {
 			t.Fatalf("after restart: pid %d (was %d), URL %s (was %s)", second, first, k.URL, url)
@@ -65,12 +65,12 @@ func TestKubeRestartAPIServer(t *testing.T) {
 		k.CreateNamespace(t, "after", nil)
 		rec = &fatalRecorder{TB: t}
 		k.StartAPIServer(rec)
-		if !strings.Contains(rec.msg, "already running") || k.apiserver.cmd.Process.Pid != second {
-			t.Errorf("StartAPIServer while running: %q, pid %d; want a failure and no second process", rec.msg, k.apiserver.cmd.Process.Pid)
+		if !strings.Contains(rec.msg, "already running") || k.apiserver.Pid() != second {
+			t.Errorf("StartAPIServer while running: %q, pid %d; want a failure and no second process", rec.msg, k.apiserver.Pid())
 		}
 
 		k.RestartAPIServer(t, 500*time.Millisecond)
-		pgids = append(pgids, k.apiserver.cmd.Process.Pid)
+		pgids = append(pgids, k.apiserver.Pid())
 		for _, ns := range []string{"before", "after"} {
 			if _, err := fromFile.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{}); err != nil {
 				t.Errorf("namespace %s after RestartAPIServer: %v", ns, err)

@@ -46,14 +46,14 @@ type Kube struct {
 	Client         kubernetes.Interface
 	KubeconfigPath string // the admin's kubeconfig, usable as podiam server --kubeconfig
 
-	etcd *process
+	etcd *Proc
 	// What StartAPIServer needs to run kube-apiserver again as before.
 	dir, netns, token string
 	apiserverBin      string
 	apiserverArgs     []string
 
 	mu        sync.Mutex
-	apiserver *process // nil while stopped
+	apiserver *Proc // nil while stopped
 }
 
 // KubeOptions places the apiserver. The e2e tests run it inside the "node"
@@ -69,13 +69,7 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 	t.Helper()
 	etcdBin := Bin(t, "etcd")
 	apiserverBin := Bin(t, "kube-apiserver")
-	addr := opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	if net.ParseIP(addr) == nil {
-		t.Fatalf("testenv: KubeOptions.Addr %q is not an IP address", addr)
-	}
+	addr := bindAddr(t, "KubeOptions.Addr", opts.Addr)
 	if opts.NetNS != "" {
 		// etcd listens on the namespace's loopback; a fresh namespace has it down.
 		out, err := runCommand(Bin(t, "ip"), "netns", "exec", opts.NetNS, Bin(t, "ip"), "link", "set", "lo", "up")
@@ -90,7 +84,7 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 	etcdPeer := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
 	securePort := ports[2]
 
-	etcd := startProcess(t, dir, "etcd", opts.NetNS, etcdBin, []string{
+	etcdArgs := []string{
 		"--name=podiam-test",
 		"--data-dir=" + filepath.Join(dir, "etcd"),
 		"--listen-client-urls=" + etcdClient,
@@ -100,7 +94,9 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 		"--initial-cluster=podiam-test=" + etcdPeer,
 		"--logger=zap",
 		"--log-outputs=stderr",
-	}, etcdArchEnv())
+	}
+	etcd := StartProc(t, ProcSpec{Name: "etcd", Path: etcdBin, Args: etcdArgs, Env: etcdArchEnv(),
+		Dir: dir, NetNS: opts.NetNS, Log: filepath.Join(dir, "etcd.log")})
 
 	token := randomHex(t, 32)
 	tokenFile := filepath.Join(dir, "tokens.csv")
@@ -150,12 +146,12 @@ func StartKube(t testing.TB, opts KubeOptions) *Kube {
 		t.Fatalf("testenv: kubernetes client: %v", err)
 	}
 	k.Client = client
-	waitFor(t, `namespace "default"`, kubeStartTimeout, k.procs(), func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	Ready(t, kubeStartTimeout, `namespace "default"`, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		_, err := client.CoreV1().Namespaces().Get(ctx, metav1.NamespaceDefault, metav1.GetOptions{})
 		return err
-	})
+	}, k.procs()...)
 
 	k.KubeconfigPath = filepath.Join(dir, "kubeconfig")
 	kubeconfig := &clientcmdapi.Config{

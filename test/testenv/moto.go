@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ const (
 type Moto struct {
 	Endpoint string // http://addr:port
 
-	proc *process
+	proc *Proc
 }
 
 // MotoOptions places moto_server, like KubeOptions.
@@ -46,21 +47,16 @@ type MotoOptions struct {
 func StartMoto(t testing.TB, opts MotoOptions) *Moto {
 	t.Helper()
 	bin := Bin(t, "moto_server")
-	addr := opts.Addr
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	if net.ParseIP(addr) == nil {
-		t.Fatalf("testenv: MotoOptions.Addr %q is not an IP address", addr)
-	}
+	addr := bindAddr(t, "MotoOptions.Addr", opts.Addr)
 	dir := t.TempDir()
 	port := FreePort(t)
-	p := startProcess(t, dir, "moto_server", opts.NetNS, bin, []string{"-H", addr, "-p", strconv.Itoa(port)}, nil)
+	p := StartProc(t, ProcSpec{Name: "moto_server", Path: bin, Args: []string{"-H", addr, "-p", strconv.Itoa(port)},
+		Dir: dir, NetNS: opts.NetNS, Log: filepath.Join(dir, "moto_server.log")})
 	m := &Moto{Endpoint: "http://" + net.JoinHostPort(addr, strconv.Itoa(port)), proc: p}
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
-	waitFor(t, "moto_server", motoStartTimeout, []*process{p}, func() error {
+	Ready(t, motoStartTimeout, "moto_server", func(context.Context) error {
 		// Any HTTP answer means the server loop runs; the dashboard path
 		// exists in every moto 5 release.
 		resp, err := client.Get(m.Endpoint + "/moto-api/")
@@ -72,7 +68,7 @@ func StartMoto(t testing.TB, opts MotoOptions) *Moto {
 			return fmt.Errorf("moto-api: %s", resp.Status)
 		}
 		return nil
-	})
+	}, p)
 	return m
 }
 

@@ -46,7 +46,7 @@ func TestKube(t *testing.T) {
 	var pgids []int
 	t.Run("apiserver", func(t *testing.T) {
 		k := StartKube(t, KubeOptions{})
-		pgids = append(pgids, k.etcd.cmd.Process.Pid, k.apiserver.cmd.Process.Pid)
+		pgids = append(pgids, k.etcd.Pid(), k.apiserver.Pid())
 		ctx := t.Context()
 		if !strings.HasPrefix(k.URL, "https://127.0.0.1:") {
 			t.Errorf("URL = %q, want https://127.0.0.1:port", k.URL)
@@ -184,7 +184,7 @@ func TestMoto(t *testing.T) {
 	var endpoint string
 	t.Run("sts", func(t *testing.T) {
 		m := StartMoto(t, MotoOptions{})
-		pgids = append(pgids, m.proc.cmd.Process.Pid)
+		pgids = append(pgids, m.proc.Pid())
 		endpoint = m.Endpoint
 		ctx := t.Context()
 		if !slices.Contains(m.Env(), "AWS_ENDPOINT_URL_STS="+m.Endpoint) {

@@ -126,17 +126,20 @@ type entry struct {
 	staleUntil time.Time
 }
 
-// outcome is how a request was answered, for the requests metric.
-type outcome string
+// result is the value of the metrics' result label. For requests: how one
+// was answered (hit, miss, stale, error, refused); for background refreshes: ok or
+// error.
+type result string
 
 const (
-	resultHit   outcome = "hit"
-	resultMiss  outcome = "miss"
-	resultStale outcome = "stale"
-	resultError outcome = "error"
+	resultHit   result = "hit"
+	resultMiss  result = "miss"
+	resultStale result = "stale"
+	resultError result = "error"
 	// resultRefused: answered with a server's recent definitive refusal
 	// without asking again.
-	resultRefused outcome = "refused"
+	resultRefused result = "refused"
+	resultOK      result = "ok" // refreshes only
 )
 
 // refusalTTL is how long a server's 403 or 404 for an address is answered
@@ -157,7 +160,7 @@ type flight struct {
 	done chan struct{}
 	// Set before done is closed.
 	pod creds.PodCredentials
-	res outcome
+	res result
 	err error
 	// Guarded by Cache.mu. forgotten: Forget or Retain ran while the fetch
 	// was under way; its answer may describe the pod that left, so it is
@@ -187,7 +190,8 @@ type Cache struct {
 	refreshes *prometheus.CounterVec
 }
 
-// New checks cfg and registers the cache's metrics on reg.
+// New checks cfg and registers the cache's metrics on reg. reg may be nil
+// (metrics not registered); log may be nil (discarded).
 func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*Cache, error) {
 	if f == nil {
 		return nil, errors.New("agent cache: a fetcher is required")
@@ -218,11 +222,14 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		Name: "podiam_agent_cache_entries",
 		Help: "Pod addresses with cached credentials.",
 	}, func() float64 { return float64(c.Len()) })
-	for _, r := range []outcome{resultHit, resultMiss, resultStale, resultError, resultRefused} {
+	for _, r := range []result{resultHit, resultMiss, resultStale, resultError, resultRefused} {
 		c.requests.WithLabelValues(string(r))
 	}
-	c.refreshes.WithLabelValues("ok")
-	c.refreshes.WithLabelValues("error")
+	c.refreshes.WithLabelValues(string(resultOK))
+	c.refreshes.WithLabelValues(string(resultError))
+	if reg == nil {
+		return c, nil
+	}
 	for _, col := range []prometheus.Collector{c.requests, c.refreshes, entries} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("agent cache: register metrics: %w", err)
@@ -435,7 +442,7 @@ func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, id 
 // finishLocked publishes a flight's result and retires it, so that the
 // next request sees the stored entry or starts a new fetch. c.mu must be
 // held.
-func (c *Cache) finishLocked(ip string, fl *flight, pod creds.PodCredentials, res outcome, err error) {
+func (c *Cache) finishLocked(ip string, fl *flight, pod creds.PodCredentials, res result, err error) {
 	if c.flights[ip] == fl {
 		delete(c.flights, ip)
 	}
@@ -586,10 +593,10 @@ func (c *Cache) refresh(ctx context.Context) {
 			return
 		}
 		if d.fl.res == resultMiss {
-			c.refreshes.WithLabelValues("ok").Inc()
+			c.refreshes.WithLabelValues(string(resultOK)).Inc()
 			continue
 		}
-		c.refreshes.WithLabelValues("error").Inc()
+		c.refreshes.WithLabelValues(string(resultError)).Inc()
 		c.log.Debug("refresh of cached credentials failed", "pod_ip", d.ip, "error", d.fl.err)
 	}
 }

@@ -804,3 +804,27 @@ func TestRefusalRemembered(t *testing.T) {
 		}
 	})
 }
+
+// A nil registry and a nil logger are accepted, as in every New of the
+// agent: the metrics are kept but not registered, the logs discarded.
+func TestNewWithoutRegistryOrLogger(t *testing.T) {
+	clk := testingclock.NewFakeClock(t0)
+	c, err := New(Config{Now: clk.Now}, &fakeFetcher{answer: issuing(clk)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Credentials(t.Context(), "10.0.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(c.requests.WithLabelValues(string(resultMiss))); got != 1 {
+		t.Fatalf("requests{result=miss} = %v, want 1", got)
+	}
+	// The same Config and a registry still register once only.
+	reg := prometheus.NewPedanticRegistry()
+	if _, err := New(Config{Now: clk.Now}, &fakeFetcher{answer: issuing(clk)}, reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Now: clk.Now}, &fakeFetcher{answer: issuing(clk)}, reg, nil); err == nil {
+		t.Fatal("second New on one registry: want a registration error")
+	}
+}

@@ -609,7 +609,7 @@ func TestPerIPCap(t *testing.T) {
 	if left != 0 {
 		t.Errorf("%d addresses left in the in-flight map", left)
 	}
-	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(classCredentials, "429")); got != 1 {
+	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(string(classCredentials), "429")); got != 1 {
 		t.Errorf("429 counter = %v, want 1", got)
 	}
 }
@@ -907,7 +907,7 @@ func TestProxy(t *testing.T) {
 	if puts != 3 || gets[len(gets)-1].token != "agent-token-3" {
 		t.Errorf("after upstream 401: %d PUTs, last token %q", puts, gets[len(gets)-1].token)
 	}
-	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(classProxy, "200")); got != 7 {
+	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(string(classProxy), "200")); got != 7 {
 		t.Errorf("proxy 200 counter = %v, want 7", got)
 	}
 
@@ -1104,14 +1104,14 @@ func TestMetricsLabelsBounded(t *testing.T) {
 	} {
 		e.do(t, q)
 	}
-	for class, want := range map[string]float64{
+	for class, want := range map[requestClass]float64{
 		classCredentials: 1, classRole: 1, classInfo: 1, classToken: 1, classProxy: 1, classHealth: 2,
 	} {
-		if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(class, "200")); got != want {
+		if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(string(class), "200")); got != want {
 			t.Errorf("%s 200 = %v, want %v", class, got, want)
 		}
 	}
-	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(classOther, "404")); got != 1 {
+	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(string(classOther), "404")); got != 1 {
 		t.Errorf("other 404 = %v, want 1", got)
 	}
 	mfs, err := e.reg.Gather()
@@ -1120,7 +1120,7 @@ func TestMetricsLabelsBounded(t *testing.T) {
 	}
 	known := map[string]bool{}
 	for _, c := range allClasses {
-		known[c] = true
+		known[string(c)] = true
 	}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {

@@ -29,7 +29,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}, []string{"class"}),
 	}
 	for _, c := range allClasses {
-		m.duration.WithLabelValues(c)
+		m.duration.WithLabelValues(string(c))
 	}
 	if reg == nil {
 		return m, nil
@@ -42,7 +42,7 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	return m, nil
 }
 
-func (m metrics) observe(class string, status int, d time.Duration) {
-	m.requests.WithLabelValues(class, strconv.Itoa(status)).Inc()
-	m.duration.WithLabelValues(class).Observe(d.Seconds())
+func (m metrics) observe(c requestClass, status int, d time.Duration) {
+	m.requests.WithLabelValues(string(c), strconv.Itoa(status)).Inc()
+	m.duration.WithLabelValues(string(c)).Observe(d.Seconds())
 }

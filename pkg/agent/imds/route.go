@@ -24,18 +24,21 @@ type route struct {
 	name string // the role name asked for, for kindCreds
 }
 
-// Metric classes; a fixed set so that labels stay bounded.
+// requestClass is what a request asked for, as the metrics' and the log's
+// class label: a fixed set, so that labels stay bounded.
+type requestClass string
+
 const (
-	classCredentials = "credentials"
-	classRole        = "role"
-	classInfo        = "info"
-	classToken       = "token"
-	classProxy       = "proxy"
-	classHealth      = "health"
-	classOther       = "other"
+	classCredentials requestClass = "credentials"
+	classRole        requestClass = "role"
+	classInfo        requestClass = "info"
+	classToken       requestClass = "token"
+	classProxy       requestClass = "proxy"
+	classHealth      requestClass = "health"
+	classOther       requestClass = "other"
 )
 
-var allClasses = []string{classCredentials, classRole, classInfo, classToken, classProxy, classHealth, classOther}
+var allClasses = []requestClass{classCredentials, classRole, classInfo, classToken, classProxy, classHealth, classOther}
 
 // classify decides what a canonical path (as returned by Canonical) asks
 // for. Local routes are matched exactly; everything that touches a

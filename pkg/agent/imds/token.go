@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
+	"net/http"
 	"time"
 )
 
@@ -80,4 +81,42 @@ func parseTTL(v string) (int, bool) {
 		return 0, false
 	}
 	return n, true
+}
+
+// checkToken applies IMDSv2: a token, if sent, must be ours, for this IP and
+// unexpired; without one the request is IMDSv1 and allowed unless v2 is
+// required.
+func (h *Handler) checkToken(w http.ResponseWriter, r *http.Request, ip string) (outcome, bool) {
+	toks := r.Header.Values(headerToken)
+	if len(toks) == 0 {
+		if h.requireV2 {
+			return h.fail(w, http.StatusUnauthorized, "imdsv2 token required"), false
+		}
+		return outcome{}, true
+	}
+	if len(toks) != 1 || !validToken(h.key, ip, toks[0], h.now()) {
+		return h.fail(w, http.StatusUnauthorized, "invalid or expired imdsv2 token"), false
+	}
+	return outcome{}, true
+}
+
+// putToken mints an IMDSv2 token locally; token requests are never forwarded.
+// A token request carrying X-Forwarded-For came through a proxy, which the
+// real service refuses too (it would let the proxy's clients share a token).
+func (h *Handler) putToken(w http.ResponseWriter, r *http.Request, ip string) outcome {
+	if _, ok := r.Header[http.CanonicalHeaderKey("X-Forwarded-For")]; ok {
+		return h.fail(w, http.StatusForbidden, "token request with x-forwarded-for")
+	}
+	vals := r.Header.Values(headerTokenTTL)
+	if len(vals) != 1 {
+		return h.fail(w, http.StatusBadRequest, "token ttl header missing or repeated")
+	}
+	ttl, ok := parseTTL(vals[0])
+	if !ok {
+		return h.fail(w, http.StatusBadRequest, "token ttl not an integer in 1..21600")
+	}
+	tok := mintToken(h.key, ip, h.now().Add(time.Duration(ttl)*time.Second))
+	// aws-sdk-go-v2 reads the TTL back from this header and fails without it.
+	w.Header().Set(headerTokenTTL, vals[0])
+	return h.text(w, http.StatusOK, tok)
 }

@@ -72,14 +72,40 @@ type Rules struct {
 // family is the rule set of one address family.
 type family struct {
 	name     string // "ipv4" or "ipv6", for logs and errors
-	ipt      *goipt.IPTables
+	ipt      tables
 	metadata string
 	rules    []rule
 }
 
+// tables is what the rules need of one address family's iptables: the
+// methods of go-iptables' *IPTables that Rules calls. It is an interface so
+// that the rule logic can be tested against a fake without root or a
+// network namespace, as kube-proxy tests its rules against a fake of its
+// iptables Interface.
+type tables interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	Exists(table, chain string, rulespec ...string) (bool, error)
+	Append(table, chain string, rulespec ...string) error
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	List(table, chain string) ([]string, error)
+	ClearAndDeleteChain(table, chain string) error
+}
+
+// openTables returns the tables of one address family, running the binary
+// at path ("" looks it up in PATH).
+type openTables func(proto goipt.Protocol, path string) (tables, error)
+
 // New checks cfg, finds the iptables binaries and registers the metrics on
-// reg (nil: not registered). It changes no rules.
+// reg. It changes no rules. reg may be nil (metrics not registered); log may
+// be nil (discarded).
 func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Rules, error) {
+	return newRules(cfg, reg, log, execTables)
+}
+
+// newRules is New with the iptables binaries replaceable.
+func newRules(cfg Config, reg prometheus.Registerer, log *slog.Logger, open openTables) (*Rules, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -113,7 +139,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Rules, error
 		r.flush = ExecConntrackFlush
 	}
 
-	v4, err := newTables(goipt.ProtocolIPv4, cfg.IPTablesPath)
+	v4, err := open(goipt.ProtocolIPv4, cfg.IPTablesPath)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +150,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Rules, error
 		rules:    buildRules(netip.MustParseAddr(MetadataIPv4), ifaces, host, cfg.Port),
 	})
 	if host6.IsValid() {
-		v6, err := newTables(goipt.ProtocolIPv6, cfg.IP6TablesPath)
+		v6, err := open(goipt.ProtocolIPv6, cfg.IP6TablesPath)
 		if err != nil {
 			return nil, err
 		}
@@ -142,7 +168,9 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Rules, error
 	return r, nil
 }
 
-func newTables(proto goipt.Protocol, path string) (*goipt.IPTables, error) {
+// execTables is the openTables of a running agent: go-iptables, which runs
+// the binaries.
+func execTables(proto goipt.Protocol, path string) (tables, error) {
 	var (
 		ipt *goipt.IPTables
 		err error
@@ -357,13 +385,13 @@ func (r *Rules) recheck(ctx context.Context) {
 	if errors.Is(cerr, ErrMissing) {
 		r.log.Warn("metadata interception rule missing; restoring", "error", cerr)
 	} else {
-		r.metrics.errors.WithLabelValues("check").Inc()
+		r.metrics.failed(opCheck)
 		r.log.Warn("checking metadata interception rule failed; reinstalling", "error", cerr)
 	}
 	restored, err := r.install(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			r.metrics.errors.WithLabelValues("install").Inc()
+			r.metrics.failed(opInstall)
 			r.log.Error("restoring metadata interception rule failed", "error", err)
 		}
 		return
@@ -418,7 +446,9 @@ func (r *Rules) removeFamily(f *family) error {
 	return nil
 }
 
+// isNotExist reports whether err says that the rule or chain is absent.
+// go-iptables' *Error answers it; so does the fake the tests use.
 func isNotExist(err error) bool {
-	var e *goipt.Error
+	var e interface{ IsNotExist() bool }
 	return errors.As(err, &e) && e.IsNotExist()
 }

@@ -6,6 +6,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// op is the value of the errors metric's op label: what failed.
+type op string
+
+const (
+	opCheck   op = "check"
+	opInstall op = "install"
+)
+
 type metrics struct {
 	restores prometheus.Counter
 	errors   *prometheus.CounterVec
@@ -22,8 +30,8 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 			Help: "Failed periodic checks and reinstalls of the metadata interception rule, by operation.",
 		}, []string{"op"}),
 	}
-	for _, op := range []string{"check", "install"} {
-		m.errors.WithLabelValues(op)
+	for _, o := range []op{opCheck, opInstall} {
+		m.errors.WithLabelValues(string(o))
 	}
 	if reg == nil {
 		return m, nil
@@ -34,4 +42,9 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// failed counts one failed periodic check or reinstall.
+func (m metrics) failed(o op) {
+	m.errors.WithLabelValues(string(o)).Inc()
 }

@@ -1,3 +1,5 @@
+//go:build privileged
+
 package iptables
 
 import (
@@ -11,10 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +24,9 @@ import (
 // These tests run real iptables and ip6tables, always inside a fresh network
 // namespace through wrapper scripts, so the host's own tables are never read
 // or changed. They need root; without it they fail rather than skip, since a
-// skipped test here would hide that the rule was never exercised.
+// skipped test here would hide that the rule was never exercised. They are
+// built only with the privileged tag, which make test sets; rules_test.go
+// covers the same logic against a fake as any user (make unit).
 
 const (
 	helperEnv     = "PODIAM_IPT_HELPER"
@@ -135,8 +137,6 @@ func (ns *testNS) run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-var idRE = regexp.MustCompile(`podiam:[0-9a-f]{12}`)
-
 // rules returns the `-A chain` lines of the nat table with rule ids
 // replaced by ID, so tests can compare whole lines.
 func (ns *testNS) rules(t *testing.T, tool, chain string) []string {
@@ -153,24 +153,6 @@ func (ns *testNS) rules(t *testing.T, tool, chain string) []string {
 func (ns *testNS) natDump(t *testing.T, tool string) string {
 	t.Helper()
 	return ns.run(t, tool, "-t", "nat", "-S")
-}
-
-type flushRecorder struct {
-	mu    sync.Mutex
-	addrs []string
-}
-
-func (f *flushRecorder) flush(_ context.Context, addr string) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.addrs = append(f.addrs, addr)
-	return nil
-}
-
-func (f *flushRecorder) calls() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.addrs)
 }
 
 // config points every tool at the namespace; ConntrackFlush is recorded,
@@ -193,17 +175,6 @@ func mustNew(t *testing.T, cfg Config, reg prometheus.Registerer) *Rules {
 		t.Fatalf("New: %v", err)
 	}
 	return r
-}
-
-func mustInstall(t *testing.T, r *Rules) {
-	t.Helper()
-	if err := r.Install(context.Background()); err != nil {
-		t.Fatalf("Install: %v", err)
-	}
-}
-
-func dnat(dst, iface, to string) string {
-	return "-A PODIAM -d " + dst + " " + iface + " -p tcp -m tcp --dport 80 -m comment --comment \"podiam:ID\" -j DNAT --to-destination " + to
 }
 
 func TestInstallCreatesChainRulesAndJump(t *testing.T) {
@@ -388,21 +359,6 @@ func TestCheckReportsWhatIsMissing(t *testing.T) {
 	}
 }
 
-func counterValue(t *testing.T, g prometheus.Gatherer, name string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("metric %s not registered", name)
-	return 0
-}
-
 func TestRunRestoresDeletedRules(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -533,48 +489,6 @@ func TestRemoveDeletesJumpAndChain(t *testing.T) {
 	}
 	if err := r.Remove(); err != nil {
 		t.Fatalf("second Remove: %v", err)
-	}
-}
-
-func TestNewRejectsBadConfig(t *testing.T) {
-	valid := func() Config {
-		// Nonexistent binaries: a config that slipped through validation
-		// fails with a lookup error, not ErrInvalidConfig.
-		return Config{HostInterfaces: []string{"cali+"}, Host: "10.0.0.1", Port: 8181,
-			IPTablesPath: "/nonexistent/iptables", IP6TablesPath: "/nonexistent/ip6tables"}
-	}
-	tests := []struct {
-		name   string
-		modify func(*Config)
-		want   string
-	}{
-		{"interface too long", func(c *Config) { c.HostInterfaces = []string{"cali+", "averyveryverylongname0"} }, `host interface "averyveryverylongname0": longer than 15 characters`},
-		{"interface with space", func(c *Config) { c.HostInterfaces = []string{"eth 0"} }, `host interface "eth 0"`},
-		{"empty interface from a trailing comma", func(c *Config) { c.HostInterfaces = strings.Split("cali+,", ",") }, `host interface "": empty interface name`},
-		{"no interfaces", func(c *Config) { c.HostInterfaces = nil }, "no host interfaces"},
-		{"host not an address", func(c *Config) { c.Host = "node1" }, `host "node1" is not an IP address`},
-		{"host empty", func(c *Config) { c.Host = "" }, `host "" is not an IP address`},
-		{"host IPv6", func(c *Config) { c.Host = "fd00::1" }, `host "fd00::1" is IPv6`},
-		{"host loopback", func(c *Config) { c.Host = "127.0.0.1" }, "loopback"},
-		{"host6 IPv4", func(c *Config) { c.Host6 = "10.0.0.1" }, `host6 "10.0.0.1" is not an IPv6 address`},
-		{"port zero", func(c *Config) { c.Port = 0 }, "port 0 is not a TCP port"},
-		{"port too big", func(c *Config) { c.Port = 70000 }, "port 70000"},
-		{"chain builtin", func(c *Config) { c.Chain = "PREROUTING" }, "built-in"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cfg := valid()
-			tt.modify(&cfg)
-			_, err := New(cfg, nil, nil)
-			if !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("New = %v, want ErrInvalidConfig containing %q", err, tt.want)
-			}
-		})
-	}
-
-	_, err := New(valid(), nil, nil)
-	if err == nil || errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "iptables") {
-		t.Fatalf("New with a missing binary = %v, want an iptables lookup error", err)
 	}
 }
 

@@ -226,8 +226,9 @@ func (c *Client) countUnary(ctx context.Context, method string, req, reply any, 
 }
 
 // Fetch asks a server for the pod at ip and its credentials. Errors carry
-// the HTTP status for the pod (httperr), following DESIGN.md's table;
-// ErrPodUnknown is wrapped when a server knows no pod there.
+// the HTTP status for the pod (httperr), as httpStatus maps them and the
+// README's table of answers lists them; ErrPodUnknown is wrapped when a
+// server knows no pod there.
 func (c *Client) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()

@@ -163,7 +163,8 @@ const (
 	kindPrefetch
 )
 
-// New checks cfg and registers the metrics on reg (nil: not registered).
+// New checks cfg and registers the metrics on reg. reg may be nil (metrics
+// not registered); log may be nil (discarded).
 func New(cfg Config, delegate Assumer, reg prometheus.Registerer, log *slog.Logger) (*Cache, error) {
 	if delegate == nil {
 		return nil, fmt.Errorf("%w: delegate is nil", ErrInvalidConfig)
@@ -268,36 +269,53 @@ func backoff(n int, base, maxB time.Duration, r float64) time.Duration {
 // for the others. A caller holding servable credentials waits at most
 // StaleWait, and none waits on a key in backoff.
 func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, error) {
+	a, cl, held := c.fastPath(ctx, key)
+	if cl != nil {
+		a = c.wait(ctx, key, cl, held)
+	}
+	// A caller that gave up waiting got no answer from the cache: it is not
+	// counted.
+	if a.result != "" {
+		c.m.requests.WithLabelValues(string(a.result)).Inc()
+	}
+	return a.creds, a.err
+}
+
+// answer is what Get returns, with the requests metric's label.
+type answer struct {
+	creds  creds.Credentials
+	err    error
+	result result // "": not counted
+}
+
+// fastPath answers from the key's entry when it can: a remembered denial,
+// credentials with more than Refresh left, or a key in backoff (held
+// credentials, else the last error). Otherwise it joins the key's fetch,
+// starting one if none runs, and returns it (cl is then non-nil and a
+// unset) with the credentials that may be served if the fetch is slow or
+// fails (held, nil if none).
+func (c *Cache) fastPath(ctx context.Context, key creds.Key) (a answer, cl *call, held *creds.Credentials) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	now := c.cfg.Now()
-	// held are credentials that may be served if the fetch is slow or fails.
-	var held creds.Credentials
-	holding := false
 	if e, ok := c.lru.Get(key); ok {
 		if e.denied != nil && now.Before(e.deniedUntil) {
-			err := e.denied
-			c.mu.Unlock()
-			c.m.requests.WithLabelValues("denied_cached").Inc()
-			return creds.Credentials{}, fmt.Errorf("credcache: %s (cached): %w", key.RoleARN, err)
+			return answer{err: fmt.Errorf("credcache: %s (cached): %w", key.RoleARN, e.denied), result: resultDeniedCached}, nil, nil
 		}
 		if e.hasCreds && e.creds.Remaining(now) > c.cfg.Refresh {
-			cr := e.creds
-			c.mu.Unlock()
-			c.m.requests.WithLabelValues("hit").Inc()
-			return cr, nil
+			return answer{creds: e.creds, result: resultHit}, nil, nil
 		}
 		if e.hasCreds && e.creds.Remaining(now) > c.cfg.MinServe {
-			held, holding = e.creds, true
+			cr := e.creds
+			held = &cr
 		}
 		if now.Before(e.retryAt) {
-			lastErr, wait := e.lastErr, e.retryAt.Sub(now)
-			c.mu.Unlock()
-			if holding {
-				c.m.requests.WithLabelValues("stale").Inc()
-				return held, nil
+			if held != nil {
+				return answer{creds: *held, result: resultStale}, nil, nil
 			}
-			c.m.requests.WithLabelValues("backoff").Inc()
-			return creds.Credentials{}, fmt.Errorf("credcache: %s: retrying in %s: %w", key.RoleARN, wait.Round(time.Millisecond), lastErr)
+			wait := e.retryAt.Sub(now)
+			return answer{err: fmt.Errorf("credcache: %s: retrying in %s: %w", key.RoleARN, wait.Round(time.Millisecond), e.lastErr),
+				result: resultBackoff}, nil, nil
 		}
 	}
 	cl, ok := c.inflight[key]
@@ -305,10 +323,14 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 		cl = c.startLocked(ctx, key, kindGet)
 	}
 	cl.waiters++
-	c.mu.Unlock()
+	return answer{}, cl, held
+}
 
+// wait waits for the fetch cl of key: until it ends, until ctx is done, or,
+// when held credentials can be served, for StaleWait at most.
+func (c *Cache) wait(ctx context.Context, key creds.Key, cl *call, held *creds.Credentials) answer {
 	var staleAfter <-chan time.Time
-	if holding {
+	if held != nil {
 		t := time.NewTimer(c.cfg.StaleWait)
 		defer t.Stop()
 		staleAfter = t.C
@@ -316,27 +338,32 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 	select {
 	case <-cl.done:
 	case <-staleAfter:
-		c.mu.Lock()
-		cl.waiters--
-		c.mu.Unlock()
-		c.m.requests.WithLabelValues("stale").Inc()
-		return held, nil
+		c.leave(cl)
+		return answer{creds: *held, result: resultStale}
 	case <-ctx.Done():
-		c.mu.Lock()
-		cl.waiters--
-		c.mu.Unlock()
-		return creds.Credentials{}, fmt.Errorf("credcache: waiting for %s: %w", key.RoleARN, ctx.Err())
+		c.leave(cl)
+		return answer{err: fmt.Errorf("credcache: waiting for %s: %w", key.RoleARN, ctx.Err())}
 	}
-	if cl.err == nil {
-		c.m.requests.WithLabelValues("miss").Inc()
-		return cl.creds, nil
+	switch {
+	case cl.err == nil:
+		return answer{creds: cl.creds, result: resultMiss}
+	case errors.Is(cl.err, creds.ErrDenied):
+		return answer{err: fmt.Errorf("credcache: %s: %w", key.RoleARN, cl.err), result: resultMiss}
 	}
-	if errors.Is(cl.err, creds.ErrDenied) {
-		c.m.requests.WithLabelValues("miss").Inc()
-		return creds.Credentials{}, fmt.Errorf("credcache: %s: %w", key.RoleARN, cl.err)
-	}
-	// STS failed for a reason a retry may fix: what we still hold is better
-	// than an error as long as the SDK can use it for a while.
+	return c.fallback(key, cl.err)
+}
+
+// leave stops counting a caller that no longer waits for cl.
+func (c *Cache) leave(cl *call) {
+	c.mu.Lock()
+	cl.waiters--
+	c.mu.Unlock()
+}
+
+// fallback answers a caller whose fetch failed for a reason a retry may
+// fix (err): what the cache still holds is better than an error as long as
+// the SDK can use it for a while.
+func (c *Cache) fallback(key creds.Key, err error) answer {
 	c.mu.Lock()
 	e, ok := c.lru.Peek(key)
 	serve := ok && e.hasCreds && e.creds.Remaining(c.cfg.Now()) > c.cfg.MinServe
@@ -346,11 +373,9 @@ func (c *Cache) Get(ctx context.Context, key creds.Key) (creds.Credentials, erro
 	}
 	c.mu.Unlock()
 	if serve {
-		c.m.requests.WithLabelValues("stale").Inc()
-		return stale, nil
+		return answer{creds: stale, result: resultStale}
 	}
-	c.m.requests.WithLabelValues("miss").Inc()
-	return creds.Credentials{}, fmt.Errorf("credcache: %s: %w", key.RoleARN, cl.err)
+	return answer{err: fmt.Errorf("credcache: %s: %w", key.RoleARN, err), result: resultMiss}
 }
 
 // Prefetch starts a background fetch for key if it is absent or due, the
@@ -361,7 +386,7 @@ func (c *Cache) Prefetch(key creds.Key) {
 	defer c.mu.Unlock()
 	if _, ok := c.inflight[key]; ok || !c.dueLocked(key, c.cfg.Now()) ||
 		(c.cfg.Limiter != nil && !c.cfg.Limiter.Allow(ratelimit.Prefetch)) {
-		c.m.prefetches.WithLabelValues("skipped").Inc()
+		c.m.prefetches.WithLabelValues(string(resultSkipped)).Inc()
 		return
 	}
 	c.startLocked(context.Background(), key, kindPrefetch)
@@ -518,15 +543,15 @@ func (c *Cache) failedLocked(key creds.Key, err error) (failures int, retryAt ti
 // account counts a finished fetch and logs a failure; one a retry may fix
 // comes with its backoff: no call for the key goes to STS before retry_at.
 func (c *Cache) account(key creds.Key, kind fetchKind, err error, failures int, retryAt time.Time) {
-	result := "ok"
+	res := resultOK
 	if err != nil {
-		result = "error"
+		res = resultError
 	}
 	switch kind {
 	case kindRefresh:
-		c.m.refreshes.WithLabelValues(result).Inc()
+		c.m.refreshes.WithLabelValues(string(res)).Inc()
 	case kindPrefetch:
-		c.m.prefetches.WithLabelValues(result).Inc()
+		c.m.prefetches.WithLabelValues(string(res)).Inc()
 	}
 	if err == nil {
 		return

@@ -6,6 +6,26 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// result is the value of the result label of the requests, refreshes and
+// prefetches metrics.
+type result string
+
+// Values of the requests metric's result label.
+const (
+	resultHit          result = "hit"           // credentials with more than Refresh left
+	resultMiss         result = "miss"          // the caller waited for a fetch: its credentials, denial or error
+	resultDeniedCached result = "denied_cached" // a remembered denial
+	resultStale        result = "stale"         // held credentials, STS slow or failing
+	resultBackoff      result = "backoff"       // nothing servable and the key in backoff
+)
+
+// Values of the refreshes and prefetches metrics' result label.
+const (
+	resultOK      result = "ok"
+	resultError   result = "error"
+	resultSkipped result = "skipped" // prefetches only
+)
+
 // metrics carry only bounded labels: keys (role ARNs) never become labels.
 type metrics struct {
 	requests     *prometheus.CounterVec
@@ -45,14 +65,14 @@ func newMetrics(reg prometheus.Registerer) (metrics, error) {
 	}
 	// Known label values start at zero so dashboards and alerts see them
 	// before the first event.
-	for _, r := range []string{"hit", "miss", "denied_cached", "stale", "backoff"} {
-		m.requests.WithLabelValues(r)
+	for _, r := range []result{resultHit, resultMiss, resultDeniedCached, resultStale, resultBackoff} {
+		m.requests.WithLabelValues(string(r))
 	}
-	for _, r := range []string{"ok", "error"} {
-		m.refreshes.WithLabelValues(r)
-		m.prefetches.WithLabelValues(r)
+	for _, r := range []result{resultOK, resultError} {
+		m.refreshes.WithLabelValues(string(r))
+		m.prefetches.WithLabelValues(string(r))
 	}
-	m.prefetches.WithLabelValues("skipped")
+	m.prefetches.WithLabelValues(string(resultSkipped))
 	if reg == nil {
 		return m, nil
 	}

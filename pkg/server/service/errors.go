@@ -11,20 +11,31 @@ import (
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
 
-// Bounded metric values for the outcome of a credential request.
+// result is the outcome of a credential request, the requests metric's
+// result label: a bounded set of values.
+type result string
+
+// Outcomes of a request that was answered with credentials, or that failed
+// without a decision (the caller went away, or an internal error).
 const (
-	resultBadRequest        = "bad_request"
-	resultNotSynced         = "not_synced"
-	resultPodIndexStale     = "pod_index_stale"
-	resultPodUnknown        = "pod_unknown"
-	resultIPConflict        = "ip_conflict"
-	resultWrongNode         = "wrong_node"
-	resultNoRole            = "no_role"
-	resultStaticPod         = "static_pod"
-	resultInvalidAnnotation = "invalid_annotation"
-	resultPolicyDenied      = "policy_denied"
-	resultSTSDenied         = "sts_denied"
-	resultSTSUnavailable    = "sts_unavailable"
+	resultIssued result = "issued"
+	resultError  result = "error"
+)
+
+// Outcomes of a refused request; each has its gRPC code in resultCodes.
+const (
+	resultBadRequest        result = "bad_request"
+	resultNotSynced         result = "not_synced"
+	resultPodIndexStale     result = "pod_index_stale"
+	resultPodUnknown        result = "pod_unknown"
+	resultIPConflict        result = "ip_conflict"
+	resultWrongNode         result = "wrong_node"
+	resultNoRole            result = "no_role"
+	resultStaticPod         result = "static_pod"
+	resultInvalidAnnotation result = "invalid_annotation"
+	resultPolicyDenied      result = "policy_denied"
+	resultSTSDenied         result = "sts_denied"
+	resultSTSUnavailable    result = "sts_unavailable"
 )
 
 // decisionError is a refusal that knows its gRPC code. It is made where the
@@ -32,14 +43,14 @@ const (
 type decisionError struct {
 	code   codes.Code
 	reason pb.Reason
-	result string
+	result result
 	err    error
 }
 
 func (e *decisionError) Error() string { return e.err.Error() }
 func (e *decisionError) Unwrap() error { return e.err }
 
-var resultCodes = map[string]codes.Code{
+var resultCodes = map[result]codes.Code{
 	resultBadRequest:        codes.InvalidArgument,
 	resultNotSynced:         codes.Unavailable,
 	resultPodIndexStale:     codes.Unavailable,
@@ -54,8 +65,8 @@ var resultCodes = map[string]codes.Code{
 	resultSTSUnavailable:    codes.Unavailable,
 }
 
-func deny(result string, reason pb.Reason, err error) error {
-	return &decisionError{code: resultCodes[result], reason: reason, result: result, err: err}
+func deny(r result, reason pb.Reason, err error) error {
+	return &decisionError{code: resultCodes[r], reason: reason, result: r, err: err}
 }
 
 // toStatus converts an error into a gRPC status with an ErrorInfo, so the

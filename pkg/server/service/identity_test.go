@@ -99,10 +99,10 @@ func TestStaticPodRefused(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied || refusal.Reason(err) != pb.Reason_REASON_STATIC_POD {
 		t.Fatalf("got %v (reason %v), want PermissionDenied REASON_STATIC_POD", err, refusal.Reason(err))
 	}
-	if got := testutil.ToFloat64(svc.requests.WithLabelValues(resultStaticPod)); got != 1 {
+	if got := testutil.ToFloat64(svc.requests.WithLabelValues(string(resultStaticPod))); got != 1 {
 		t.Errorf("requests{result=static_pod} = %v, want 1", got)
 	}
-	if got := testutil.ToFloat64(svc.denials.WithLabelValues(resultStaticPod)); got != 1 {
+	if got := testutil.ToFloat64(svc.denials.WithLabelValues(string(resultStaticPod))); got != 1 {
 		t.Errorf("denials{reason=static_pod} = %v, want 1", got)
 	}
 	select {

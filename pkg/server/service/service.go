@@ -153,11 +153,11 @@ func (s *Service) GetPodCredentials(ctx context.Context, req *pb.GetPodCredentia
 	var de *decisionError
 	switch {
 	case err == nil:
-		s.requests.WithLabelValues("issued").Inc()
+		s.requests.WithLabelValues(string(resultIssued)).Inc()
 	case errors.As(err, &de):
-		s.requests.WithLabelValues(de.result).Inc()
+		s.requests.WithLabelValues(string(de.result)).Inc()
 	default:
-		s.requests.WithLabelValues("error").Inc()
+		s.requests.WithLabelValues(string(resultError)).Inc()
 	}
 	if err != nil {
 		return nil, toStatus(err)
@@ -209,7 +209,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		// alone would not contain a compromised node. Kubernetes gives
 		// static pods no ServiceAccount token for the same reason.
 		err := fmt.Errorf("pod %s/%s is a static (mirror) pod; static pods get no role", pod.Namespace, pod.Name)
-		s.denied(log, pod, resultStaticPod, err)
+		s.denied(log, pod, string(resultStaticPod), err)
 		return nil, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
 	case err != nil:
 		s.denied(log, pod, "invalid_annotation", err)

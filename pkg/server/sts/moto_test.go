@@ -1,3 +1,9 @@
+//go:build privileged
+
+// The tests in this file need moto_server (make deps installs it), so they
+// are built only with the privileged tag, which make test sets; make unit
+// runs the package's other tests without it.
+
 package sts_test
 
 import (

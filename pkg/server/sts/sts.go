@@ -42,17 +42,21 @@ const (
 	baseExpiryWindow = 2 * time.Minute
 )
 
-// Operation label values.
+// operation is the value of the metrics' operation label: the STS call.
+type operation string
+
 const (
-	opAssumeRole        = "assume_role"
-	opGetCallerIdentity = "get_caller_identity"
+	opAssumeRole        operation = "assume_role"
+	opGetCallerIdentity operation = "get_caller_identity"
 )
 
-// Result label values.
+// result is the value of the requests metric's result label.
+type result string
+
 const (
-	resultOK          = "ok"
-	resultDenied      = "denied"
-	resultUnavailable = "unavailable"
+	resultOK          result = "ok"
+	resultDenied      result = "denied"
+	resultUnavailable result = "unavailable"
 )
 
 // Config configures an Assumer. The fields mirror the server's flags.
@@ -92,7 +96,8 @@ type Assumer struct {
 }
 
 // New loads the SDK's default configuration and builds the STS client. It
-// does not call STS; CheckBase does.
+// does not call STS; CheckBase does. reg may be nil (metrics not
+// registered); log may be nil (discarded).
 func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Assumer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -146,10 +151,10 @@ func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.L
 			Buckets: []float64{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30},
 		}, []string{"operation"}),
 	}
-	for _, op := range []string{opAssumeRole, opGetCallerIdentity} {
-		a.durations.WithLabelValues(op)
-		for _, res := range []string{resultOK, resultDenied, resultUnavailable} {
-			a.requests.WithLabelValues(op, res)
+	for _, op := range []operation{opAssumeRole, opGetCallerIdentity} {
+		a.durations.WithLabelValues(string(op))
+		for _, res := range []result{resultOK, resultDenied, resultUnavailable} {
+			a.requests.WithLabelValues(string(op), string(res))
 		}
 	}
 	if reg != nil {
@@ -258,17 +263,17 @@ func (a *Assumer) CheckBase(ctx context.Context) error {
 }
 
 // observe classifies err and records the call.
-func (a *Assumer) observe(op string, start time.Time, err error) error {
-	a.durations.WithLabelValues(op).Observe(a.now().Sub(start).Seconds())
+func (a *Assumer) observe(op operation, start time.Time, err error) error {
+	a.durations.WithLabelValues(string(op)).Observe(a.now().Sub(start).Seconds())
 	err = Classify(err)
-	result := resultOK
+	res := resultOK
 	switch {
 	case errors.Is(err, creds.ErrDenied):
-		result = resultDenied
+		res = resultDenied
 	case err != nil:
-		result = resultUnavailable
+		res = resultUnavailable
 	}
-	a.requests.WithLabelValues(op, result).Inc()
+	a.requests.WithLabelValues(string(op), string(res)).Inc()
 	return err
 }
 
