@@ -518,7 +518,7 @@ func (e *env) credsOf(p *podNet) (testenv.CurlResult, credDoc, testenv.CurlResul
 
 func (e *env) waitPodGone(t *testing.T, namespace, name string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "pod "+namespace+"/"+name+" deleted", func() error {
+	testenv.Eventually(t, 30*time.Second, "pod "+namespace+"/"+name+" deleted", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, err := e.kube.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
@@ -560,7 +560,7 @@ func testIPReuse(t *testing.T, e *env) {
 
 	e.createPod(t, nsApps, "new", "app-new", reused)
 	var newDoc credDoc
-	eventually(t, 15*time.Second, "new pod gets app-new", func() error {
+	testenv.Eventually(t, 15*time.Second, "new pod gets app-new", func() error {
 		l, doc, _ := e.credsOf(reused)
 		leaked("after the new pod is in the API", l, doc)
 		if l.Code != http.StatusOK || l.Body != "app-new" || doc.AccessKeyId == "" {
@@ -582,7 +582,7 @@ func testIPReuse(t *testing.T, e *env) {
 	e.kube.DeletePod(t, nsApps, "new", 0)
 	e.waitPodGone(t, nsApps, "new")
 	e.createPod(t, nsApps, "newer", "app-newer", reused)
-	eventually(t, 15*time.Second, "replacement on the same interface gets app-newer", func() error {
+	testenv.Eventually(t, 15*time.Second, "replacement on the same interface gets app-newer", func() error {
 		l, doc, _ := e.credsOf(reused)
 		if l.Code != http.StatusOK || l.Body != "app-newer" || doc.AccessKeyId == "" || doc.AccessKeyId == newDoc.AccessKeyId {
 			return fmt.Errorf("listing %s, access key %s (app-new's was %s)", l, doc.AccessKeyId, newDoc.AccessKeyId)
@@ -689,7 +689,7 @@ func testRuleRestore(t *testing.T, e *env) {
 		if natRules(t) == before {
 			t.Fatalf("deleting %q changed nothing", rule)
 		}
-		eventually(t, 35*time.Second, "agent restores "+rule, func() error {
+		testenv.Eventually(t, 35*time.Second, "agent restores "+rule, func() error {
 			if now := natRules(t); now != before {
 				return fmt.Errorf("nat table:\n%s", now)
 			}
@@ -697,7 +697,7 @@ func testRuleRestore(t *testing.T, e *env) {
 		})
 		// The agent counts a restore once its install returns, which also
 		// flushes conntrack after the rule is visible.
-		eventually(t, 10*time.Second, "restore of "+rule+" counted", func() error {
+		testenv.Eventually(t, 10*time.Second, "restore of "+rule+" counted", func() error {
 			if got := e.agentMetric(t, "podiam_agent_iptables_restores_total"); got <= restores {
 				return fmt.Errorf("podiam_agent_iptables_restores_total %v, was %v", got, restores)
 			}
