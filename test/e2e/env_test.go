@@ -39,6 +39,8 @@ type env struct {
 	gosdk  string
 
 	canary *canary
+	// canary6 stands at the IPv6 metadata address, [fd00:ec2::254]:80.
+	canary6 *canary
 	kube   *testenv.Kube
 	moto   *testenv.Moto
 	pki    *testenv.PKI
@@ -93,6 +95,7 @@ func newEnv(t testing.TB) *env {
 	e.spareNS = topo.PodNS[4]
 
 	e.canary = startCanary(t, hostPort(testenv.MetadataIP, 80))
+	e.canary6 = startCanary(t, hostPort(metadataIPv6, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)

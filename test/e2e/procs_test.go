@@ -74,6 +74,7 @@ func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
+		"--agent-identity=podiam-agent",
 	}, extra...), e.moto.Env())
 	testenv.Ready(t, 90*time.Second, "podiam health", func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, e.podiam, "health",
