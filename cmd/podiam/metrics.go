@@ -14,6 +14,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// newRegistry is the registry every metric of a command goes to, with the
+// Go runtime's and the process's own collectors.
+func newRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	registerProcessMetrics(reg)
+	return reg
+}
+
 func registerProcessMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }
