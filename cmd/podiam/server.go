@@ -28,6 +28,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/credcache"
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
+	"github.com/podiam/podiam/pkg/server/prefetch"
 	"github.com/podiam/podiam/pkg/server/ratelimit"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/service"
@@ -259,9 +260,16 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	var prefetch *service.PrefetchController
+	var pf *prefetch.Controller
 	if cfg.Prefetch {
-		prefetch, err = service.NewPrefetchController(cfg.Session, podInformer, namespaces, resolver, checker, credentials, log.With("component", "prefetch"))
+		pf, err = prefetch.New(prefetch.Config{DefaultSession: cfg.Session}, prefetch.Deps{
+			Pods:       podInformer,
+			Namespaces: factory.Core().V1().Namespaces(),
+			Keys:       resolver,
+			Policy:     checker,
+			Cache:      credentials,
+			Log:        log.With("component", "prefetch"),
+		})
 		if err != nil {
 			return err
 		}
@@ -319,8 +327,8 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	go func() { _ = credentials.Run(ctx) }()
-	if prefetch != nil {
-		go func() { _ = prefetch.Run(ctx, 2) }()
+	if pf != nil {
+		go func() { _ = pf.Run(ctx) }()
 	}
 	go readiness(ctx, grpcServer, stsClient, []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}, log)
 
