@@ -147,7 +147,7 @@ func TestServerConfigValidate(t *testing.T) {
 		})
 	}
 	c := validServer()
-	c.customSTSEndpoint = true
+	c.CustomSTSEndpoint = true
 	c.SessionDuration, c.SessionRefresh = 20*time.Second, 10*time.Second
 	if err := c.Validate(); err != nil {
 		t.Fatalf("short sessions against a local STS: %v", err)
