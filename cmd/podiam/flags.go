@@ -7,12 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
 
+	"github.com/podiam/podiam/pkg/agent"
 	"github.com/podiam/podiam/pkg/tlsconfig"
 )
 
@@ -119,19 +118,9 @@ func (t *tlsFlags) validate() error {
 	return nil
 }
 
-// client builds the mutual TLS configuration for dialing serverAddress. Go
-// sends no SNI for an IP address, so for one the certificate's IP SAN is
-// verified explicitly; for a name, gRPC's authority is used.
+// client builds the mutual TLS configuration for dialing serverAddress.
 func (t *tlsFlags) client(serverAddress string, log *slog.Logger) (*tls.Config, error) {
-	host, _, _ := net.SplitHostPort(serverAddress)
-	name := ""
-	if _, err := netip.ParseAddr(host); err == nil {
-		name = host
-	}
-	cfg, err := tlsconfig.Client(tlsconfig.Config{
-		Files:      tlsconfig.Files{Cert: t.Cert, Key: t.Key, CA: t.CA},
-		ServerName: name,
-	}, log)
+	cfg, err := agent.ClientTLS(tlsconfig.Files{Cert: t.Cert, Key: t.Key, CA: t.CA}, serverAddress, log)
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}

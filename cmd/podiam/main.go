@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/podiam/podiam/pkg/server"
 )
 
 const usage = `usage: podiam <command> [flags]
@@ -44,7 +46,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	var err error
 	switch cmd {
 	case "server":
-		cfg := serverConfig{customSTSEndpoint: getenvSTSCustom()}
+		cfg := serverConfig{Config: server.Config{CustomSTSEndpoint: getenvSTSCustom()}}
 		cfg.register(fs)
 		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
 			err = runServer(ctx, cfg, cfg.Log.logger(stderr))

@@ -199,6 +199,11 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 	}
 }
 
+// RelevantChange reports whether an update can change which credentials
+// the pod should get. The prefetch controller asks the same question, and
+// the two must never disagree.
+func RelevantChange(old, cur *podindex.Pod) bool { return relevantChange(old, cur) }
+
 // relevantChange reports whether an update can change which credentials
 // the pod should get.
 func relevantChange(old, cur *podindex.Pod) bool {

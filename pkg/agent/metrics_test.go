@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/podiam/podiam/pkg/metricsserver"
 )
 
 // Two agents overlap during a rolling update with the same command line:
@@ -30,7 +32,7 @@ func TestAgentMetricsPortShared(t *testing.T) {
 	for _, name := range []string{"old", "new"} {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agent_" + name, Help: "which agent answered"}, func() float64 { return 1 }))
-		go func() { errc <- serveMetricsOn(ctx, listenReusePort, addr, reg, nil, slog.New(slog.DiscardHandler)) }()
+		go func() { errc <- metricsserver.Serve(ctx, listenReusePort, addr, reg, slog.New(slog.DiscardHandler)) }()
 	}
 	running := 2
 	defer func() {

@@ -1,0 +1,96 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/service"
+)
+
+// trackedPodInformer builds the pod informer as the factory would, on a
+// ListerWatcher the tracker observes, so the index knows when its watch is
+// down, and that lists in pages, so a list never holds every full pod.
+func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		pods := c.CoreV1().Pods(metav1.NamespaceAll)
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return pods.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return pods.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(t.Wrap(podindex.ListInPages(lw, 0)), &corev1.Pod{}, cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: "pods",
+		})
+	}
+}
+
+// registerInformerMetrics exposes how many pods and namespaces the server
+// knows, read from the informer stores at scrape time.
+func registerInformerMetrics(reg prometheus.Registerer, pods, namespaces cache.SharedIndexInformer) error {
+	count := func(inf cache.SharedIndexInformer) func() float64 {
+		return func() float64 { return float64(len(inf.GetStore().ListKeys())) }
+	}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podiam_server_pods", Help: "Pods in the server's cache."}, count(pods)),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "podiam_server_namespaces", Help: "Namespaces in the server's cache."}, count(namespaces)),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register informer metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+// indexCredKey indexes live pods by the session key they would use, so the
+// credential cache can ask "does any live pod still use this role?".
+const indexCredKey = "podiam-credkey"
+
+// credKeyIndexFunc indexes live pods with a valid role under their key.
+// Pods still pending without an address count: they are about to ask.
+func credKeyIndexFunc(keys service.KeyResolver, defaultSession string) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		pod := asPod(obj)
+		if pod == nil || !podindex.Live(pod) {
+			return nil, nil
+		}
+		key, err := keys.Key(pod.GetAnnotations(), defaultSession)
+		if err != nil {
+			return nil, nil
+		}
+		return []string{key.String()}, nil
+	}
+}
+
+// inUse reports whether any live pod in the indexer uses key: the
+// credential cache refreshes and keeps only keys in use.
+func inUse(pods cache.Indexer) func(creds.Key) bool {
+	return func(key creds.Key) bool {
+		objs, err := pods.ByIndex(indexCredKey, key.String())
+		return err == nil && len(objs) > 0
+	}
+}
+
+// asPod returns the *podindex.Pod an informer gave, or nil.
+func asPod(obj any) *podindex.Pod {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, _ := obj.(*podindex.Pod)
+	return pod
+}

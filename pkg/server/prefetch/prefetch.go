@@ -1,0 +1,206 @@
+// Package prefetch warms the server's credential cache: when a pod with a
+// role appears or gets its address, the controller asks the cache to fetch
+// that role's credentials, so that the pod's first request costs no STS
+// round trip. It applies the namespace policy first, exactly as a request
+// would, because otherwise creating pods would be a way to make the server
+// assume any role.
+//
+// It follows kubernetes/sample-controller: informer handlers only enqueue
+// pod keys, Run waits for the informers to sync and then works the queue.
+package prefetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+
+	coreinformers "k8s.io/client-go/informers/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/service"
+)
+
+// Prefetcher is what the controller needs of the credential cache: a
+// fetch started in the background that never waits.
+type Prefetcher interface {
+	Prefetch(key creds.Key)
+}
+
+// DefaultWorkers is Config.Workers' default.
+const DefaultWorkers = 2
+
+// Config tunes the controller.
+type Config struct {
+	// DefaultSession is the server's --session, for pods without an
+	// iam.amazonaws.com/session-name annotation: a prefetch must warm the
+	// very key a request will ask for.
+	DefaultSession string
+	// Workers is how many pods are handled at once; 0 means
+	// DefaultWorkers. A prefetch only starts a fetch, so few suffice.
+	Workers int
+}
+
+// Deps are the informers and the request path's steps the controller uses.
+type Deps struct {
+	// Pods is the server's pod informer, holding *podindex.Pod, not yet
+	// started.
+	Pods cache.SharedIndexInformer
+	// Namespaces is the server's namespace informer.
+	Namespaces coreinformers.NamespaceInformer
+	Keys       service.KeyResolver
+	Policy     service.PolicyChecker
+	Cache      Prefetcher
+	Log        *slog.Logger
+}
+
+// Controller is the prefetch controller.
+type Controller struct {
+	pods       cache.Indexer
+	namespaces corelisters.NamespaceLister
+	synced     []cache.InformerSynced
+	keys       service.KeyResolver
+	policy     service.PolicyChecker
+	cache      Prefetcher
+	session    string
+	workers    int
+	queue      workqueue.TypedRateLimitingInterface[string]
+	log        *slog.Logger
+}
+
+// New registers the controller's handler on the pod informer, which must
+// not have been started yet.
+func New(cfg Config, deps Deps) (*Controller, error) {
+	if deps.Pods == nil || deps.Namespaces == nil || deps.Keys == nil || deps.Policy == nil || deps.Cache == nil || deps.Log == nil {
+		return nil, errors.New("prefetch: every dependency is required")
+	}
+	if cfg.Workers < 0 {
+		return nil, fmt.Errorf("prefetch: %d workers", cfg.Workers)
+	}
+	if cfg.Workers == 0 {
+		cfg.Workers = DefaultWorkers
+	}
+	c := &Controller{
+		pods:       deps.Pods.GetIndexer(),
+		namespaces: deps.Namespaces.Lister(),
+		synced:     []cache.InformerSynced{deps.Pods.HasSynced, deps.Namespaces.Informer().HasSynced},
+		keys:       deps.Keys,
+		policy:     deps.Policy,
+		cache:      deps.Cache,
+		session:    cfg.DefaultSession,
+		workers:    cfg.Workers,
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "podiam_prefetch"}),
+		log: deps.Log,
+	}
+	if _, err := deps.Pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { c.enqueue(nil, asPod(obj)) },
+		UpdateFunc: func(old, obj any) { c.enqueue(asPod(old), asPod(obj)) },
+	}); err != nil {
+		return nil, fmt.Errorf("add prefetch handler: %w", err)
+	}
+	return c, nil
+}
+
+// enqueue reacts only to a pod gaining an address or changing its role
+// annotations; status churn (readiness, conditions) costs nothing.
+func (c *Controller) enqueue(old, cur *podindex.Pod) {
+	// Static pods never get a role (the service refuses them), so their
+	// roles are never fetched ahead either.
+	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil || cur.Mirror {
+		return
+	}
+	if r, _ := cur.Annotation(role.AnnotationRole); r == "" {
+		return
+	}
+	ips := cur.IPs
+	if len(ips) == 0 {
+		return
+	}
+	if old != nil && slices.Equal(old.IPs, ips) && !service.RelevantChange(old, cur) {
+		return
+	}
+	key, err := cache.MetaNamespaceKeyFunc(cur)
+	if err != nil {
+		return
+	}
+	c.queue.Add(key)
+}
+
+// Run waits for the pod and namespace informers to sync, then handles
+// queued pods until ctx is done, and returns nil once its workers have
+// stopped. Until the namespaces have synced every pod would look denied
+// (its namespace unknown) and be dropped, so nothing is handled before.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
+		return nil // ctx ended first
+	}
+	var wg sync.WaitGroup
+	for range c.workers {
+		wg.Go(func() {
+			for c.processNext() {
+			}
+		})
+	}
+	<-ctx.Done()
+	c.queue.ShutDown()
+	wg.Wait()
+	return nil
+}
+
+func (c *Controller) processNext() bool {
+	key, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(key)
+	c.prefetch(key)
+	c.queue.Forget(key)
+	return true
+}
+
+// prefetch applies the same policy as a request: the server must never call
+// STS for a role the pod's namespace does not permit, or creating pods would
+// be a way to make it assume arbitrary roles.
+func (c *Controller) prefetch(podKey string) {
+	obj, exists, err := c.pods.GetByKey(podKey)
+	if err != nil || !exists {
+		return
+	}
+	pod := asPod(obj)
+	if pod == nil || !podindex.Live(pod) || pod.Mirror {
+		return
+	}
+	key, err := c.keys.Key(pod.GetAnnotations(), c.session)
+	if err != nil {
+		return
+	}
+	ns, err := c.namespaces.Get(pod.Namespace)
+	if err != nil {
+		return
+	}
+	expr, present := ns.Annotations[role.AnnotationPermitted]
+	if c.policy.Check(expr, present, key.RoleARN) != nil {
+		return
+	}
+	c.log.Debug("prefetching credentials", "namespace", pod.Namespace, "pod", pod.Name, "role_arn", key.RoleARN)
+	c.cache.Prefetch(key)
+}
+
+// asPod returns the *podindex.Pod an informer handler was given, or nil.
+func asPod(obj any) *podindex.Pod {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, _ := obj.(*podindex.Pod)
+	return pod
+}

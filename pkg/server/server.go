@@ -1,0 +1,391 @@
+// Package server is `podiam server`, the control plane agents ask for
+// credentials over mutual TLS. A request goes pod identity (podindex), role
+// (role), namespace policy (policy), credential cache (credcache) and STS
+// (sts); service answers it over gRPC and streams each node's pods to its
+// agent; prefetch warms the cache before pods ask.
+//
+// New wires those parts from a Config and the clients the command builds
+// (Kubernetes clientset and informer factory, STS, TLS, metrics registry,
+// logger), in the style of kubernetes/sample-controller: the command
+// creates the informers, New registers what it needs on them, the command
+// starts them, and Run waits for them to sync. Run runs every part under
+// one supervisor, so that a part that fails or stops ends the server
+// instead of leaving it half alive.
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/podiam/podiam/pkg/metricsserver"
+	"github.com/podiam/podiam/pkg/server/credcache"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
+	"github.com/podiam/podiam/pkg/server/prefetch"
+	"github.com/podiam/podiam/pkg/server/ratelimit"
+	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/service"
+	"github.com/podiam/podiam/pkg/supervise"
+)
+
+// Config is what `podiam server` is told on its command line, less what
+// only builds its clients (kubeconfig, resync period, region). Its fields
+// are the flags of the same names, and Validate's messages name the flags,
+// because a person reading them wrote flags, not fields.
+type Config struct {
+	// Bind is --bind, the gRPC listen address.
+	Bind string
+
+	// AssumeRoleARN is --assume-role-arn, the base role the STS client
+	// chains from. The command gives it to the STS client; it is here to
+	// be validated and logged.
+	AssumeRoleARN string
+	// RoleBaseARN (--role-base-arn) prefixes role names in annotations;
+	// RoleBaseARNAutodetect (--role-base-arn-autodetect) asks STS instead.
+	RoleBaseARN           string
+	RoleBaseARNAutodetect bool
+	// Session is --session, the session name suffix for pods without an
+	// iam.amazonaws.com/session-name annotation.
+	Session string
+	// SessionDuration (--session-duration) is the lifetime of target role
+	// sessions, which the STS client requests; SessionRefresh
+	// (--session-refresh) is how much of it may be left before the cache
+	// renews them.
+	SessionDuration time.Duration
+	SessionRefresh  time.Duration
+	// CustomSTSEndpoint comes from the environment, not a flag: sessions
+	// shorter than STS's 900 s minimum are allowed only against a local
+	// STS.
+	CustomSTSEndpoint bool
+
+	// DisableStrictNamespaceRegexp is --disable-strict-namespace-regexp.
+	DisableStrictNamespaceRegexp bool
+	// DisableNodeBinding is --disable-node-binding.
+	DisableNodeBinding bool
+	// PodWait is --pod-wait: how long a request for an unknown address
+	// waits for its pod.
+	PodWait time.Duration
+
+	// STSRate and STSBurst (--sts-rate, --sts-burst) meter STS calls.
+	STSRate  float64
+	STSBurst int
+	// CacheMaxEntries is --cache-max-entries.
+	CacheMaxEntries int
+	// Prefetch is --prefetch.
+	Prefetch bool
+
+	// PrometheusListenAddr (--prometheus-listen-addr) serves metrics;
+	// empty disables them.
+	PrometheusListenAddr string
+
+	// The gRPC server's --grpc-* flags, and --drain-time.
+	GRPCKeepaliveTime         time.Duration
+	GRPCKeepaliveTimeout      time.Duration
+	GRPCMaxConnectionIdle     time.Duration
+	GRPCMaxConnectionAge      time.Duration
+	GRPCMaxConnectionAgeGrace time.Duration
+	DrainTime                 time.Duration
+	// AgentIdentities (--agent-identity, repeatable): when set, only client
+	// certificates naming one of them (common name, DNS or URI SAN) may
+	// call the Credentials service.
+	AgentIdentities []string
+}
+
+// Validate refuses configurations that cannot work, with the reason.
+func (c Config) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Bind); err != nil {
+		errs = append(errs, fmt.Errorf("--bind: %w", err))
+	}
+	if c.RoleBaseARN != "" && c.RoleBaseARNAutodetect {
+		errs = append(errs, errors.New("--role-base-arn and --role-base-arn-autodetect are exclusive"))
+	}
+	if c.RoleBaseARN != "" {
+		if _, err := role.NewResolver(c.RoleBaseARN); err != nil {
+			errs = append(errs, fmt.Errorf("--role-base-arn: %w", err))
+		}
+	}
+	if c.AssumeRoleARN != "" {
+		if _, err := (&role.Resolver{}).Resolve(c.AssumeRoleARN); err != nil || !strings.HasPrefix(c.AssumeRoleARN, "arn:") {
+			errs = append(errs, fmt.Errorf("--assume-role-arn must be a full role ARN: %q", c.AssumeRoleARN))
+		}
+	}
+	if c.Session == "" {
+		errs = append(errs, errors.New("--session must not be empty"))
+	}
+	minSession := 15 * time.Minute
+	if c.CustomSTSEndpoint {
+		minSession = 10 * time.Second
+	}
+	switch {
+	case c.SessionDuration < minSession:
+		errs = append(errs, fmt.Errorf("--session-duration %s is below STS's minimum of %s", c.SessionDuration, minSession))
+	case c.SessionDuration > 12*time.Hour:
+		errs = append(errs, fmt.Errorf("--session-duration %s is above STS's maximum of 12h", c.SessionDuration))
+	}
+	if c.SessionRefresh <= 0 || c.SessionRefresh >= c.SessionDuration {
+		errs = append(errs, fmt.Errorf("--session-refresh %s must be positive and shorter than --session-duration %s", c.SessionRefresh, c.SessionDuration))
+	}
+	if c.PodWait <= 0 || c.PodWait > 30*time.Second {
+		errs = append(errs, fmt.Errorf("--pod-wait %s must be between 0 and 30s", c.PodWait))
+	}
+	if c.STSRate <= 0 || c.STSBurst < 1 {
+		errs = append(errs, errors.New("--sts-rate must be positive and --sts-burst at least 1"))
+	}
+	if c.CacheMaxEntries < 1 {
+		errs = append(errs, errors.New("--cache-max-entries must be at least 1"))
+	}
+	for name, d := range map[string]time.Duration{
+		"--grpc-keepalive-time-duration": c.GRPCKeepaliveTime, "--grpc-keepalive-timeout-duration": c.GRPCKeepaliveTimeout,
+		"--grpc-max-connection-idle-duration": c.GRPCMaxConnectionIdle, "--grpc-max-connection-age-duration": c.GRPCMaxConnectionAge,
+		"--grpc-max-connection-age-grace-duration": c.GRPCMaxConnectionAgeGrace, "--drain-time": c.DrainTime,
+	} {
+		if d < 0 {
+			errs = append(errs, fmt.Errorf("%s must not be negative", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// STS is what the server needs of its STS client (*sts.Assumer): target
+// roles for the credential cache, the caller's identity for
+// --role-base-arn-autodetect, and a check of the base credentials for
+// readiness.
+type STS interface {
+	credcache.Assumer
+	CallerARN(ctx context.Context) (string, error)
+	CheckBase(ctx context.Context) error
+}
+
+// Deps are the clients the command builds for the server.
+type Deps struct {
+	// Kubernetes is the clientset Events are written with.
+	Kubernetes kubernetes.Interface
+	// Informers is the factory the pod and namespace informers are taken
+	// from. New registers them; the caller starts the factory after New
+	// and shuts it down after Run.
+	Informers informers.SharedInformerFactory
+	// LivePods reads pods from the API server while the pod watch is
+	// down (podindex.APIPods), on a client of its own so that those reads
+	// neither wait behind nor starve the informers' client-side limit.
+	LivePods podindex.LivePods
+	// STS assumes the target roles.
+	STS STS
+	// TLS is the mutual TLS server configuration (pkg/tlsconfig.Server).
+	TLS *tls.Config
+	// Registry receives every metric of the server and is what its
+	// metrics endpoint serves.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+}
+
+// minServe is how long credentials must still be valid to be handed out
+// while STS is failing.
+const minServe = 5 * time.Minute
+
+// stopTimeout bounds the gRPC server's graceful stop after draining.
+const stopTimeout = 10 * time.Second
+
+// Server is a wired server; Run runs it.
+type Server struct {
+	cfg         Config
+	log         *slog.Logger
+	reg         *prometheus.Registry
+	kube        kubernetes.Interface
+	sts         STS
+	baseARN     string
+	grpc        *service.GRPCServer
+	credentials *credcache.Cache
+	prefetch    *prefetch.Controller // nil with --no-prefetch
+	broadcaster record.EventBroadcaster
+	synced      []cache.InformerSynced
+	ready       readinessTiming
+}
+
+// New checks cfg and builds the server: it finds the role base ARN (asking
+// STS, and waiting for it, with --role-base-arn-autodetect), registers the
+// pod and namespace informers on deps.Informers with their indexes and
+// handlers, and builds the credential cache, the prefetch controller, the
+// gRPC service and server. It starts nothing; Run does. Run must be called
+// once, as it releases what New built.
+func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("server configuration: %w", err)
+	}
+	if deps.Kubernetes == nil || deps.Informers == nil || deps.LivePods == nil || deps.STS == nil ||
+		deps.TLS == nil || deps.Registry == nil || deps.Log == nil {
+		return nil, errors.New("server: every dependency is required")
+	}
+	log, reg := deps.Log, deps.Registry
+	s := &Server{cfg: cfg, log: log, reg: reg, kube: deps.Kubernetes, sts: deps.STS, ready: readinessTiming{serving: readyServingPeriod, failing: readyFailingPeriod, timeout: readyCheckTimeout}}
+
+	s.baseARN = cfg.RoleBaseARN
+	if cfg.RoleBaseARNAutodetect {
+		var err error
+		if s.baseARN, err = detectBaseARN(ctx, deps.STS, log); err != nil {
+			return nil, err
+		}
+	}
+	resolver, err := role.NewResolver(s.baseARN)
+	if err != nil {
+		return nil, fmt.Errorf("role base ARN: %w", err)
+	}
+
+	podWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{}, reg, log.With("component", "podwatch"))
+	if err != nil {
+		return nil, err
+	}
+	podInformer := deps.Informers.InformerFor(&corev1.Pod{}, trackedPodInformer(podWatch))
+	namespaces := deps.Informers.Core().V1().Namespaces()
+	nsInformer := namespaces.Informer()
+	// Namespaces are slimmed as pods are (podindex.New sets the pod
+	// informer's), whatever transform the factory was built with.
+	if err := nsInformer.SetTransform(podindex.Transform); err != nil {
+		return nil, fmt.Errorf("set namespace transform: %w", err)
+	}
+	s.synced = []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}
+	if err := registerInformerMetrics(reg, podInformer, nsInformer); err != nil {
+		return nil, err
+	}
+
+	checker, err := policy.New(policy.Config{DisableStrictRegexp: cfg.DisableStrictNamespaceRegexp})
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	pods, err := podindex.New(podInformer, podindex.Config{
+		ExtraIndexers: cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, cfg.Session)},
+		Current:       podWatch.Current,
+		Live:          deps.LivePods,
+	}, reg, log.With("component", "podindex"))
+	if err != nil {
+		return nil, err
+	}
+	limiter, err := ratelimit.New(ratelimit.Config{Rate: cfg.STSRate, Burst: cfg.STSBurst})
+	if err != nil {
+		return nil, fmt.Errorf("sts rate limit: %w", err)
+	}
+	s.credentials, err = credcache.New(credcache.Config{
+		Refresh:    cfg.SessionRefresh,
+		MinServe:   min(minServe, cfg.SessionRefresh/2),
+		MaxEntries: cfg.CacheMaxEntries,
+		InUse:      inUse(podInformer.GetIndexer()),
+		Limiter:    limiter,
+	}, deps.STS, reg, log.With("component", "cache"))
+	if err != nil {
+		return nil, fmt.Errorf("credential cache: %w", err)
+	}
+	watcher, err := service.NewNodeWatcher(podInformer, nsInformer, log.With("component", "watch"))
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Prefetch {
+		s.prefetch, err = prefetch.New(prefetch.Config{DefaultSession: cfg.Session}, prefetch.Deps{
+			Pods:       podInformer,
+			Namespaces: namespaces,
+			Keys:       resolver,
+			Policy:     checker,
+			Cache:      s.credentials,
+			Log:        log.With("component", "prefetch"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+
+	s.broadcaster = record.NewBroadcaster(record.WithContext(ctx))
+	ok := false
+	defer func() {
+		if !ok {
+			s.broadcaster.Shutdown()
+		}
+	}()
+	svc, err := service.New(service.Config{
+		DefaultSession: cfg.Session,
+		PodWait:        cfg.PodWait,
+		NodeBinding:    !cfg.DisableNodeBinding,
+	}, service.Deps{
+		Pods:        pods,
+		Namespaces:  namespaces.Lister(),
+		Keys:        resolver,
+		Policy:      checker,
+		Credentials: s.credentials,
+		Events:      s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"}),
+		Watcher:     watcher,
+		Synced:      func() bool { return podInformer.HasSynced() && nsInformer.HasSynced() },
+	}, reg, log.With("component", "server"))
+	if err != nil {
+		return nil, err
+	}
+	s.grpc, err = service.NewGRPCServer(service.GRPCConfig{
+		TLS:                   deps.TLS,
+		KeepaliveTime:         cfg.GRPCKeepaliveTime,
+		KeepaliveTimeout:      cfg.GRPCKeepaliveTimeout,
+		MaxConnectionIdle:     cfg.GRPCMaxConnectionIdle,
+		MaxConnectionAge:      cfg.GRPCMaxConnectionAge,
+		MaxConnectionAgeGrace: cfg.GRPCMaxConnectionAgeGrace,
+		DrainTime:             cfg.DrainTime,
+		StopTimeout:           stopTimeout,
+		AgentIdentities:       cfg.AgentIdentities,
+	}, svc, reg, log.With("component", "grpc"))
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+// Run listens on Bind and runs every part of the server until ctx is done
+// or one of them fails or stops: the gRPC server (which, when ctx ends,
+// reports NOT_SERVING, drains for DrainTime and stops gracefully), the
+// metrics server, the credential cache's refresh loop, the prefetch
+// controller and the readiness loop. It returns the first failure, or nil
+// when ctx ended, once every part has returned. The informers must have
+// been started; Run waits for them to sync before it reports SERVING.
+func (s *Server) Run(ctx context.Context) error {
+	return s.run(ctx, nil)
+}
+
+// run is Run with extra parts, which tests add.
+func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
+	defer s.broadcaster.Shutdown()
+	var lc net.ListenConfig
+	lis, err := lc.Listen(ctx, "tcp", s.cfg.Bind)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", s.cfg.Bind, err)
+	}
+	s.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: s.kube.CoreV1().Events("")})
+
+	parts := []supervise.Part{
+		{Name: "grpc server", Run: func(ctx context.Context) error { return s.grpc.Serve(ctx, lis) }},
+		{Name: "credential cache", Run: s.credentials.Run},
+		{Name: "readiness", Run: func(ctx context.Context) error {
+			return readiness(ctx, s.ready, s.grpc.SetServing, s.sts.CheckBase, s.synced, s.log)
+		}},
+	}
+	if s.cfg.PrometheusListenAddr != "" {
+		parts = append(parts, supervise.Part{Name: "metrics server", Run: func(ctx context.Context) error {
+			return metricsserver.Serve(ctx, metricsserver.ListenTCP, s.cfg.PrometheusListenAddr, s.reg, s.log)
+		}})
+	}
+	if s.prefetch != nil {
+		parts = append(parts, supervise.Part{Name: "prefetch", Run: s.prefetch.Run})
+	}
+	parts = append(parts, extra...)
+	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN)
+	return supervise.Run(ctx, parts...)
+}
