@@ -41,10 +41,10 @@ type env struct {
 	canary *canary
 	// canary6 stands at the IPv6 metadata address, [fd00:ec2::254]:80.
 	canary6 *canary
-	kube   *testenv.Kube
-	moto   *testenv.Moto
-	pki    *testenv.PKI
-	podEnv []string
+	kube    *testenv.Kube
+	moto    *testenv.Moto
+	pki     *testenv.PKI
+	podEnv  []string
 
 	web, intruder, norole, old *podNet
 	spareNS                    string
