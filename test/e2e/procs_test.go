@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -132,7 +133,7 @@ func get(client *http.Client, url string) (int, string, error) {
 	return resp.StatusCode, b.String(), err
 }
 
-func hostPort(host string, port int) string { return host + ":" + strconv.Itoa(port) }
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
 // needBinaries fails the run with install hints for every missing tool.
 func needBinaries(t testing.TB) {

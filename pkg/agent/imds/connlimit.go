@@ -1,6 +1,7 @@
 package imds
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -114,6 +115,16 @@ type limitedConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+}
+
+// CloseWrite passes a half close through: net/http half-closes a
+// connection it gives up on (a header too large) and waits a moment before
+// closing it, so that the client reads the error instead of a reset.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }
 
 func (c *limitedConn) Close() error {

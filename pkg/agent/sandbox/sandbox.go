@@ -56,6 +56,10 @@ func (id ID) Same(other ID) bool {
 	return id.MAC == "" || other.MAC == "" || id.MAC == other.MAC
 }
 
+// dumpAttempts bounds the neighbour dumps Identify tries when the table
+// changes under one.
+const dumpAttempts = 5
+
 // ErrNoRoute means the node has no route to the address through an
 // interface (unreachable, blackhole, or prohibited).
 var ErrNoRoute = errors.New("sandbox: no route through an interface")
@@ -78,7 +82,16 @@ func Identify(ip netip.Addr) (ID, error) {
 	if ip.Is6() {
 		family = unix.AF_INET6
 	}
-	neighs, err := netlink.NeighList(idx, family)
+	// A dump that the kernel's table changed under is cut short; on a
+	// busy node (pods starting and stopping) that happens, and the next
+	// dump is whole.
+	var neighs []netlink.Neigh
+	for attempt := 0; ; attempt++ {
+		neighs, err = netlink.NeighList(idx, family)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || attempt == dumpAttempts-1 {
+			break
+		}
+	}
 	if err != nil {
 		return ID{}, fmt.Errorf("sandbox: neighbours on interface %d: %w", idx, err)
 	}
