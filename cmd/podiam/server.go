@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/informers"
@@ -68,6 +69,13 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.GRPCMaxConnectionAge, "grpc-max-connection-age-duration", 0, "close connections after this long so agents rebalance (0: never)")
 	fs.DurationVar(&c.GRPCMaxConnectionAgeGrace, "grpc-max-connection-age-grace-duration", 0, "grace for calls on a connection closed for age (0: forever)")
 	fs.DurationVar(&c.DrainTime, "drain-time", 5*time.Second, "on SIGTERM, report NOT_SERVING this long before stopping")
+	fs.Func("agent-identity", "accept as agents only client certificates naming this identity (common name, DNS or URI SAN); repeatable; unset: any certificate the CA signed", func(v string) error {
+		if strings.TrimSpace(v) == "" {
+			return errors.New("must not be empty")
+		}
+		c.AgentIdentities = append(c.AgentIdentities, v)
+		return nil
+	})
 }
 
 // Validate refuses configurations that cannot work, with the reason.

@@ -20,8 +20,11 @@ type fetcher struct{ c *serverclient.Client }
 
 func (f fetcher) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	pc, err := f.c.Fetch(ctx, ip)
-	if errors.Is(err, serverclient.ErrPodUnknown) {
+	switch {
+	case errors.Is(err, serverclient.ErrPodUnknown):
 		err = fmt.Errorf("%w: %w", cache.ErrPodUnknownSynced, err)
+	case errors.Is(err, serverclient.ErrIPConflict):
+		err = fmt.Errorf("%w: %w", cache.ErrAddressConflict, err)
 	}
 	return pc, err
 }
@@ -30,6 +33,7 @@ func (f fetcher) Fetch(ctx context.Context, ip string) (creds.PodCredentials, er
 type podCache interface {
 	Retain(present map[string]string)
 	Forget(ip string)
+	PodStreamSynced(synced bool)
 }
 
 // podEventSink applies the server's node pod stream to the agent cache.
@@ -43,17 +47,20 @@ func newPodEventSink(c podCache, log *slog.Logger) *podEventSink {
 	return &podEventSink{cache: c, log: log, present: map[string]string{}}
 }
 
-// handle is called in order for each event of each stream. A nil event
-// marks the start of a new stream, so a snapshot cut short never mixes with
-// the next one.
+// handle is called in order for each event of each stream. An event of
+// TYPE_UNSPECIFIED marks the start or end of a stream, so a snapshot cut
+// short never mixes with the next one, and the cache knows that nothing
+// reports pods leaving until the next snapshot.
 func (s *podEventSink) handle(ev *pb.PodEvent) {
 	switch ev.GetType() {
 	case pb.PodEvent_TYPE_UNSPECIFIED:
 		s.present = map[string]string{}
+		s.cache.PodStreamSynced(false)
 	case pb.PodEvent_TYPE_PRESENT:
 		s.present[ev.GetIp()] = ev.GetUid()
 	case pb.PodEvent_TYPE_SYNCED:
 		s.cache.Retain(s.present)
+		s.cache.PodStreamSynced(true)
 		s.log.Debug("pod list synced from server", "pods", len(s.present))
 		s.present = map[string]string{}
 	case pb.PodEvent_TYPE_CHANGED, pb.PodEvent_TYPE_DELETED:

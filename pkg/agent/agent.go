@@ -34,7 +34,7 @@ import (
 	"github.com/podiam/podiam/pkg/agent/cache"
 	"github.com/podiam/podiam/pkg/agent/imds"
 	"github.com/podiam/podiam/pkg/agent/iptables"
-	"github.com/podiam/podiam/pkg/agent/route"
+	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/agent/serverclient"
 	"github.com/podiam/podiam/pkg/metricsserver"
 	"github.com/podiam/podiam/pkg/supervise"
@@ -48,10 +48,17 @@ type Config struct {
 	// and the DNAT target.
 	Port int
 	// Host is --host: this node's address, the IPv4 DNAT target and the
-	// node whose pods the agent watches.
+	// node whose pods the agent watches. It may be IPv6 (an IPv6-primary
+	// node), or a comma list of one address of each family, as the
+	// downward API's status.hostIPs gives it.
 	Host string
-	// Host6 is --host-ipv6: when set, fd00:ec2::254 is intercepted too.
+	// Host6 is --host-ipv6: this node's IPv6 address, where fd00:ec2::254
+	// is redirected. Without one (from here or Host) that address is
+	// refused, never left open.
 	Host6 string
+	// NoIPv6 says the kernel has IPv6 disabled: no IPv6 rule can or need
+	// be installed.
+	NoIPv6 bool
 	// HostInterface is --host-interface, as iptables -i, comma separated.
 	HostInterface string
 
@@ -82,6 +89,9 @@ type Config struct {
 	// MaxRequestsPerIP (--max-requests-per-ip) caps concurrent requests
 	// from one pod address.
 	MaxRequestsPerIP int
+	// MaxConnectionsPerIP (--max-connections-per-ip) caps the connections
+	// one pod address may hold open; more are closed at once.
+	MaxConnectionsPerIP int
 	// CredentialRefresh and CredentialMinServe (--credential-refresh,
 	// --credential-min-serve) are the cache's refresh and outage windows.
 	CredentialRefresh  time.Duration
@@ -108,27 +118,30 @@ func (c Config) Validate() error {
 	if c.Port < 1 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d is not a TCP port", c.Port))
 	}
-	hostReported := false
+	v4, v6, herr := c.hosts()
+	if herr != nil {
+		errs = append(errs, herr)
+	}
+	noHost := herr == nil && !v4.IsValid() && !v6.IsValid()
 	if c.IPTables {
-		if a, err := netip.ParseAddr(c.Host); err != nil || !a.Is4() {
-			errs = append(errs, fmt.Errorf("--iptables needs --host (or HOST_IP) to be this node's IPv4 address, got %q", c.Host))
-			hostReported = true
+		if noHost {
+			errs = append(errs, fmt.Errorf("--iptables needs --host (or HOST_IP) to be this node's address, got %q", c.Host))
+			noHost = false // reported
+		}
+		if v6.IsValid() && c.NoIPv6 {
+			errs = append(errs, fmt.Errorf("an IPv6 node address %s, but the kernel has IPv6 disabled", v6))
 		}
 		if strings.TrimSpace(c.HostInterface) == "" {
 			errs = append(errs, errors.New("--iptables needs --host-interface"))
 		}
 	}
-	if c.WatchPods && !hostReported {
+	if c.WatchPods && noHost {
 		// Without it the watch would end at once, and with it the
 		// agent's only way to drop a deleted pod's credentials early.
-		if _, err := netip.ParseAddr(c.Host); err != nil {
-			errs = append(errs, fmt.Errorf("watching the node's pods needs --host (or HOST_IP) to be this node's address, got %q", c.Host))
-		}
+		errs = append(errs, fmt.Errorf("watching the node's pods needs --host (or HOST_IP) to be this node's address, got %q", c.Host))
 	}
-	if c.Host6 != "" {
-		if a, err := netip.ParseAddr(c.Host6); err != nil || !a.Is6() || a.Is4In6() {
-			errs = append(errs, fmt.Errorf("--host-ipv6 %q is not an IPv6 address", c.Host6))
-		}
+	if c.MaxConnectionsPerIP < 1 {
+		errs = append(errs, errors.New("--max-connections-per-ip must be at least 1"))
 	}
 	if _, _, err := net.SplitHostPort(c.ServerAddress); err != nil {
 		errs = append(errs, fmt.Errorf("--server-address: %w", err))
@@ -157,6 +170,51 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hosts returns the node's IPv4 and IPv6 addresses from Host (one address
+// or a comma list, as status.hostIPs) and Host6; either may be the zero
+// Addr. Host6 wins over an IPv6 address in Host.
+func (c Config) hosts() (v4, v6 netip.Addr, err error) {
+	for _, s := range strings.Split(c.Host, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		a, perr := netip.ParseAddr(s)
+		if perr != nil || a.Zone() != "" {
+			return v4, v6, fmt.Errorf("--host (or HOST_IP) %q: %q is not an IP address", c.Host, s)
+		}
+		a = a.Unmap()
+		switch {
+		case a.Is4() && !v4.IsValid():
+			v4 = a
+		case a.Is6() && !v6.IsValid():
+			v6 = a
+		default:
+			return v4, v6, fmt.Errorf("--host (or HOST_IP) %q: more than one address of a family", c.Host)
+		}
+	}
+	if c.Host6 != "" {
+		a, perr := netip.ParseAddr(c.Host6)
+		if perr != nil || !a.Is6() || a.Is4In6() {
+			return v4, v6, fmt.Errorf("--host-ipv6 %q is not an IPv6 address", c.Host6)
+		}
+		v6 = a
+	}
+	return v4, v6, nil
+}
+
+// nodeAddr is the address the agent names its node by: IPv4 if it has
+// one, as the server sees agents connect over it by default.
+func nodeAddr(v4, v6 netip.Addr) string {
+	if v4.IsValid() {
+		return v4.String()
+	}
+	if v6.IsValid() {
+		return v6.String()
+	}
+	return ""
 }
 
 // Deps are what the command builds for the agent.
@@ -198,6 +256,8 @@ type Agent struct {
 	cache  *cache.Cache
 	rules  interceptor // nil without --iptables
 	srv    *imds.Server
+	// host is the node address the agent names its node by.
+	host string
 	// listen opens the metadata and metrics listeners; listenReusePort
 	// outside tests.
 	listen metricsserver.ListenFunc
@@ -219,11 +279,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 	}
 	log, reg := deps.Log, deps.Registry
 	a := &Agent{cfg: cfg, reg: reg, log: log, listen: listenReusePort, tcpMigrateReq: tcpMigrateReqPath}
+	v4, v6, _ := cfg.hosts() // checked by Validate
+	a.host = nodeAddr(v4, v6)
 
 	client, err := serverclient.New(serverclient.Config{
 		Address:          cfg.ServerAddress,
 		TLS:              deps.TLS,
-		HostIP:           cfg.Host,
+		HostIP:           a.host,
 		KeepaliveTime:    cfg.GRPCKeepaliveTime,
 		KeepaliveTimeout: cfg.GRPCKeepaliveTimeout,
 		CallTimeout:      cfg.GatewayTimeoutCreation,
@@ -240,19 +302,27 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 	}()
 
 	a.cache, err = cache.New(cache.Config{
-		Refresh:   cfg.CredentialRefresh,
-		MinServe:  cfg.CredentialMinServe,
-		Interface: route.Interface,
+		Refresh:  cfg.CredentialRefresh,
+		MinServe: cfg.CredentialMinServe,
+		Sandbox:  sandbox.Identify,
 	}, fetcher{client}, reg, log.With("component", "cache"))
 	if err != nil {
 		return nil, fmt.Errorf("agent cache: %w", err)
 	}
 
 	if cfg.IPTables {
+		var host4, host6 string
+		if v4.IsValid() {
+			host4 = v4.String()
+		}
+		if v6.IsValid() {
+			host6 = v6.String()
+		}
 		rules, err := iptables.New(iptables.Config{
 			HostInterfaces: strings.Split(cfg.HostInterface, ","),
-			Host:           cfg.Host,
-			Host6:          cfg.Host6,
+			Host:           host4,
+			Host6:          host6,
+			NoIPv6:         cfg.NoIPv6,
 			Port:           cfg.Port,
 		}, reg, log.With("component", "iptables"))
 		if err != nil {
@@ -294,7 +364,7 @@ func (a *Agent) run(ctx context.Context, extra []supervise.Part) error {
 		if err := a.rules.Install(ctx); err != nil {
 			return fmt.Errorf("install iptables rule: %w", err)
 		}
-		a.log.Info("metadata traffic intercepted", "interfaces", a.cfg.HostInterface, "target", net.JoinHostPort(a.cfg.Host, strconv.Itoa(a.cfg.Port)))
+		a.log.Info("metadata traffic intercepted", "interfaces", a.cfg.HostInterface, "host", a.cfg.Host, "host_ipv6", a.cfg.Host6, "port", a.cfg.Port)
 	}
 	if a.cfg.TCPMigrateReq {
 		enableTCPMigrateReq(a.tcpMigrateReq, a.log)
@@ -303,6 +373,12 @@ func (a *Agent) run(ctx context.Context, extra []supervise.Part) error {
 	if err != nil {
 		return err
 	}
+	limited, err := imds.LimitListener(lis, imds.ConnLimitConfig{MaxPerIP: a.cfg.MaxConnectionsPerIP}, a.reg)
+	if err != nil {
+		_ = lis.Close()
+		return fmt.Errorf("metadata listener: %w", err)
+	}
+	lis = limited
 	if !a.cfg.WatchPods {
 		a.log.Warn("no node address (--host, HOST_IP): not watching this node's pods, so credentials of a deleted pod stay cached until a server refuses them or they expire")
 	}
@@ -323,6 +399,10 @@ func (a *Agent) parts(lis net.Listener) []supervise.Part {
 	parts := []supervise.Part{
 		{Name: "metadata server", Run: func(ctx context.Context) error { return a.serveMetadata(ctx, lis) }},
 		{Name: "credential cache", Run: a.cache.Run},
+		// Without it a new pod sandbox on an old address could inherit
+		// its predecessor's cached credentials: stopping is the only
+		// safe answer to losing it.
+		{Name: "sandbox watch", Run: func(ctx context.Context) error { return sandbox.Watch(ctx, a.cache.SandboxChanged) }},
 	}
 	if a.cfg.PrometheusListenAddr != "" {
 		// The metrics port is shared with the next agent too: during a

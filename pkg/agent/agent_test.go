@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -33,6 +34,7 @@ func validConfig() Config {
 		AllowRouteRegexp:       "^$",
 		MetadataEndpoint:       "http://169.254.169.254",
 		MaxRequestsPerIP:       32,
+		MaxConnectionsPerIP:    128,
 		CredentialRefresh:      35 * time.Minute,
 		CredentialMinServe:     5 * time.Minute,
 		WatchPods:              true,
@@ -51,10 +53,16 @@ func TestValidate(t *testing.T) {
 		// The pod watch asks the server for the pods of the node at Host:
 		// without it the watch would end as soon as it started.
 		{"pod watch without host", func(c *Config) { c.Host = "" }, "watching the node's pods needs --host"},
-		{"pod watch with a bad host", func(c *Config) { c.Host = "node-1" }, "watching the node's pods needs --host"},
+		{"pod watch with a bad host", func(c *Config) { c.Host = "node-1" }, `--host (or HOST_IP) "node-1"`},
 		{"no pod watch, no host", func(c *Config) { c.Host, c.WatchPods = "", false }, ""},
 		{"pod watch on an IPv6 node", func(c *Config) { c.Host = "fd00::1" }, ""},
 		{"iptables without host", func(c *Config) { c.Host, c.IPTables = "", true }, "--iptables needs --host"},
+		{"iptables on an IPv6-only node", func(c *Config) { c.Host, c.IPTables = "fd00::1", true }, ""},
+		{"status.hostIPs of a dual-stack node", func(c *Config) { c.Host, c.IPTables = "10.0.0.1,fd00::1", true }, ""},
+		{"two addresses of one family", func(c *Config) { c.Host = "10.0.0.1,10.0.0.2" }, "more than one address of a family"},
+		{"IPv6 host, IPv6 disabled", func(c *Config) { c.Host, c.IPTables, c.NoIPv6 = "fd00::1", true, true }, "IPv6 disabled"},
+		{"bad --host-ipv6", func(c *Config) { c.Host6 = "10.0.0.9" }, "--host-ipv6"},
+		{"no connections allowed", func(c *Config) { c.MaxConnectionsPerIP = 0 }, "--max-connections-per-ip"},
 		{"iptables check interval", func(c *Config) { c.IPTablesCheckInterval = 0 }, "--iptables-check-interval must be positive"},
 		{"bad port", func(c *Config) { c.Port = 0 }, "--port"},
 		{"bad allow route", func(c *Config) { c.AllowRouteRegexp = "(" }, "--allow-route-regexp"},
@@ -77,6 +85,21 @@ func TestValidate(t *testing.T) {
 	c.Host, c.IPTables = "", true
 	if err := c.Validate(); strings.Contains(err.Error(), "watching") {
 		t.Fatalf("host reported twice: %v", err)
+	}
+}
+
+func TestHosts(t *testing.T) {
+	for _, tc := range []struct{ host, host6, v4, v6 string }{
+		{"10.0.0.1", "", "10.0.0.1", "invalid IP"},
+		{"fd00::1", "", "invalid IP", "fd00::1"},
+		{"10.0.0.1, fd00::1", "", "10.0.0.1", "fd00::1"},
+		{"fd00::1,10.0.0.1", "fd00::9", "10.0.0.1", "fd00::9"},
+		{"::ffff:10.0.0.1", "", "10.0.0.1", "invalid IP"},
+	} {
+		v4, v6, err := Config{Host: tc.host, Host6: tc.host6}.hosts()
+		if err != nil || v4.String() != tc.v4 || v6.String() != tc.v6 {
+			t.Errorf("hosts(%q, %q) = %v, %v, %v; want %s, %s", tc.host, tc.host6, v4, v6, err, tc.v4, tc.v6)
+		}
 	}
 }
 
@@ -267,10 +290,12 @@ func TestRunWithoutPodWatch(t *testing.T) {
 type fakePodCache struct {
 	retained []map[string]string
 	forgot   []string
+	synced   []bool
 }
 
 func (f *fakePodCache) Retain(present map[string]string) { f.retained = append(f.retained, present) }
 func (f *fakePodCache) Forget(ip string)                 { f.forgot = append(f.forgot, ip) }
+func (f *fakePodCache) PodStreamSynced(s bool)           { f.synced = append(f.synced, s) }
 
 func TestPodEventSink(t *testing.T) {
 	c := &fakePodCache{}
@@ -284,8 +309,13 @@ func TestPodEventSink(t *testing.T) {
 		{Type: pb.PodEvent_TYPE_SYNCED},
 		{Type: pb.PodEvent_TYPE_DELETED, Ip: "10.1.0.2", Uid: "b"},
 		{Type: pb.PodEvent_TYPE_CHANGED, Ip: "10.1.0.3", Uid: "c"},
+		// The stream ends.
+		{Type: pb.PodEvent_TYPE_UNSPECIFIED},
 	} {
 		s.handle(ev)
+	}
+	if fmt.Sprint(c.synced) != "[false false true false]" {
+		t.Fatalf("stream synced %v, want down, down, up after the snapshot, down at the end", c.synced)
 	}
 	if len(c.retained) != 1 || len(c.retained[0]) != 1 || c.retained[0]["10.1.0.2"] != "b" {
 		t.Fatalf("retained %v, want only the second snapshot", c.retained)

@@ -100,6 +100,10 @@ type Config struct {
 	GRPCMaxConnectionAge      time.Duration
 	GRPCMaxConnectionAgeGrace time.Duration
 	DrainTime                 time.Duration
+	// AgentIdentities (--agent-identity, repeatable): when set, only client
+	// certificates naming one of them (common name, DNS or URI SAN) may
+	// call the Credentials service.
+	AgentIdentities []string
 }
 
 // Validate refuses configurations that cannot work, with the reason.
@@ -336,6 +340,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		MaxConnectionAgeGrace: cfg.GRPCMaxConnectionAgeGrace,
 		DrainTime:             cfg.DrainTime,
 		StopTimeout:           stopTimeout,
+		AgentIdentities:       cfg.AgentIdentities,
 	}, svc, reg, log.With("component", "grpc"))
 	if err != nil {
 		return nil, err

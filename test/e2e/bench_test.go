@@ -145,7 +145,7 @@ func benchHotPath(b *testing.B, e *env) {
 	b.Cleanup(func() { _, _ = runCmd(iptables, append([]string{"-w", "5", "-t", "nat", "-D"}, rule...)...) })
 
 	var agentResp, ceilingResp response
-	eventually(b, 15*time.Second, "yardstick answers through its DNAT rule", func() error {
+	testenv.Eventually(b, 15*time.Second, "yardstick answers through its DNAT rule", func() error {
 		ceilingResp = e.measureResponse(b, e.web, ceilingURL)
 		if ceilingResp.code != http.StatusOK {
 			return fmt.Errorf("HTTP %d", ceilingResp.code)
@@ -372,7 +372,7 @@ func benchColdPath(b *testing.B, e *env) {
 			e.server = e.startServer(b, append(slices.Clone(benchServerFlags), "--no-prefetch")...)
 			// The agent reconnects with backoff; a pod without a role is
 			// answered by the server only, never from the agent's cache.
-			eventually(b, 30*time.Second, "agent reaches the new server", func() error {
+			testenv.Eventually(b, 30*time.Second, "agent reaches the new server", func() error {
 				if r := e.imds(e.norole, http.MethodGet, testenv.CredentialsPath); r.Code != http.StatusNotFound {
 					return fmt.Errorf("pod without role: %s", r)
 				}

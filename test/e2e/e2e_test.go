@@ -88,6 +88,7 @@ func TestE2E(t *testing.T) {
 		e.canary.assertUntouched(t)
 	})
 	t.Run("credential document", func(t *testing.T) { web = testCredentialDocument(t, e) })
+	t.Run("the IPv6 metadata address is refused, never the node's", func(t *testing.T) { testIPv6Refused(t, e) })
 	t.Run("denied pod finds no credentials", func(t *testing.T) { testDenied(t, e) })
 	t.Run("IMDSv2 token errors", func(t *testing.T) { testTokens(t, e) })
 	t.Run("tricky paths never reach the node's metadata", func(t *testing.T) {
@@ -105,6 +106,8 @@ func TestE2E(t *testing.T) {
 	t.Run("agent restart keeps the rule and does not duplicate it", func(t *testing.T) {
 		e.agent = track(testAgentRestart(t, e))
 	})
+	t.Run("the IPv6 metadata address stays refused after the agent restart", func(t *testing.T) { testIPv6Refused(t, e) })
+	t.Run("one pod's connection flood leaves the agent serving others", func(t *testing.T) { testFlood(t, e) })
 	t.Run("allowed routes proxy canonical paths only, never the forbidden ones", func(t *testing.T) {
 		testAllowedRoutes(t, e)
 	})
@@ -182,6 +185,14 @@ func testHarness(t *testing.T, e *env) {
 				t.Errorf("GET %s: %s; canary saw %v, want exactly that request target", path, r, reqs)
 			}
 		}
+	})
+	t.Run("without the rule pods reach the IPv6 canary", func(t *testing.T) {
+		e.canary6.Reset()
+		r := e.curl(e.web, http.MethodGet, "http://["+metadataIPv6+"]", testenv.CredentialsPath, "-g")
+		if r.Code != http.StatusOK || r.Body != canaryRole || len(e.canary6.Requests()) != 1 {
+			t.Fatalf("IPv6 canary from pod: %s; canary saw %v", r, e.canary6.Requests())
+		}
+		e.canary6.Reset()
 	})
 	t.Run("SDKs read the node's metadata when nothing intercepts it", func(t *testing.T) {
 		for _, c := range sdkClients {
@@ -518,7 +529,7 @@ func (e *env) credsOf(p *podNet) (testenv.CurlResult, credDoc, testenv.CurlResul
 
 func (e *env) waitPodGone(t *testing.T, namespace, name string) {
 	t.Helper()
-	eventually(t, 30*time.Second, "pod "+namespace+"/"+name+" deleted", func() error {
+	testenv.Eventually(t, 30*time.Second, "pod "+namespace+"/"+name+" deleted", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_, err := e.kube.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
@@ -560,7 +571,7 @@ func testIPReuse(t *testing.T, e *env) {
 
 	e.createPod(t, nsApps, "new", "app-new", reused)
 	var newDoc credDoc
-	eventually(t, 15*time.Second, "new pod gets app-new", func() error {
+	testenv.Eventually(t, 15*time.Second, "new pod gets app-new", func() error {
 		l, doc, _ := e.credsOf(reused)
 		leaked("after the new pod is in the API", l, doc)
 		if l.Code != http.StatusOK || l.Body != "app-new" || doc.AccessKeyId == "" {
@@ -582,7 +593,7 @@ func testIPReuse(t *testing.T, e *env) {
 	e.kube.DeletePod(t, nsApps, "new", 0)
 	e.waitPodGone(t, nsApps, "new")
 	e.createPod(t, nsApps, "newer", "app-newer", reused)
-	eventually(t, 15*time.Second, "replacement on the same interface gets app-newer", func() error {
+	testenv.Eventually(t, 15*time.Second, "replacement on the same interface gets app-newer", func() error {
 		l, doc, _ := e.credsOf(reused)
 		if l.Code != http.StatusOK || l.Body != "app-newer" || doc.AccessKeyId == "" || doc.AccessKeyId == newDoc.AccessKeyId {
 			return fmt.Errorf("listing %s, access key %s (app-new's was %s)", l, doc.AccessKeyId, newDoc.AccessKeyId)
@@ -600,6 +611,18 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 	if l, doc, _ := e.credsOf(e.web); l.Code != http.StatusOK || doc.AccessKeyId == "" {
 		t.Fatalf("web pod before the outage: %s", l)
 	}
+	// And a pod whose sandbox will be replaced during the outage.
+	sandboxed := e.topo.wirePod(t, e.topo.PodNS[7], "pdm8", fmt.Sprintf(podIPFormat, 8))
+	e.createPod(t, nsApps, "sandboxed", "app-sandboxed", sandboxed)
+	var held credDoc
+	testenv.Eventually(t, 15*time.Second, "the sandboxed pod gets app-sandboxed", func() error {
+		l, doc, _ := e.credsOf(sandboxed)
+		if l.Code != http.StatusOK || l.Body != "app-sandboxed" || doc.AccessKeyId == "" {
+			return fmt.Errorf("listing %s", l)
+		}
+		held = doc
+		return nil
+	})
 	if err := e.server.Kill(); err != nil {
 		t.Logf("server after SIGKILL: %v", err)
 	}
@@ -615,6 +638,21 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 			t.Errorf("%s during the server outage: %s, want %s", name, r, assumedARN("app-web"))
 		}
 	}
+	// The sandboxed pod, unchanged, is served through the outage too.
+	if l, doc, _ := e.credsOf(sandboxed); l.Code != http.StatusOK || doc.AccessKeyId != held.AccessKeyId {
+		t.Errorf("unchanged pod during the outage: %s", l)
+	}
+	// Its sandbox goes (the veth is deleted) and a new pod sandbox takes
+	// its address on a new veth while no server can say who it is: the
+	// agent must not hand it the old pod's credentials, fresh as they are.
+	e.topo.unwirePod(t, sandboxed)
+	successor := e.topo.wirePod(t, e.topo.PodNS[8], "pdm9", sandboxed.IP)
+	for range 5 {
+		l, doc, _ := e.credsOf(successor)
+		if l.Code == http.StatusOK || l.Body == "app-sandboxed" || (doc.AccessKeyId != "" && doc.AccessKeyId == held.AccessKeyId) {
+			t.Fatalf("a new sandbox on %s got the previous pod's credentials during the outage: %s", successor.IP, l)
+		}
+	}
 	// Fail closed: what was refused stays refused without a server.
 	if r := e.imds(e.intruder, http.MethodGet, testenv.CredentialsPath+"app-web"); r.Code == http.StatusOK {
 		t.Errorf("denied pod got credentials during the outage: %s", r)
@@ -625,6 +663,19 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 		t.Errorf("agent /health during a server outage: %d %q %v, want 200 (readiness must not depend on the server)", code, body, err)
 	}
 	e.canary.assertUntouched(t)
+
+	// The only server comes back: the first request after it reports
+	// SERVING is served (reconnect backoff is capped, and requests wait
+	// for a ready connection within their deadline instead of failing).
+	e.kube.DeletePod(t, nsApps, "sandboxed", 0)
+	e.createPod(t, nsApps, "successor", "app-successor", successor)
+	e.server = e.startServer(t) // returns once podiam health says SERVING
+	if l, doc, _ := e.credsOf(successor); l.Code != http.StatusOK || l.Body != "app-successor" || doc.AccessKeyId == "" {
+		t.Errorf("first request after the server is back: %s, want app-successor", l)
+	}
+	if err := e.server.Kill(); err != nil {
+		t.Logf("server kill: %v", err)
+	}
 }
 
 func testMalformed(t *testing.T, e *env) {
@@ -689,7 +740,7 @@ func testRuleRestore(t *testing.T, e *env) {
 		if natRules(t) == before {
 			t.Fatalf("deleting %q changed nothing", rule)
 		}
-		eventually(t, 35*time.Second, "agent restores "+rule, func() error {
+		testenv.Eventually(t, 35*time.Second, "agent restores "+rule, func() error {
 			if now := natRules(t); now != before {
 				return fmt.Errorf("nat table:\n%s", now)
 			}
@@ -697,7 +748,7 @@ func testRuleRestore(t *testing.T, e *env) {
 		})
 		// The agent counts a restore once its install returns, which also
 		// flushes conntrack after the rule is visible.
-		eventually(t, 10*time.Second, "restore of "+rule+" counted", func() error {
+		testenv.Eventually(t, 10*time.Second, "restore of "+rule+" counted", func() error {
 			if got := e.agentMetric(t, "podiam_agent_iptables_restores_total"); got <= restores {
 				return fmt.Errorf("podiam_agent_iptables_restores_total %v, was %v", got, restores)
 			}
@@ -745,4 +796,67 @@ func (e *env) agentMetric(t *testing.T, name string) float64 {
 		}
 	}
 	return 0
+}
+
+// testIPv6Refused: where the agent does not serve IPv6 (no --host-ipv6),
+// a pod's request to [fd00:ec2::254] is refused at once, for a permitted
+// and a denied pod alike, and never reaches what answers there.
+func testIPv6Refused(t *testing.T, e *env) {
+	e.canary6.Reset()
+	for _, p := range []*podNet{e.web, e.intruder} {
+		start := time.Now()
+		r := e.curl(p, http.MethodGet, "http://["+metadataIPv6+"]", testenv.CredentialsPath, "-g")
+		if r.Exit != 7 || r.Code != 0 || strings.Contains(r.Body, canaryMarker) {
+			t.Errorf("pod %s to the IPv6 metadata address: %s, want connection refused (curl exit 7)", p.IP6, r)
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("pod %s: refused only after %s, want at once", p.IP6, took)
+		}
+	}
+	e.canary6.assertUntouched(t)
+}
+
+// testFlood: one pod holds thousands of idle connections to the metadata
+// address; the agent closes those over its per-address cap at once, stays
+// up, and another pod is still served.
+func testFlood(t *testing.T, e *env) {
+	const conns = 3000
+	before := e.agentMetric(t, "podiam_agent_connections_refused_total")
+	// A process in the intruder pod opens the connections and holds them.
+	script := fmt.Sprintf(`
+import socket, sys, time
+held = []
+for i in range(%d):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((%q, 80))
+        held.append(s)
+    except OSError:
+        s.close()
+print("opened", len(held), flush=True)
+time.sleep(20)
+`, conns, testenv.MetadataIP)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	flood := make(chan testenv.RunResult, 1)
+	go func() {
+		flood <- testenv.RunInNetNS(ctx, e.intruder.NS, e.podEnv, nil, "python3", "-c", script)
+	}()
+	testenv.Eventually(t, 30*time.Second, "the agent refusing the flood's connections over its cap", func() error {
+		if n := e.agentMetric(t, "podiam_agent_connections_refused_total"); n-before < conns/2 {
+			return fmt.Errorf("%v refused", n-before)
+		}
+		return nil
+	})
+	// Meanwhile another pod is served.
+	if l, doc, _ := e.credsOf(e.web); l.Code != http.StatusOK || doc.AccessKeyId == "" {
+		t.Errorf("web pod during the flood: %s", l)
+	}
+	e.assertAgentUp(t)
+	cancel()
+	if r := <-flood; !strings.Contains(r.Stdout, "opened") && r.Err == nil {
+		t.Logf("flood: %+v", r)
+	}
+	e.canary.assertUntouched(t)
 }

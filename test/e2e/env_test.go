@@ -39,10 +39,12 @@ type env struct {
 	gosdk  string
 
 	canary *canary
-	kube   *testenv.Kube
-	moto   *testenv.Moto
-	pki    *testenv.PKI
-	podEnv []string
+	// canary6 stands at the IPv6 metadata address, [fd00:ec2::254]:80.
+	canary6 *canary
+	kube    *testenv.Kube
+	moto    *testenv.Moto
+	pki     *testenv.PKI
+	podEnv  []string
 
 	web, intruder, norole, old *podNet
 	spareNS                    string
@@ -93,6 +95,7 @@ func newEnv(t testing.TB) *env {
 	e.spareNS = topo.PodNS[4]
 
 	e.canary = startCanary(t, hostPort(testenv.MetadataIP, 80))
+	e.canary6 = startCanary(t, hostPort(metadataIPv6, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)

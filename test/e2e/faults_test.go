@@ -121,7 +121,7 @@ func (f *faultEnv) setUp(t *testing.T) {
 func (f *faultEnv) waitCreds(t *testing.T, p faultPod, timeout time.Duration, ok func(credDoc) error) credDoc {
 	t.Helper()
 	var doc credDoc
-	eventually(t, timeout, "pod "+p.net.IP+" gets credentials for "+p.role, func() error {
+	testenv.Eventually(t, timeout, "pod "+p.net.IP+" gets credentials for "+p.role, func() error {
 		r := f.imds(p.net, http.MethodGet, testenv.CredentialsPath+p.role)
 		if r.Code != http.StatusOK {
 			return fmt.Errorf("%s", r)
@@ -346,7 +346,7 @@ func testCertRotation(t *testing.T, f *faultEnv) {
 	server := e.pki.IssueServer(t, next)
 	e.pki.IssueAgent(t, next)
 	issued := time.Now()
-	eventually(t, 15*time.Second, "server presents the new certificate", func() error {
+	testenv.Eventually(t, 15*time.Second, "server presents the new certificate", func() error {
 		if got := f.serverCertSerial(t); got != server.SerialNumber.String() {
 			return fmt.Errorf("serial %s (old %s, new %s)", got, oldServerSerial, server.SerialNumber)
 		}
@@ -364,7 +364,7 @@ func testCertRotation(t *testing.T, f *faultEnv) {
 		})
 		reloaded = later(reloaded, at)
 	}
-	eventually(t, 15*time.Second, "server refuses the old agent certificate", func() error {
+	testenv.Eventually(t, 15*time.Second, "server refuses the old agent certificate", func() error {
 		if out, err := f.health(oldCert, oldKey); err == nil {
 			return fmt.Errorf("podiam health with the old agent certificate passed: %s", out)
 		}
@@ -403,7 +403,7 @@ func (f *faultEnv) waitFetchOnNewConnection(t *testing.T, since time.Time, step 
 	t.Helper()
 	time.Sleep(time.Until(since.Add(connLife)))
 	ok0, _ := f.agentFetchCalls(t)
-	eventually(t, 30*time.Second, step+": agent completes a call on a new connection", func() error {
+	testenv.Eventually(t, 30*time.Second, step+": agent completes a call on a new connection", func() error {
 		if ok, failed := f.agentFetchCalls(t); ok <= ok0 {
 			return fmt.Errorf("GetPodCredentials OK %v (%v failed)", ok, failed)
 		}
@@ -750,7 +750,7 @@ func (ls loopSet) waitAnswers(t *testing.T, n int) {
 	t.Helper()
 	for _, l := range ls {
 		target := l.count() + n
-		eventually(t, 60*time.Second, "request loop in "+l.pod.net.NS+" goes on", func() error {
+		testenv.Eventually(t, 60*time.Second, "request loop in "+l.pod.net.NS+" goes on", func() error {
 			if c := l.count(); c < target {
 				return fmt.Errorf("%d results, want %d", c, target)
 			}
@@ -763,7 +763,7 @@ func (ls loopSet) waitAnswers(t *testing.T, n int) {
 func (ls loopSet) waitOK(t *testing.T, since time.Time) {
 	t.Helper()
 	for _, l := range ls {
-		eventually(t, 60*time.Second, "pod "+l.pod.net.IP+" gets credentials", func() error {
+		testenv.Eventually(t, 60*time.Second, "pod "+l.pod.net.IP+" gets credentials", func() error {
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			for _, r := range slices.Backward(l.results) {
@@ -919,7 +919,7 @@ type logLine struct {
 func waitLog(t *testing.T, p *testenv.Proc, timeout time.Duration, match func(logLine) bool) time.Time {
 	t.Helper()
 	var at time.Time
-	eventually(t, timeout, p.Name()+" logs the expected line", func() error {
+	testenv.Eventually(t, timeout, p.Name()+" logs the expected line", func() error {
 		for _, raw := range strings.Split(p.Logs(), "\n") {
 			var l logLine
 			if json.Unmarshal([]byte(raw), &l) == nil && match(l) {

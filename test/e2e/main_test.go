@@ -27,9 +27,10 @@ const (
 const nsPrefix = "podiam-e2e-"
 
 // podNamespaces is how many pod namespaces a run creates: four pods, a
-// spare that takes over a deleted pod's IP in the IP reuse scenario, and
-// two pods of the fault scenarios.
-const podNamespaces = 7
+// spare that takes over a deleted pod's IP in the IP reuse scenario, two
+// pods of the fault scenarios, and a pod and its successor on the same
+// address for the sandbox scenario.
+const podNamespaces = 9
 
 func TestMain(m *testing.M) {
 	flag.Parse()

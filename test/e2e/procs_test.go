@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -74,6 +75,7 @@ func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
+		"--agent-identity=podiam-agent",
 	}, extra...), e.moto.Env())
 	testenv.Ready(t, 90*time.Second, "podiam health", func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, e.podiam, "health",
@@ -131,7 +133,7 @@ func get(client *http.Client, url string) (int, string, error) {
 	return resp.StatusCode, b.String(), err
 }
 
-func hostPort(host string, port int) string { return host + ":" + strconv.Itoa(port) }
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
 
 // needBinaries fails the run with install hints for every missing tool.
 func needBinaries(t testing.TB) {

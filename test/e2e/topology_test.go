@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -23,6 +22,10 @@ const (
 	agentMetr   = 9621
 	hostIfWild  = "pdm+"
 	podIPFormat = "10.78.0.%d"
+	// podIP6Format is a pod's IPv6 /64 (by its IPv4 address's last
+	// number) and the host (1) or pod (2) address in it.
+	podIP6Format = "fd78:%s::%d"
+	metadataIPv6 = "fd00:ec2::254"
 )
 
 // podNet is one pod namespace as the node sees it.
@@ -30,6 +33,7 @@ type podNet struct {
 	NS   string // network namespace name
 	Veth string // host side, in the node namespace
 	IP   string
+	IP6  string
 }
 
 // topology is the node namespace this process runs in and the pod
@@ -90,22 +94,32 @@ func (tp *topology) setUpNode(t testing.TB) {
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", "lo", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", nodeIP+"/32", "dev", "lo")
 	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", testenv.MetadataIP+"/32", "dev", "lo")
+	// The IPv6 metadata address, for the IPv6 canary.
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", metadataIPv6+"/128", "dev", "lo")
 }
 
 // wirePod joins pod namespace ns to the node as Calico does: a veth whose
 // host side has no address, a /32 route to the pod on the node, and in the
-// pod a /32 route to the node plus a default route through it.
+// pod a /32 route to the node plus a default route through it. The pod is
+// dual-stack: it also gets an IPv6 address in a /64 of its own whose
+// first address is the host side's, and an IPv6 default route through it,
+// so that a pod can try the IPv6 metadata address.
 func (tp *topology) wirePod(t testing.TB, ns, veth, ip string) *podNet {
 	t.Helper()
+	last := ip[strings.LastIndex(ip, ".")+1:]
+	hostSide6, ip6 := fmt.Sprintf(podIP6Format, last, 1), fmt.Sprintf(podIP6Format, last, 2)
 	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", hostSide6+"/64", "dev", veth, "nodad")
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
 	sh(t, tp.ip, "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
+	sh(t, tp.ip, "-n", ns, "-6", "addr", "add", ip6+"/64", "dev", "eth0", "nodad")
 	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
 	sh(t, tp.ip, "-n", tp.NodeNS, "route", "add", ip+"/32", "dev", veth)
 	sh(t, tp.ip, "-n", ns, "route", "add", nodeIP+"/32", "dev", "eth0")
 	sh(t, tp.ip, "-n", ns, "route", "add", "default", "via", nodeIP, "dev", "eth0")
-	return &podNet{NS: ns, Veth: veth, IP: ip}
+	sh(t, tp.ip, "-n", ns, "-6", "route", "add", "default", "via", hostSide6, "dev", "eth0")
+	return &podNet{NS: ns, Veth: veth, IP: ip, IP6: ip6}
 }
 
 // unwirePod deletes the pod's veth, as a CNI plugin does when a pod goes
@@ -153,20 +167,4 @@ func ruleInstalled(rules string) bool {
 		}
 	}
 	return false
-}
-
-// eventually polls cond until it returns nil or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }

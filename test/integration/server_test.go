@@ -42,6 +42,7 @@ func TestServer(t *testing.T) {
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
+		"--agent-identity=podiam-agent",
 		// Above the 900 ms default: in CI this test shares two cores with
 		// the e2e suite and the demo, and a status update can take longer
 		// than that to reach the server's watch.
@@ -272,6 +273,77 @@ func TestServer(t *testing.T) {
 		wantRefusal(t, err, codes.PermissionDenied, pb.Reason_REASON_WRONG_NODE)
 	})
 
+	t.Run("agent watching another node's pods is refused", func(t *testing.T) {
+		other := pb.NewCredentialsClient(dial(t, sp, sp.PKI.AgentCert, sp.PKI.AgentKey, "127.0.0.2"))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stream, err := other.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: node})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		wantRefusal(t, err, codes.PermissionDenied, pb.Reason_REASON_WRONG_NODE)
+		// Its own node's stream is served.
+		own, err := other.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: "127.0.0.2"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			ev, err := own.Recv()
+			if err != nil {
+				t.Fatalf("own node's stream: %v", err)
+			}
+			if ev.GetType() == pb.PodEvent_TYPE_SYNCED {
+				break
+			}
+		}
+	})
+
+	t.Run("a certificate from the CA that names no agent identity is refused", func(t *testing.T) {
+		stranger := pb.NewCredentialsClient(dial(t, sp, sp.PKI.StrangerCert, sp.PKI.StrangerKey, ""))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := stranger.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: "10.0.0.10"}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("GetPodCredentials with a stranger's certificate: %v, want PermissionDenied", err)
+		}
+		stream, err := stranger.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: node})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("WatchNodePods with a stranger's certificate: %v, want PermissionDenied", err)
+		}
+		if !strings.Contains(sp.Logs(), "some-workload") {
+			t.Error("the refusal is not logged with the certificate's name")
+		}
+	})
+
+	t.Run("a static (mirror) pod gets no role, with an Event", func(t *testing.T) {
+		kube.CreatePod(t, testenv.PodSpec{Namespace: "allowed", Name: "static-web-n1",
+			Annotations: map[string]string{"iam.amazonaws.com/role": "app-web", corev1.MirrorPodAnnotationKey: "d41d8cd98f00b204e9800998ecf8427e"},
+			NodeName:    "n1", PodIPs: []string{"10.0.6.1"}, HostIPs: []string{node}})
+		before := metric(t, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"})
+		_, err := get(t, "10.0.6.1")
+		wantRefusal(t, err, codes.PermissionDenied, pb.Reason_REASON_STATIC_POD)
+		if after := metric(t, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"}); after != before {
+			t.Errorf("STS was called for a static pod (%v AssumeRole calls)", after-before)
+		}
+		if n := metric(t, sp, "podiam_server_denials_total", map[string]string{"reason": "static_pod"}); n < 1 {
+			t.Errorf("denials{reason=static_pod} = %v", n)
+		}
+		testenv.Eventually(t, 10*time.Second, "an Event on the static pod", func() error {
+			evs, err := kube.Client.CoreV1().Events("allowed").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=static-web-n1"})
+			if err != nil {
+				return err
+			}
+			for _, ev := range evs.Items {
+				if ev.Reason == "IAMRoleDenied" && strings.Contains(ev.Message, "static") {
+					return nil
+				}
+			}
+			return fmt.Errorf("events %v", evs.Items)
+		})
+	})
+
 	t.Run("200 concurrent first requests cause one AssumeRole", func(t *testing.T) {
 		before := metric(t, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"})
 		kube.CreatePod(t, testenv.PodSpec{Namespace: "allowed", Name: "popular",
@@ -341,6 +413,11 @@ func TestServer(t *testing.T) {
 		}
 		if out, err := health(sp.PKI.AgentCert, sp.PKI.AgentKey); err != nil || !strings.Contains(out, "healthy") {
 			t.Fatalf("health: %v %s", err, out)
+		}
+		// The health service stays open to every certificate the CA
+		// signed (the server's probes use its own), agent or not.
+		if out, err := health(sp.PKI.StrangerCert, sp.PKI.StrangerKey); err != nil || !strings.Contains(out, "healthy") {
+			t.Fatalf("health with a non-agent certificate from the CA: %v %s", err, out)
 		}
 		if out, err := health(sp.PKI.OtherCert, sp.PKI.OtherKey); err == nil {
 			t.Fatalf("health with a certificate from another CA succeeded: %s", out)

@@ -24,8 +24,11 @@ type PKI struct {
 	CA                    string // CA certificate
 	ServerCert, ServerKey string
 	AgentCert, AgentKey   string
-	OtherCA               string // an unrelated CA's certificate
-	OtherCert, OtherKey   string // a client certificate signed by OtherCA
+	// StrangerCert is a client certificate from the same CA with another
+	// name: a server that checks agent identities must refuse it.
+	StrangerCert, StrangerKey string
+	OtherCA                   string // an unrelated CA's certificate
+	OtherCert, OtherKey       string // a client certificate signed by OtherCA
 
 	serverSANs []string // NewPKI's, for re-issuing the server certificate
 }
@@ -43,16 +46,18 @@ func NewPKI(t testing.TB, dir string, serverSANs ...string) *PKI {
 		t.Fatalf("testenv: create pki dir: %v", err)
 	}
 	p := &PKI{
-		Dir:        dir,
-		CA:         filepath.Join(dir, "ca.pem"),
-		ServerCert: filepath.Join(dir, "server.pem"),
-		ServerKey:  filepath.Join(dir, "server-key.pem"),
-		AgentCert:  filepath.Join(dir, "agent.pem"),
-		AgentKey:   filepath.Join(dir, "agent-key.pem"),
-		OtherCA:    filepath.Join(dir, "other-ca.pem"),
-		OtherCert:  filepath.Join(dir, "other.pem"),
-		OtherKey:   filepath.Join(dir, "other-key.pem"),
-		serverSANs: serverSANs,
+		Dir:          dir,
+		CA:           filepath.Join(dir, "ca.pem"),
+		ServerCert:   filepath.Join(dir, "server.pem"),
+		ServerKey:    filepath.Join(dir, "server-key.pem"),
+		AgentCert:    filepath.Join(dir, "agent.pem"),
+		AgentKey:     filepath.Join(dir, "agent-key.pem"),
+		StrangerCert: filepath.Join(dir, "stranger.pem"),
+		StrangerKey:  filepath.Join(dir, "stranger-key.pem"),
+		OtherCA:      filepath.Join(dir, "other-ca.pem"),
+		OtherCert:    filepath.Join(dir, "other.pem"),
+		OtherKey:     filepath.Join(dir, "other-key.pem"),
+		serverSANs:   serverSANs,
 	}
 
 	ca := newCA(t, "podiam test ca")
@@ -60,6 +65,9 @@ func NewPKI(t testing.TB, dir string, serverSANs ...string) *PKI {
 
 	ca.issue(t, serverTemplate(serverSANs), p.ServerCert, p.ServerKey)
 	ca.issue(t, agentTemplate(), p.AgentCert, p.AgentKey)
+	stranger := agentTemplate()
+	stranger.Subject = pkix.Name{CommonName: "some-workload"}
+	ca.issue(t, stranger, p.StrangerCert, p.StrangerKey)
 
 	other := newCA(t, "unrelated test ca")
 	writeFile(t, p.OtherCA, other.certPEM, 0o644)

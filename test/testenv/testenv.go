@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // installHint tells the reader of a failed test how to get a missing binary.
@@ -187,4 +188,21 @@ func etcdArchEnv() []string {
 		return []string{"ETCD_UNSUPPORTED_ARCH=" + runtime.GOARCH}
 	}
 	return nil
+}
+
+// Eventually polls cond until it returns nil or timeout passes, then fails
+// the test with cond's last error.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %s: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

@@ -4,12 +4,18 @@
 //
 // Three things make a cached answer safe to reuse:
 //   - policy is the server's: while a server answers, an entry is only used
-//     until it is due for refresh, and every refusal a server gives drops it;
+//     until it is due for refresh, and every refusal a server gives drops it
+//     (an address two live pods claim included);
 //   - addresses are reused: an entry records the pod UID, and the agent's
 //     watch of its node's pods calls Forget and Retain when a pod leaves;
-//   - during an outage nobody can say who holds an address, so a stale entry
-//     is served only while the node still routes the address through the
-//     same host interface (a successor pod gets a new veth).
+//   - an entry is bound to the pod's sandbox as the node sees it (the
+//     host-side interface of the route to the address and the neighbour's
+//     MAC address, package sandbox): SandboxChanged drops it the moment
+//     either changes, so a successor pod on the same address never gets it,
+//     fresh or stale. During an outage nobody can say who holds an address,
+//     so a stale entry is served only while the sandbox is still the same,
+//     and while the pod stream is down an entry whose sandbox was never
+//     known is not served at all.
 package cache
 
 import (
@@ -18,12 +24,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/creds"
 )
 
@@ -31,6 +39,11 @@ import (
 // found no live pod at the address: cached credentials for it must go.
 // A Fetcher wraps it into its error (with HTTP status 503).
 var ErrPodUnknownSynced = errors.New("a synced server knows no live pod at this address")
+
+// ErrAddressConflict means a server found two live pods claiming the
+// address: whichever sandbox asks now may be either, so cached credentials
+// for it must go. A Fetcher wraps it into its error (with HTTP status 503).
+var ErrAddressConflict = errors.New("several live pods claim this address")
 
 // Fetcher asks a server about the pod at ip. Its errors carry an HTTP
 // status (httperr); one without is treated as 503, a transient failure.
@@ -47,9 +60,9 @@ type Config struct {
 	// MinServe: while no server answers, cached credentials are served
 	// until this much validity remains (5m).
 	MinServe time.Duration
-	// Interface returns the host-side interface identity for ip
-	// (route.Interface). nil disables the check, for tests only.
-	Interface func(ctx context.Context, ip string) (string, error)
+	// Sandbox identifies the sandbox holding ip now (sandbox.Identify).
+	// nil disables every sandbox check, for tests only.
+	Sandbox func(ip netip.Addr) (sandbox.ID, error)
 	// RefreshInterval is the period of the background refresh scan;
 	// 0 means Refresh/20 clamped to [100ms, 30s]. An entry fetched less
 	// than this long ago is not fetched again on the request path even if
@@ -59,8 +72,6 @@ type Config struct {
 	// FetchTimeout bounds one shared fetch, which no single caller's
 	// context may cancel (10s).
 	FetchTimeout time.Duration
-	// InterfaceTimeout bounds one interface lookup (2s).
-	InterfaceTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -70,10 +81,9 @@ type Config struct {
 const staleRecheck = time.Second
 
 const (
-	defaultRefresh          = 35 * time.Minute
-	defaultMinServe         = 5 * time.Minute
-	defaultFetchTimeout     = 10 * time.Second
-	defaultInterfaceTimeout = 2 * time.Second
+	defaultRefresh      = 35 * time.Minute
+	defaultMinServe     = 5 * time.Minute
+	defaultFetchTimeout = 10 * time.Second
 )
 
 func (cfg *Config) setDefaults() error {
@@ -86,9 +96,6 @@ func (cfg *Config) setDefaults() error {
 	if cfg.FetchTimeout == 0 {
 		cfg.FetchTimeout = defaultFetchTimeout
 	}
-	if cfg.InterfaceTimeout == 0 {
-		cfg.InterfaceTimeout = defaultInterfaceTimeout
-	}
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = min(max(cfg.Refresh/20, 100*time.Millisecond), 30*time.Second)
 	}
@@ -96,7 +103,7 @@ func (cfg *Config) setDefaults() error {
 		cfg.Now = time.Now
 	}
 	switch {
-	case cfg.Refresh < 0 || cfg.MinServe < 0 || cfg.RefreshInterval < 0 || cfg.FetchTimeout < 0 || cfg.InterfaceTimeout < 0:
+	case cfg.Refresh < 0 || cfg.MinServe < 0 || cfg.RefreshInterval < 0 || cfg.FetchTimeout < 0:
 		return errors.New("agent cache: durations must not be negative")
 	case cfg.MinServe >= cfg.Refresh:
 		return fmt.Errorf("agent cache: MinServe %s must be below Refresh %s", cfg.MinServe, cfg.Refresh)
@@ -108,19 +115,19 @@ func (cfg *Config) setDefaults() error {
 type entry struct {
 	pod       creds.PodCredentials
 	fetchedAt time.Time
-	// iface is the host-side interface the address was routed through just
-	// before the fetch; "" when the lookup failed, which rules out serving
-	// the entry stale.
-	iface string
+	// sandbox is the sandbox that held the address just before the fetch;
+	// known is false when the lookup failed, which rules out serving the
+	// entry stale, or at all while the pod stream is down.
+	sandbox sandbox.ID
+	known   bool
 	// staleUntil: the entry was last served stale after a failed fetch and
-	// an interface check; until then it is served stale without repeating
-	// both. SDKs ask on every call once credentials near expiry, and an
-	// exec per request would be a cost the outage does not need.
+	// a sandbox check; until then it is served stale without repeating
+	// both. SDKs ask on every call once credentials near expiry.
 	staleUntil time.Time
 }
 
 // result is the value of the metrics' result label. For requests: how one
-// was answered (hit, miss, stale, error); for background refreshes: ok or
+// was answered (hit, miss, stale, error, refused); for background refreshes: ok or
 // error.
 type result string
 
@@ -129,8 +136,23 @@ const (
 	resultMiss  result = "miss"
 	resultStale result = "stale"
 	resultError result = "error"
-	resultOK    result = "ok" // refreshes only
+	// resultRefused: answered with a server's recent definitive refusal
+	// without asking again.
+	resultRefused result = "refused"
+	resultOK      result = "ok" // refreshes only
 )
+
+// refusalTTL is how long a server's 403 or 404 for an address is answered
+// again without asking: a denied pod retrying in a tight loop costs a
+// server at most one call per address and TTL. Pod events drop it, so a
+// pod that gains a role or permission waits for none of it.
+const refusalTTL = time.Second
+
+// refusal is a server's definitive 403 or 404 for an address.
+type refusal struct {
+	err   error
+	until time.Time
+}
 
 // flight is one fetch for an address, shared by every request for it that
 // arrives meanwhile and by the background refresh.
@@ -159,6 +181,10 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	flights map[string]*flight
+	refused map[string]refusal
+	// streamSynced: the agent's pod stream from a server is open and has
+	// delivered its snapshot, so a pod that leaves is reported.
+	streamSynced bool
 
 	requests  *prometheus.CounterVec
 	refreshes *prometheus.CounterVec
@@ -182,9 +208,10 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		log:     log,
 		entries: map[string]*entry{},
 		flights: map[string]*flight{},
+		refused: map[string]refusal{},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podiam_agent_cache_requests_total",
-			Help: "Credential requests answered by the agent cache, by result (hit, miss, stale, error).",
+			Help: "Credential requests answered by the agent cache, by result (hit, miss, stale, error, refused).",
 		}, []string{"result"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "podiam_agent_cache_refreshes_total",
@@ -195,7 +222,7 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		Name: "podiam_agent_cache_entries",
 		Help: "Pod addresses with cached credentials.",
 	}, func() float64 { return float64(c.Len()) })
-	for _, r := range []result{resultHit, resultMiss, resultStale, resultError} {
+	for _, r := range []result{resultHit, resultMiss, resultStale, resultError, resultRefused} {
 		c.requests.WithLabelValues(string(r))
 	}
 	c.refreshes.WithLabelValues(string(resultOK))
@@ -218,7 +245,15 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	now := c.cfg.Now()
 	c.mu.Lock()
-	if e := c.entries[ip]; e != nil {
+	if r, ok := c.refused[ip]; ok {
+		if now.Before(r.until) {
+			c.mu.Unlock()
+			c.requests.WithLabelValues(string(resultRefused)).Inc()
+			return creds.PodCredentials{}, r.err
+		}
+		delete(c.refused, ip)
+	}
+	if e := c.entries[ip]; e != nil && c.confirmedLocked(e) {
 		switch {
 		case c.fresh(e, now):
 			c.mu.Unlock()
@@ -251,6 +286,14 @@ func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredential
 	return fl.pod, nil
 }
 
+// confirmedLocked reports whether the agent can vouch that e's sandbox
+// still holds the address: its sandbox is known (SandboxChanged would have
+// dropped it otherwise), or the pod stream is up and would report the pod
+// leaving. c.mu must be held.
+func (c *Cache) confirmedLocked(e *entry) bool {
+	return e.known || c.streamSynced || c.cfg.Sandbox == nil
+}
+
 // fresh reports whether e may be served without asking a server.
 func (c *Cache) fresh(e *entry, now time.Time) bool {
 	left := e.pod.Credentials.Remaining(now)
@@ -274,17 +317,17 @@ func (c *Cache) joinLocked(ctx context.Context, ip string) *flight {
 func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.FetchTimeout)
 	defer cancel()
-	// The route is looked up before the server is asked: if a successor
-	// pod takes the address meanwhile, the recorded interface is its
+	// The sandbox is looked up before the server is asked: if a successor
+	// pod takes the address meanwhile, the recorded sandbox is its
 	// predecessor's, so the entry can only be refused later, never served
 	// to the wrong pod.
-	iface := c.identity(ctx, ip)
+	id, known := c.identity(ip)
 	pod, err := c.f.Fetch(ctx, ip)
 	now := c.cfg.Now()
 
 	if err == nil {
 		c.mu.Lock()
-		c.storeLocked(ip, fl, pod, iface, now)
+		c.storeLocked(ip, fl, pod, id, known, now)
 		c.finishLocked(ip, fl, pod, resultMiss, nil)
 		c.mu.Unlock()
 		return
@@ -301,13 +344,16 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 				"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
 				"status", status, "error", err)
 		}
+		if (status == http.StatusForbidden || status == http.StatusNotFound) && !fl.forgotten {
+			c.refused[ip] = refusal{err: err, until: now.Add(refusalTTL)}
+		}
 		c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, err)
 		c.mu.Unlock()
 		return
 	}
 
 	// The fetch may have used up ctx; the check gets its own time.
-	if e := c.staleCandidate(context.WithoutCancel(ctx), ip, fl, now); e != nil {
+	if e := c.staleCandidate(ip, fl, now); e != nil {
 		c.mu.Lock()
 		if c.entries[ip] == e && !fl.forgotten {
 			if e.staleUntil.IsZero() {
@@ -333,12 +379,12 @@ func definitive(status int, err error) bool {
 	if status >= 400 && status < 500 {
 		return true
 	}
-	return errors.Is(err, ErrPodUnknownSynced)
+	return errors.Is(err, ErrPodUnknownSynced) || errors.Is(err, ErrAddressConflict)
 }
 
 // staleCandidate returns the entry for ip if it may be served although no
-// server answered: enough validity left and the same host interface.
-func (c *Cache) staleCandidate(ctx context.Context, ip string, fl *flight, now time.Time) *entry {
+// server answered: enough validity left and the same sandbox.
+func (c *Cache) staleCandidate(ip string, fl *flight, now time.Time) *entry {
 	c.mu.Lock()
 	e := c.entries[ip]
 	ok := e != nil && !fl.forgotten && e.pod.Credentials.Remaining(now) > c.cfg.MinServe
@@ -346,39 +392,40 @@ func (c *Cache) staleCandidate(ctx context.Context, ip string, fl *flight, now t
 	if !ok {
 		return nil
 	}
-	if c.cfg.Interface == nil {
+	if c.cfg.Sandbox == nil {
 		return e
 	}
-	if e.iface == "" {
+	if !e.known {
 		return nil
 	}
-	if cur := c.identity(ctx, ip); cur != e.iface {
-		c.log.Warn("address now routed to another interface; not serving cached credentials",
+	if cur, known := c.identity(ip); !known || !cur.Same(e.sandbox) {
+		c.log.Warn("another sandbox holds the address now; not serving cached credentials",
 			"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
-			"interface", e.iface, "current_interface", cur)
+			"sandbox", e.sandbox.String(), "current_sandbox", cur.String())
 		return nil
 	}
 	return e
 }
 
-// identity returns the interface ip is routed through, or "" if unknown.
-func (c *Cache) identity(ctx context.Context, ip string) string {
-	if c.cfg.Interface == nil {
-		return ""
+// identity returns the sandbox holding ip and whether it could be told.
+func (c *Cache) identity(ip string) (sandbox.ID, bool) {
+	if c.cfg.Sandbox == nil {
+		return sandbox.ID{}, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.InterfaceTimeout)
-	defer cancel()
-	iface, err := c.cfg.Interface(ctx, ip)
-	if err != nil {
-		c.log.Warn("cannot look up the interface of a pod address", "pod_ip", ip, "error", err)
-		return ""
+	addr, err := netip.ParseAddr(ip)
+	if err == nil {
+		var id sandbox.ID
+		if id, err = c.cfg.Sandbox(addr); err == nil {
+			return id, true
+		}
 	}
-	return iface
+	c.log.Warn("cannot tell the sandbox of a pod address", "pod_ip", ip, "error", err)
+	return sandbox.ID{}, false
 }
 
 // storeLocked records a successful answer unless the pod it may describe
 // left while it was fetched. c.mu must be held.
-func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, iface string, now time.Time) {
+func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, id sandbox.ID, known bool, now time.Time) {
 	if fl.forgotten || (fl.expectUID != "" && fl.expectUID != pod.PodUID) {
 		return
 	}
@@ -389,7 +436,7 @@ func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, ifa
 		c.log.Info("another pod holds the address; replacing cached credentials",
 			"pod_ip", ip, "old_pod_uid", old.pod.PodUID, "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.PodUID)
 	}
-	c.entries[ip] = &entry{pod: pod, fetchedAt: now, iface: iface}
+	c.entries[ip] = &entry{pod: pod, fetchedAt: now, sandbox: id, known: known}
 }
 
 // finishLocked publishes a flight's result and retires it, so that the
@@ -408,7 +455,12 @@ func (c *Cache) finishLocked(ip string, fl *flight, pod creds.PodCredentials, re
 func (c *Cache) Forget(ip string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.forgetLocked(ip)
+}
+
+func (c *Cache) forgetLocked(ip string) {
 	delete(c.entries, ip)
+	delete(c.refused, ip)
 	if fl := c.flights[ip]; fl != nil {
 		fl.forgotten = true
 		delete(c.flights, ip)
@@ -421,6 +473,7 @@ func (c *Cache) Forget(ip string) {
 func (c *Cache) Retain(present map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	clear(c.refused)
 	for ip, e := range c.entries {
 		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID {
 			delete(c.entries, ip)
@@ -435,6 +488,53 @@ func (c *Cache) Retain(present map[string]string) {
 		}
 		fl.expectUID = uid
 	}
+}
+
+// SandboxChanged applies a change of the node's links or neighbours (from
+// sandbox.Watch): an entry whose interface is gone, or whose address now
+// answers from another MAC address on its interface, belongs to a sandbox
+// that no longer holds the address, and is dropped with any fetch under
+// way for it.
+func (c *Cache) SandboxChanged(ch sandbox.Change) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for ip, e := range c.entries {
+		if !e.known || !ended(e.sandbox, ip, ch) {
+			continue
+		}
+		c.forgetLocked(ip)
+		c.log.Info("dropped cached credentials: the pod's sandbox is gone",
+			"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
+			"sandbox", e.sandbox.String())
+	}
+	if ch.LinkGone != 0 {
+		clear(c.refused)
+	}
+	if ch.Neighbour.IsValid() {
+		delete(c.refused, ch.Neighbour.String())
+		// A fetch under way may have recorded the previous MAC.
+		if fl := c.flights[ch.Neighbour.String()]; fl != nil {
+			fl.forgotten = true
+			delete(c.flights, ch.Neighbour.String())
+		}
+	}
+}
+
+// ended reports whether ch ends the sandbox id that held ip.
+func ended(id sandbox.ID, ip string, ch sandbox.Change) bool {
+	if ch.LinkGone != 0 {
+		return id.LinkIndex == ch.LinkGone
+	}
+	return ch.Neighbour.IsValid() && ch.Neighbour.String() == ip && ch.LinkIndex == id.LinkIndex && ch.MAC != id.MAC
+}
+
+// PodStreamSynced records whether the agent's pod stream from a server is
+// open and has delivered its snapshot. While it is not, nothing reports a
+// pod leaving, and only entries whose sandbox is known are served.
+func (c *Cache) PodStreamSynced(synced bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.streamSynced = synced
 }
 
 // Len returns the number of addresses with cached credentials.
@@ -470,6 +570,11 @@ func (c *Cache) refresh(ctx context.Context) {
 	}
 	var pending []due
 	c.mu.Lock()
+	for ip, r := range c.refused {
+		if !now.Before(r.until) {
+			delete(c.refused, ip)
+		}
+	}
 	for ip, e := range c.entries {
 		left := e.pod.Credentials.Remaining(now)
 		switch {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/creds"
 
 	testingclock "k8s.io/utils/clock/testing"
@@ -340,8 +342,8 @@ func TestOutageNothingCached(t *testing.T) {
 // During an outage a stale answer stands for a second: neither the server
 // nor the route is asked again on every request.
 func TestStaleAnswerReusedBriefly(t *testing.T) {
-	ifaces := &interfaces{m: map[string]string{"10.0.0.1": "cali1/10"}}
-	fx := newFixture(t, func(c *Config) { c.Interface = ifaces.lookup })
+	ifaces := &interfaces{m: map[string]sandbox.ID{"10.0.0.1": cali1}}
+	fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
 	fx.mustGet(t, "10.0.0.1")
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 	fx.clk.Step(30 * time.Minute)
@@ -359,27 +361,34 @@ func TestStaleAnswerReusedBriefly(t *testing.T) {
 	}
 }
 
+// interfaces is a fake sandbox source: address -> sandbox, none = no route.
+var (
+	cali1   = sandbox.ID{LinkIndex: 10, MAC: "0a:00:00:00:00:01"}
+	bridgeA = sandbox.ID{LinkIndex: 3, MAC: "0a:58:0a:f4:00:05"}
+	bridgeB = sandbox.ID{LinkIndex: 3, MAC: "0a:58:0a:f4:00:77"}
+)
+
 type interfaces struct {
 	mu    sync.Mutex
-	m     map[string]string
+	m     map[string]sandbox.ID
 	calls int
 }
 
-func (i *interfaces) lookup(_ context.Context, ip string) (string, error) {
+func (i *interfaces) lookup(ip netip.Addr) (sandbox.ID, error) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.calls++
-	v, ok := i.m[ip]
+	v, ok := i.m[ip.String()]
 	if !ok {
-		return "", errors.New("no route")
+		return sandbox.ID{}, errors.New("no route")
 	}
 	return v, nil
 }
 
-func (i *interfaces) set(ip, v string) {
+func (i *interfaces) set(ip string, v sandbox.ID) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if v == "" {
+	if v == (sandbox.ID{}) {
 		delete(i.m, ip)
 		return
 	}
@@ -395,21 +404,23 @@ func (i *interfaces) count() int {
 func TestOutageInterfaceCheck(t *testing.T) {
 	tests := []struct {
 		name      string
-		atFetch   string // interface when the credentials were fetched; "" = lookup failed
-		atOutage  string
+		atFetch   sandbox.ID // sandbox when the credentials were fetched; zero = lookup failed
+		atOutage  sandbox.ID
 		wantStale bool
 	}{
-		{name: "same veth", atFetch: "cali1/10", atOutage: "cali1/10", wantStale: true},
-		{name: "new veth same name", atFetch: "cali1/10", atOutage: "cali1/11"},
-		{name: "other veth", atFetch: "cali1/10", atOutage: "cali2/12"},
-		{name: "route gone", atFetch: "cali1/10", atOutage: ""},
-		{name: "unknown at fetch", atFetch: "", atOutage: "cali1/10"},
+		{name: "same veth", atFetch: cali1, atOutage: cali1, wantStale: true},
+		{name: "new veth", atFetch: cali1, atOutage: sandbox.ID{LinkIndex: 11, MAC: cali1.MAC}},
+		{name: "route gone", atFetch: cali1},
+		{name: "unknown at fetch", atOutage: cali1},
+		{name: "bridge, same MAC", atFetch: bridgeA, atOutage: bridgeA, wantStale: true},
+		{name: "bridge, new MAC", atFetch: bridgeA, atOutage: bridgeB},
+		{name: "no MAC known at fetch, same veth", atFetch: sandbox.ID{LinkIndex: 10}, atOutage: cali1, wantStale: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			ifaces := &interfaces{m: map[string]string{}}
+			ifaces := &interfaces{m: map[string]sandbox.ID{}}
 			ifaces.set("10.0.0.1", tt.atFetch)
-			fx := newFixture(t, func(c *Config) { c.Interface = ifaces.lookup })
+			fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
 			fx.mustGet(t, "10.0.0.1")
 			fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 			ifaces.set("10.0.0.1", tt.atOutage)
@@ -430,10 +441,10 @@ func TestOutageInterfaceCheck(t *testing.T) {
 // pod appearing during the fetch is never matched with its predecessor's
 // credentials.
 func TestInterfaceRecordedBeforeFetch(t *testing.T) {
-	ifaces := &interfaces{m: map[string]string{"10.0.0.1": "cali1/10"}}
-	fx := newFixture(t, func(c *Config) { c.Interface = ifaces.lookup })
+	ifaces := &interfaces{m: map[string]sandbox.ID{"10.0.0.1": cali1}}
+	fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
 	fx.f.set(func(ip string) (creds.PodCredentials, error) {
-		ifaces.set(ip, "cali9/99") // the successor's veth appears while the server answers
+		ifaces.set(ip, sandbox.ID{LinkIndex: 99, MAC: "0a:00:00:00:00:99"}) // the successor's veth appears while the server answers
 		return podCreds("old", "AKIA-old", fx.clk.Now().Add(time.Hour)), nil
 	})
 	fx.mustGet(t, "10.0.0.1")
@@ -452,6 +463,7 @@ func TestRefusalsDrop(t *testing.T) {
 		{name: "no role", status: http.StatusNotFound, err: errors.New("no role"), drop: true},
 		{name: "policy denied", status: http.StatusForbidden, err: errors.New("denied"), drop: true},
 		{name: "pod unknown to a synced server", status: http.StatusServiceUnavailable, err: fmt.Errorf("%w: gone", ErrPodUnknownSynced), drop: true},
+		{name: "address claimed by two pods", status: http.StatusServiceUnavailable, err: fmt.Errorf("%w: two pods", ErrAddressConflict), drop: true},
 		{name: "no server", status: http.StatusServiceUnavailable, err: errNoServer},
 		{name: "sts unavailable", status: http.StatusServiceUnavailable, err: errors.New("throttled")},
 		{name: "bad gateway", status: http.StatusBadGateway, err: errors.New("odd")},
@@ -478,6 +490,7 @@ func TestRefusalsDrop(t *testing.T) {
 			}
 			// Even a server outage right after cannot bring it back.
 			fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+			fx.clk.Step(refusalTTL) // past a remembered refusal
 			fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
 		})
 	}
@@ -673,9 +686,123 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := testutil.GatherAndCount(reg, "podiam_agent_cache_requests_total", "podiam_agent_cache_entries", "podiam_agent_cache_refreshes_total")
-	if err != nil || n != 7 {
-		t.Errorf("gathered %d series (%v), want 7", n, err)
+	if err != nil || n != 8 {
+		t.Errorf("gathered %d series (%v), want 8", n, err)
 	}
+}
+
+// TestSandboxChangeDropsEntry: a fresh entry is dropped the moment its
+// sandbox ends (its veth is deleted, or on a bridge its address answers
+// from another MAC), so a successor pod on the address never gets it, even
+// while no server answers.
+func TestSandboxChangeDropsEntry(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.1")
+	for _, tc := range []struct {
+		name string
+		at   sandbox.ID
+		ch   sandbox.Change
+		drop bool
+	}{
+		{"veth deleted", cali1, sandbox.Change{LinkGone: cali1.LinkIndex}, true},
+		{"another veth deleted", cali1, sandbox.Change{LinkGone: 42}, false},
+		{"bridge: new MAC", bridgeA, sandbox.Change{Neighbour: ip, LinkIndex: bridgeA.LinkIndex, MAC: bridgeB.MAC}, true},
+		{"bridge: same MAC confirmed", bridgeA, sandbox.Change{Neighbour: ip, LinkIndex: bridgeA.LinkIndex, MAC: bridgeA.MAC}, false},
+		{"bridge: another address's MAC", bridgeA, sandbox.Change{Neighbour: netip.MustParseAddr("10.0.0.2"), LinkIndex: bridgeA.LinkIndex, MAC: bridgeB.MAC}, false},
+		{"MAC on another interface", bridgeA, sandbox.Change{Neighbour: ip, LinkIndex: 77, MAC: bridgeB.MAC}, false},
+		{"no MAC known at fetch, one appears", sandbox.ID{LinkIndex: 10}, sandbox.Change{Neighbour: ip, LinkIndex: 10, MAC: cali1.MAC}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ifaces := &interfaces{m: map[string]sandbox.ID{ip.String(): tc.at}}
+			fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
+			fx.mustGet(t, ip.String())
+			fx.c.SandboxChanged(tc.ch)
+			if got := fx.c.Len() == 0; got != tc.drop {
+				t.Fatalf("dropped = %v, want %v", got, tc.drop)
+			}
+			fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+			if tc.drop {
+				// The successor finds nothing to inherit, fresh or stale.
+				fx.mustFail(t, ip.String(), http.StatusServiceUnavailable)
+				return
+			}
+			fx.mustGet(t, ip.String())
+			if n := fx.f.count(ip.String()); n != 1 {
+				t.Errorf("%d fetches, want 1 (a fresh hit)", n)
+			}
+		})
+	}
+}
+
+// TestStreamDownUnconfirmedNotServed: an entry whose sandbox could not be
+// told is served from cache only while the pod stream would report the pod
+// leaving; while it is down, such an entry is neither a hit nor served
+// stale.
+func TestStreamDownUnconfirmedNotServed(t *testing.T) {
+	ifaces := &interfaces{m: map[string]sandbox.ID{}} // every lookup fails
+	fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
+	fx.c.PodStreamSynced(true)
+	fx.mustGet(t, "10.0.0.1")
+	fx.mustGet(t, "10.0.0.1")
+	if n := fx.f.count("10.0.0.1"); n != 1 {
+		t.Fatalf("%d fetches with the stream up, want 1", n)
+	}
+	fx.c.PodStreamSynced(false)
+	fx.mustGet(t, "10.0.0.1") // asks the server, which answers
+	if n := fx.f.count("10.0.0.1"); n != 2 {
+		t.Fatalf("%d fetches with the stream down, want 2", n)
+	}
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
+
+	// A known sandbox is vouched for by the netlink watch instead.
+	ifaces.set("10.0.0.2", cali1)
+	fx.f.set(issuing(fx.clk))
+	fx.mustGet(t, "10.0.0.2")
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	fx.mustGet(t, "10.0.0.2")
+	if n := fx.f.count("10.0.0.2"); n != 1 {
+		t.Fatalf("%d fetches for a known sandbox with the stream down, want 1", n)
+	}
+}
+
+// TestRefusalRemembered: a denied pod asking in a tight loop reaches a
+// server at most once per refusalTTL; a pod event drops the refusal at
+// once, so a pod that gains its role is not kept waiting.
+func TestRefusalRemembered(t *testing.T) {
+	for _, status := range []int{http.StatusForbidden, http.StatusNotFound} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			fx := newFixture(t, nil)
+			fx.f.set(failing(status, errors.New("refused")))
+			for range 1000 {
+				fx.mustFail(t, "10.0.0.1", status)
+			}
+			if n := fx.f.count("10.0.0.1"); n != 1 {
+				t.Fatalf("%d server calls for 1000 requests within the TTL, want 1", n)
+			}
+			if got := fx.requests("refused"); got != 999 {
+				t.Errorf("requests{result=refused} = %v, want 999", got)
+			}
+			fx.clk.Step(refusalTTL)
+			fx.mustFail(t, "10.0.0.1", status)
+			if n := fx.f.count("10.0.0.1"); n != 2 {
+				t.Fatalf("%d server calls after the TTL, want 2", n)
+			}
+			// The pod changed (its role annotation was fixed): asked again.
+			fx.f.set(issuing(fx.clk))
+			fx.c.Forget("10.0.0.1")
+			fx.mustGet(t, "10.0.0.1")
+		})
+	}
+	t.Run("transient failures are not remembered", func(t *testing.T) {
+		fx := newFixture(t, nil)
+		fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+		for range 3 {
+			fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
+		}
+		if n := fx.f.count("10.0.0.1"); n != 3 {
+			t.Fatalf("%d server calls, want 3", n)
+		}
+	})
 }
 
 // A nil registry and a nil logger are accepted, as in every New of the

@@ -1194,7 +1194,7 @@ func TestNewServer(t *testing.T) {
 	h := http.NotFoundHandler()
 	s := NewServer(h)
 	if s.ReadHeaderTimeout != 2*time.Second || s.ReadTimeout != 5*time.Second || s.WriteTimeout != 10*time.Second ||
-		s.IdleTimeout != 60*time.Second || s.MaxHeaderBytes != 8192 {
+		s.IdleTimeout != 15*time.Second || s.MaxHeaderBytes != 8192 {
 		t.Errorf("limits %+v", s)
 	}
 	if s.Handler == nil {

@@ -17,8 +17,10 @@ const (
 	ReadHeaderTimeout = 2 * time.Second
 	ReadTimeout       = 5 * time.Second
 	WriteTimeout      = 10 * time.Second
-	IdleTimeout       = 60 * time.Second
-	MaxHeaderBytes    = 8192
+	// IdleTimeout is short because every idle keep-alive connection holds a
+	// goroutine and buffers in the agent; SDKs reconnect cheaply.
+	IdleTimeout    = 15 * time.Second
+	MaxHeaderBytes = 8192
 )
 
 // drainPoll is how often Drain looks whether connections are still busy.

@@ -17,6 +17,8 @@ import (
 // what is absent fails with an error that isNotExist recognises. It records
 // every call, so tests can check what was written and in which order.
 type fakeTables struct {
+	table  string      // "nat" or "filter"
+	filter *fakeTables // the family's filter table, for a nat fake
 	mu     sync.Mutex
 	chains map[string][][]string // chain -> its rules' arguments, in order
 	user   []string              // user chains in creation order, for List
@@ -27,12 +29,28 @@ type fakeTables struct {
 	hook func(op, chain string) error
 }
 
-var builtinChains = []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"}
+var builtinChains = []string{"PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"}
 
+// newFakeTables returns one address family's nat table, with its filter
+// table beside it (methods called for the filter table go there).
 func newFakeTables() *fakeTables {
-	f := &fakeTables{chains: map[string][][]string{}}
-	for _, c := range builtinChains {
+	f := newFakeTable(natTable, "PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
+	f.filter = newFakeTable(filterTable, "INPUT", "FORWARD", "OUTPUT")
+	return f
+}
+
+func newFakeTable(table string, builtins ...string) *fakeTables {
+	f := &fakeTables{table: table, chains: map[string][][]string{}}
+	for _, c := range builtins {
 		f.chains[c] = nil
+	}
+	return f
+}
+
+// of returns the fake that holds table.
+func (f *fakeTables) of(table string) *fakeTables {
+	if table == filterTable && f.filter != nil {
+		return f.filter
 	}
 	return f
 }
@@ -71,7 +89,7 @@ func (f *fakeTables) enter(op, table, chain string, args ...string) error {
 	}
 	f.mu.Lock()
 	f.calls = append(f.calls, strings.TrimSpace(op+" "+chain+" "+strings.Join(args, " ")))
-	if table != natTable {
+	if table != f.table {
 		f.mu.Unlock()
 		return fmt.Errorf("fake iptables: table %q not supported", table)
 	}
@@ -79,6 +97,9 @@ func (f *fakeTables) enter(op, table, chain string, args ...string) error {
 }
 
 func (f *fakeTables) ChainExists(table, chain string) (bool, error) {
+	if g := f.of(table); g != f {
+		return g.ChainExists(table, chain)
+	}
 	if err := f.enter("chain-exists", table, chain); err != nil {
 		return false, err
 	}
@@ -88,6 +109,9 @@ func (f *fakeTables) ChainExists(table, chain string) (bool, error) {
 }
 
 func (f *fakeTables) NewChain(table, chain string) error {
+	if g := f.of(table); g != f {
+		return g.NewChain(table, chain)
+	}
 	if err := f.enter("new-chain", table, chain); err != nil {
 		return err
 	}
@@ -118,6 +142,9 @@ func (f *fakeTables) checkTarget(spec []string) error {
 }
 
 func (f *fakeTables) Exists(table, chain string, spec ...string) (bool, error) {
+	if g := f.of(table); g != f {
+		return g.Exists(table, chain, spec...)
+	}
 	if err := f.enter("exists", table, chain, spec...); err != nil {
 		return false, err
 	}
@@ -133,6 +160,9 @@ func (f *fakeTables) Exists(table, chain string, spec ...string) (bool, error) {
 }
 
 func (f *fakeTables) Append(table, chain string, spec ...string) error {
+	if g := f.of(table); g != f {
+		return g.Append(table, chain, spec...)
+	}
 	if err := f.enter("append", table, chain, spec...); err != nil {
 		return err
 	}
@@ -141,6 +171,9 @@ func (f *fakeTables) Append(table, chain string, spec ...string) error {
 }
 
 func (f *fakeTables) Insert(table, chain string, pos int, spec ...string) error {
+	if g := f.of(table); g != f {
+		return g.Insert(table, chain, pos, spec...)
+	}
 	if err := f.enter("insert", table, chain, append([]string{strconv.Itoa(pos)}, spec...)...); err != nil {
 		return err
 	}
@@ -168,6 +201,9 @@ func (f *fakeTables) insertLocked(chain string, pos int, spec []string) error {
 }
 
 func (f *fakeTables) Delete(table, chain string, spec ...string) error {
+	if g := f.of(table); g != f {
+		return g.Delete(table, chain, spec...)
+	}
 	if err := f.enter("delete", table, chain, spec...); err != nil {
 		return err
 	}
@@ -187,6 +223,9 @@ func (f *fakeTables) Delete(table, chain string, spec ...string) error {
 // List prints the chain as `iptables -t nat -S chain` does, comments in
 // double quotes.
 func (f *fakeTables) List(table, chain string) ([]string, error) {
+	if g := f.of(table); g != f {
+		return g.List(table, chain)
+	}
 	if err := f.enter("list", table, chain); err != nil {
 		return nil, err
 	}
@@ -217,6 +256,9 @@ func quoteRule(spec []string) string {
 }
 
 func (f *fakeTables) ClearAndDeleteChain(table, chain string) error {
+	if g := f.of(table); g != f {
+		return g.ClearAndDeleteChain(table, chain)
+	}
 	if err := f.enter("clear-and-delete-chain", table, chain); err != nil {
 		return err
 	}

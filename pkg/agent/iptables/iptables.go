@@ -38,12 +38,16 @@ type Config struct {
 	// is an iptables -i match ("cali+" is a wildcard, "!eth0" a negation),
 	// one rule per value. Surrounding spaces are ignored.
 	HostInterfaces []string
-	// Host and Port are the IPv4 DNAT target (--host, --port).
+	// Host and Port are the IPv4 DNAT target (--host, --port). Without
+	// Host, 169.254.169.254 is rejected instead (an IPv6-only node).
 	Host string
 	Port int
-	// Host6 is the IPv6 DNAT target for fd00:ec2::254; empty means no IPv6
-	// rule, and ip6tables is then never run.
+	// Host6 is the IPv6 DNAT target for fd00:ec2::254. Without it the
+	// IPv6 metadata address is rejected: it is never left open.
 	Host6 string
+	// NoIPv6 leaves IPv6 alone, for a kernel with IPv6 disabled, where
+	// nothing can reach the IPv6 address and ip6tables cannot run.
+	NoIPv6 bool
 	// Chain is the nat chain holding the rules; empty means DefaultChain.
 	Chain string
 	// IPTablesPath and IP6TablesPath override the binaries (tests run them
@@ -74,7 +78,34 @@ type family struct {
 	name     string // "ipv4" or "ipv6", for logs and errors
 	ipt      tables
 	metadata string
-	rules    []rule
+	// table holds the chain: nat where the agent serves the family (DNAT),
+	// filter where it does not (REJECT). hooks are the built-in chains
+	// that jump to it.
+	table string
+	hooks []string
+	rules []rule
+}
+
+// newFamily returns the rules of one address family: DNAT to host, or
+// REJECT when host is not valid.
+func newFamily(name string, ipt tables, metadata string, ifaces []iface, host netip.Addr, port int) *family {
+	md := netip.MustParseAddr(metadata)
+	if host.IsValid() {
+		return &family{name: name, ipt: ipt, metadata: metadata, table: natTable, hooks: []string{prerouting},
+			rules: buildRules(md, ifaces, dnatTo(host, port))}
+	}
+	// INPUT for a node that holds the address itself, FORWARD for one
+	// that routes it on (to the real metadata service).
+	return &family{name: name, ipt: ipt, metadata: metadata, table: filterTable, hooks: []string{"INPUT", "FORWARD"},
+		rules: buildRules(md, ifaces, rejectAction)}
+}
+
+// action says what the family's rules do, for logs.
+func (f *family) action() string {
+	if f.table == natTable {
+		return "dnat"
+	}
+	return "reject"
 }
 
 // tables is what the rules need of one address family's iptables: the
@@ -123,15 +154,22 @@ func newRules(cfg Config, reg prometheus.Registerer, log *slog.Logger, open open
 	if cfg.Port < 1 || cfg.Port > 65535 {
 		return nil, fmt.Errorf("%w: port %d is not a TCP port", ErrInvalidConfig, cfg.Port)
 	}
-	host, err := parseHost("host", cfg.Host, false)
-	if err != nil {
-		return nil, err
+	var host, host6 netip.Addr
+	if cfg.Host != "" {
+		if host, err = parseHost("host", cfg.Host, false); err != nil {
+			return nil, err
+		}
 	}
-	var host6 netip.Addr
 	if cfg.Host6 != "" {
 		if host6, err = parseHost("host6", cfg.Host6, true); err != nil {
 			return nil, err
 		}
+		if cfg.NoIPv6 {
+			return nil, fmt.Errorf("%w: an IPv6 host %s with IPv6 disabled", ErrInvalidConfig, cfg.Host6)
+		}
+	}
+	if !host.IsValid() && !host6.IsValid() {
+		return nil, fmt.Errorf("%w: neither an IPv4 nor an IPv6 host to redirect to", ErrInvalidConfig)
 	}
 
 	r := &Rules{chain: chain, flush: cfg.ConntrackFlush, log: log}
@@ -143,23 +181,13 @@ func newRules(cfg Config, reg prometheus.Registerer, log *slog.Logger, open open
 	if err != nil {
 		return nil, err
 	}
-	r.families = append(r.families, &family{
-		name:     "ipv4",
-		ipt:      v4,
-		metadata: MetadataIPv4,
-		rules:    buildRules(netip.MustParseAddr(MetadataIPv4), ifaces, host, cfg.Port),
-	})
-	if host6.IsValid() {
+	r.families = append(r.families, newFamily("ipv4", v4, MetadataIPv4, ifaces, host, cfg.Port))
+	if !cfg.NoIPv6 {
 		v6, err := open(goipt.ProtocolIPv6, cfg.IP6TablesPath)
 		if err != nil {
 			return nil, err
 		}
-		r.families = append(r.families, &family{
-			name:     "ipv6",
-			ipt:      v6,
-			metadata: MetadataIPv6,
-			rules:    buildRules(netip.MustParseAddr(MetadataIPv6), ifaces, host6, cfg.Port),
-		})
+		r.families = append(r.families, newFamily("ipv6", v6, MetadataIPv6, ifaces, host6, cfg.Port))
 	}
 
 	if r.metrics, err = newMetrics(reg); err != nil {
@@ -248,14 +276,14 @@ func contains(fs []*family, f *family) bool {
 
 // installFamily returns how many rules (the jump included) it had to add.
 func (r *Rules) installFamily(f *family) (added int, err error) {
-	exists, err := f.ipt.ChainExists(natTable, r.chain)
+	exists, err := f.ipt.ChainExists(f.table, r.chain)
 	if err != nil {
 		return 0, fmt.Errorf("checking chain %s: %w", r.chain, err)
 	}
 	if !exists {
-		if err := f.ipt.NewChain(natTable, r.chain); err != nil {
+		if err := f.ipt.NewChain(f.table, r.chain); err != nil {
 			// Another instance may have created it since we looked.
-			if again, cerr := f.ipt.ChainExists(natTable, r.chain); cerr != nil || !again {
+			if again, cerr := f.ipt.ChainExists(f.table, r.chain); cerr != nil || !again {
 				return 0, fmt.Errorf("creating chain %s: %w", r.chain, err)
 			}
 		}
@@ -264,21 +292,21 @@ func (r *Rules) installFamily(f *family) (added int, err error) {
 	want := make(map[string]bool, len(f.rules))
 	for _, rl := range f.rules {
 		want[rl.id] = true
-		ok, err := f.ipt.Exists(natTable, r.chain, rl.spec...)
+		ok, err := f.ipt.Exists(f.table, r.chain, rl.spec...)
 		if err != nil {
 			return added, fmt.Errorf("checking rule for interface %s: %w", rl.iface, err)
 		}
 		if ok {
 			continue
 		}
-		if err := f.ipt.Append(natTable, r.chain, rl.spec...); err != nil {
+		if err := f.ipt.Append(f.table, r.chain, rl.spec...); err != nil {
 			return added, fmt.Errorf("adding rule for interface %s: %w", rl.iface, err)
 		}
 		added++
-		r.log.Info("added metadata DNAT rule", "family", f.name, "chain", r.chain, "interface", rl.iface.String())
+		r.log.Info("added metadata rule", "family", f.name, "action", f.action(), "chain", r.chain, "interface", rl.iface.String())
 	}
 
-	listing, err := f.ipt.List(natTable, r.chain)
+	listing, err := f.ipt.List(f.table, r.chain)
 	if err != nil {
 		return added, fmt.Errorf("listing chain %s: %w", r.chain, err)
 	}
@@ -287,24 +315,38 @@ func (r *Rules) installFamily(f *family) (added int, err error) {
 		return added, fmt.Errorf("reading chain %s: %w", r.chain, err)
 	}
 	for _, spec := range stale {
-		if err := f.ipt.Delete(natTable, r.chain, spec...); err != nil && !isNotExist(err) {
+		if err := f.ipt.Delete(f.table, r.chain, spec...); err != nil && !isNotExist(err) {
 			return added, fmt.Errorf("deleting stale rule %q: %w", strings.Join(spec, " "), err)
 		}
 		r.log.Info("deleted stale rule", "family", f.name, "chain", r.chain, "rule", strings.Join(spec, " "))
 	}
 
-	// The jump goes in last, so the chain is complete when traffic enters it.
+	// The jumps go in last, so the chain is complete when traffic enters it.
 	jump := []string{"-j", r.chain}
-	ok, err := f.ipt.Exists(natTable, prerouting, jump...)
-	if err != nil {
-		return added, fmt.Errorf("checking jump from %s: %w", prerouting, err)
-	}
-	if !ok {
-		if err := f.ipt.Insert(natTable, prerouting, 1, jump...); err != nil {
-			return added, fmt.Errorf("inserting jump from %s: %w", prerouting, err)
+	for _, hook := range f.hooks {
+		ok, err := f.ipt.Exists(f.table, hook, jump...)
+		if err != nil {
+			return added, fmt.Errorf("checking jump from %s: %w", hook, err)
+		}
+		if ok {
+			continue
+		}
+		if err := f.ipt.Insert(f.table, hook, 1, jump...); err != nil {
+			return added, fmt.Errorf("inserting jump from %s: %w", hook, err)
 		}
 		added++
-		r.log.Info("inserted jump", "family", f.name, "chain", r.chain)
+		r.log.Info("inserted jump", "family", f.name, "table", f.table, "from", hook, "chain", r.chain)
+	}
+	// An agent that served the family before and no longer does, or the
+	// reverse, leaves a chain in the other table; it must not linger.
+	other := &family{table: natTable, hooks: []string{prerouting}}
+	if f.table == natTable {
+		other = &family{table: filterTable, hooks: []string{"INPUT", "FORWARD"}}
+	}
+	if removed, err := r.removeChain(f.ipt, other.table, other.hooks); err != nil {
+		return added, fmt.Errorf("removing the %s chain of the other mode: %w", other.table, err)
+	} else if removed {
+		r.log.Info("removed metadata rules of the other mode", "family", f.name, "table", other.table, "chain", r.chain)
 	}
 	return added, nil
 }
@@ -324,22 +366,24 @@ func (r *Rules) Check() error {
 }
 
 func (r *Rules) checkFamily(f *family) error {
-	exists, err := f.ipt.ChainExists(natTable, r.chain)
+	exists, err := f.ipt.ChainExists(f.table, r.chain)
 	if err != nil {
 		return fmt.Errorf("checking chain %s: %w", r.chain, err)
 	}
 	if !exists {
 		return fmt.Errorf("%w: chain %s does not exist", ErrMissing, r.chain)
 	}
-	ok, err := f.ipt.Exists(natTable, prerouting, "-j", r.chain)
-	if err != nil {
-		return fmt.Errorf("checking jump from %s: %w", prerouting, err)
-	}
-	if !ok {
-		return fmt.Errorf("%w: no jump from %s to %s", ErrMissing, prerouting, r.chain)
+	for _, hook := range f.hooks {
+		ok, err := f.ipt.Exists(f.table, hook, "-j", r.chain)
+		if err != nil {
+			return fmt.Errorf("checking jump from %s: %w", hook, err)
+		}
+		if !ok {
+			return fmt.Errorf("%w: no jump from %s to %s", ErrMissing, hook, r.chain)
+		}
 	}
 	for _, rl := range f.rules {
-		ok, err := f.ipt.Exists(natTable, r.chain, rl.spec...)
+		ok, err := f.ipt.Exists(f.table, r.chain, rl.spec...)
 		if err != nil {
 			return fmt.Errorf("checking rule for interface %s: %w", rl.iface, err)
 		}
@@ -417,33 +461,47 @@ func (r *Rules) Remove() error {
 }
 
 func (r *Rules) removeFamily(f *family) error {
-	exists, err := f.ipt.ChainExists(natTable, r.chain)
+	removed, err := r.removeChain(f.ipt, f.table, f.hooks)
 	if err != nil {
-		return fmt.Errorf("checking chain %s: %w", r.chain, err)
+		return err
+	}
+	if removed {
+		r.log.Info("removed metadata interception rule", "family", f.name, "chain", r.chain)
+	}
+	return nil
+}
+
+// removeChain deletes the jumps from hooks and the chain in table, and
+// reports whether there was a chain.
+func (r *Rules) removeChain(ipt tables, table string, hooks []string) (bool, error) {
+	exists, err := ipt.ChainExists(table, r.chain)
+	if err != nil {
+		return false, fmt.Errorf("checking chain %s: %w", r.chain, err)
 	}
 	if !exists {
 		// No chain means no jump: iptables refuses a jump to a missing chain.
-		return nil
+		return false, nil
 	}
 	jump := []string{"-j", r.chain}
-	// Bounded, in case something re-adds the jump as fast as we delete it.
-	for range 100 {
-		ok, err := f.ipt.Exists(natTable, prerouting, jump...)
-		if err != nil {
-			return fmt.Errorf("checking jump from %s: %w", prerouting, err)
-		}
-		if !ok {
-			break
-		}
-		if err := f.ipt.Delete(natTable, prerouting, jump...); err != nil && !isNotExist(err) {
-			return fmt.Errorf("deleting jump from %s: %w", prerouting, err)
+	for _, hook := range hooks {
+		// Bounded, in case something re-adds the jump as fast as we delete it.
+		for range 100 {
+			ok, err := ipt.Exists(table, hook, jump...)
+			if err != nil {
+				return false, fmt.Errorf("checking jump from %s: %w", hook, err)
+			}
+			if !ok {
+				break
+			}
+			if err := ipt.Delete(table, hook, jump...); err != nil && !isNotExist(err) {
+				return false, fmt.Errorf("deleting jump from %s: %w", hook, err)
+			}
 		}
 	}
-	if err := f.ipt.ClearAndDeleteChain(natTable, r.chain); err != nil {
-		return fmt.Errorf("deleting chain %s: %w", r.chain, err)
+	if err := ipt.ClearAndDeleteChain(table, r.chain); err != nil {
+		return false, fmt.Errorf("deleting chain %s: %w", r.chain, err)
 	}
-	r.log.Info("removed metadata interception rule", "family", f.name, "chain", r.chain)
-	return nil
+	return true, nil
 }
 
 // isNotExist reports whether err says that the rule or chain is absent.

@@ -201,11 +201,16 @@ func TestInstallCreatesChainRulesAndJump(t *testing.T) {
 	if err := r.Check(); err != nil {
 		t.Fatalf("Check after Install: %v", err)
 	}
-	if got := f.calls(); !slices.Equal(got, []string{MetadataIPv4}) {
-		t.Fatalf("conntrack flushed for %q, want once for %s", got, MetadataIPv4)
+	if got := f.calls(); !slices.Equal(got, []string{MetadataIPv4, MetadataIPv6}) {
+		t.Fatalf("conntrack flushed for %q, want once for each metadata address", got)
 	}
+	// Without Host6 the IPv6 address is refused (filter table), not
+	// redirected (nat table).
 	if strings.Contains(ns.natDump(t, "ip6tables"), "PODIAM") {
-		t.Fatal("ip6tables changed although Host6 is empty")
+		t.Fatal("an IPv6 DNAT chain although Host6 is empty")
+	}
+	if !strings.Contains(ns.run(t, "ip6tables", "-S", "PODIAM"), "-j REJECT") {
+		t.Fatal("no IPv6 REJECT rule although Host6 is empty")
 	}
 }
 
@@ -595,5 +600,58 @@ func TestTrafficReachesAgent(t *testing.T) {
 	}
 	if err := r.Remove(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestIPv6RejectedWhereNotServed: on a node whose agent serves IPv4 only,
+// a pod's connection to fd00:ec2::254 is refused at once by the IPv6 rule
+// in the filter table, never reaching what answers there (the node's
+// metadata service, here a listener on that address in the node).
+func TestIPv6RejectedWhereNotServed(t *testing.T) {
+	node := newTestNS(t)
+	pod := newTestNS(t)
+	node.run(t, "ip", "link", "add", "calitest0", "type", "veth", "peer", "name", "eth0")
+	node.run(t, "ip", "link", "set", "eth0", "netns", pod.name)
+	node.run(t, "ip", "-6", "addr", "add", "fd01::1/64", "dev", "calitest0", "nodad")
+	node.run(t, "ip", "link", "set", "calitest0", "up")
+	node.run(t, "ip", "-6", "addr", "add", MetadataIPv6+"/128", "dev", "lo")
+	pod.run(t, "ip", "-6", "addr", "add", "fd01::2/64", "dev", "eth0", "nodad")
+	pod.run(t, "ip", "link", "set", "eth0", "up")
+	pod.run(t, "ip", "-6", "route", "add", "default", "via", "fd01::1")
+	startListener(t, node.name, "["+MetadataIPv6+"]:80")
+
+	addr := "[" + MetadataIPv6 + "]:80"
+	if out, err := dialFrom(t, pod.name, addr); err != nil || !strings.HasPrefix(out, helperBanner) {
+		t.Fatalf("before the rule the pod must reach the node's IPv6 metadata listener (else this test proves nothing): %q %v", out, err)
+	}
+	r := mustNew(t, node.config(&flushRecorder{}, "cali+"), prometheus.NewRegistry())
+	mustInstall(t, r)
+	start := time.Now()
+	out, err := dialFrom(t, pod.name, addr)
+	if err == nil {
+		t.Fatalf("pod reached %s with the IPv6 rule in place: %q", addr, out)
+	}
+	if !strings.Contains(err.Error(), "connection refused") || time.Since(start) > 900*time.Millisecond {
+		t.Fatalf("pod to %s: %v after %s, want an immediate connection refused", addr, err, time.Since(start))
+	}
+	var filter []string
+	for _, l := range strings.Split(node.run(t, "ip6tables", "-S"), "\n") {
+		if strings.Contains(l, "PODIAM") {
+			filter = append(filter, idRE.ReplaceAllString(l, "podiam:ID"))
+		}
+	}
+	want := []string{"-N PODIAM", "-A INPUT -j PODIAM", "-A FORWARD -j PODIAM", reject(MetadataIPv6+"/128", "-i cali+")}
+	if !slices.Equal(filter, want) {
+		t.Fatalf("ip6tables filter:\n%s\nwant:\n%s", strings.Join(filter, "\n"), strings.Join(want, "\n"))
+	}
+	if err := r.Check(); err != nil {
+		t.Fatal(err)
+	}
+	// Kept on exit like the IPv4 rule; removed only by Remove.
+	if err := r.Remove(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := dialFrom(t, pod.name, addr); err != nil || !strings.HasPrefix(out, helperBanner) {
+		t.Fatalf("after Remove: %q %v", out, err)
 	}
 }

@@ -78,8 +78,9 @@ func (n *fakeNode) tables(family string) *fakeTables {
 	return n.v4
 }
 
+// config is an IPv4-only node's (NoIPv6); the IPv6 tests set their own.
 func (n *fakeNode) config(f *flushRecorder, ifaces ...string) Config {
-	return Config{HostInterfaces: ifaces, Host: "10.77.0.1", Port: 8181, ConntrackFlush: f.flush}
+	return Config{HostInterfaces: ifaces, Host: "10.77.0.1", Port: 8181, ConntrackFlush: f.flush, NoIPv6: true}
 }
 
 // newRules builds Rules on the node's fake tables with a registry and a
@@ -157,7 +158,7 @@ func TestFakeInstallCreatesChainRulesAndJump(t *testing.T) {
 		t.Fatalf("conntrack flushed for %q, want once for %s", got, MetadataIPv4)
 	}
 	if len(n.v6.calls) != 0 {
-		t.Fatalf("ip6tables used although Host6 is empty: %q", n.v6.calls)
+		t.Fatalf("ip6tables used although IPv6 is off: %q", n.v6.calls)
 	}
 	if want := []string{"IPv4:/sbin/iptables-legacy"}; !slices.Equal(*opened, want) {
 		t.Fatalf("opened %q, want %q", *opened, want)
@@ -168,7 +169,7 @@ func TestFakeInstallIsIdempotent(t *testing.T) {
 	n := newFakeNode()
 	f := &flushRecorder{}
 	cfg := n.config(f, "cali+", "!eth0")
-	cfg.Host6 = "fd00::1"
+	cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 	r, _, _ := n.newRules(t, cfg)
 	mustInstall(t, r)
 	n.v4.resetCalls()
@@ -178,7 +179,7 @@ func TestFakeInstallIsIdempotent(t *testing.T) {
 	// A restarted agent is a new Rules on the same tables.
 	f2 := &flushRecorder{}
 	restarted := n.config(f2, "cali+", "!eth0")
-	restarted.Host6 = "fd00::1"
+	restarted.Host6, restarted.NoIPv6 = "fd00::1", false
 	r2, _, _ := n.newRules(t, restarted)
 	mustInstall(t, r2)
 
@@ -215,7 +216,7 @@ func TestFakeChangedConfigReplacesStaleRules(t *testing.T) {
 	n := newFakeNode()
 	f := &flushRecorder{}
 	old := n.config(f, "cali+", "eth1")
-	old.Host6 = "fd00::1"
+	old.Host6, old.NoIPv6 = "fd00::1", false
 	r, _, _ := n.newRules(t, old)
 	mustInstall(t, r)
 	// Rules podiam never wrote do not belong in its chain either, nor does
@@ -225,7 +226,7 @@ func TestFakeChangedConfigReplacesStaleRules(t *testing.T) {
 	n.v4.resetCalls()
 
 	cur := n.config(f, "cali+")
-	cur.Host, cur.Port, cur.Host6 = "10.77.0.2", 9000, "fd00::2"
+	cur.Host, cur.Port, cur.Host6, cur.NoIPv6 = "10.77.0.2", 9000, "fd00::2", false
 	r2, _, logs := n.newRules(t, cur)
 	mustInstall(t, r2)
 	mustRun(t, n.v4, append([]string{"-A", "PODIAM"}, n.v4.chains["PODIAM"][0]...)...)
@@ -281,7 +282,7 @@ func TestFakeIPv6Rule(t *testing.T) {
 	n := newFakeNode()
 	f := &flushRecorder{}
 	cfg := n.config(f, "cali+", "!eth0")
-	cfg.Host6 = "fd00::1"
+	cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 	r, _, _ := n.newRules(t, cfg)
 	mustInstall(t, r)
 
@@ -424,7 +425,7 @@ func TestFakeInstallErrors(t *testing.T) {
 	t.Run("ipv6 failure names its family", func(t *testing.T) {
 		n := newFakeNode()
 		cfg := n.config(&flushRecorder{}, "cali+")
-		cfg.Host6 = "fd00::1"
+		cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 		r, _, _ := n.newRules(t, cfg)
 		n.v6.hook = failOn("append", "PODIAM")
 		if err := r.Install(context.Background()); !errors.Is(err, boom) || !strings.HasPrefix(err.Error(), "ipv6: ") {
@@ -507,7 +508,7 @@ func TestFakeRecheck(t *testing.T) {
 			n := newFakeNode()
 			f := &flushRecorder{}
 			cfg := n.config(f, "cali+", "!eth0")
-			cfg.Host6 = "fd00::1"
+			cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 			r, reg, logs := n.newRules(t, cfg)
 			mustInstall(t, r)
 			want4, want6 := n.v4.sortedDump(), n.v6.sortedDump()
@@ -652,7 +653,7 @@ func TestFakeRemove(t *testing.T) {
 	n := newFakeNode()
 	mustRun(t, n.v4, "-A", "PREROUTING", "-s", "10.9.9.9/32", "-j", "RETURN")
 	cfg := n.config(&flushRecorder{}, "cali+", "!eth0")
-	cfg.Host6 = "fd00::1"
+	cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 	r, _, _ := n.newRules(t, cfg)
 	mustInstall(t, r)
 	// A second jump (say, from an older agent) must go too, or the chain
@@ -698,7 +699,7 @@ func TestFakeRemoveErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newFakeNode()
 			cfg := n.config(&flushRecorder{}, "cali+")
-			cfg.Host6 = "fd00::1"
+			cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 			r, _, _ := n.newRules(t, cfg)
 			mustInstall(t, r)
 			n.v4.hook = func(op, chain string) error {
@@ -743,7 +744,7 @@ func TestFakeNewOpensEachFamilyOnce(t *testing.T) {
 	n := newFakeNode()
 	open, opened := fakeOpener(n.v4, n.v6)
 	cfg := n.config(&flushRecorder{}, "cali+")
-	cfg.Host6 = "fd00::1"
+	cfg.Host6, cfg.NoIPv6 = "fd00::1", false
 	cfg.IPTablesPath, cfg.IP6TablesPath = "/a/iptables", "/a/ip6tables"
 	if _, err := newRules(cfg, nil, nil, open); err != nil {
 		t.Fatal(err)
@@ -800,7 +801,9 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"empty interface from a trailing comma", func(c *Config) { c.HostInterfaces = strings.Split("cali+,", ",") }, `host interface "": empty interface name`},
 		{"no interfaces", func(c *Config) { c.HostInterfaces = nil }, "no host interfaces"},
 		{"host not an address", func(c *Config) { c.Host = "node1" }, `host "node1" is not an IP address`},
-		{"host empty", func(c *Config) { c.Host = "" }, `host "" is not an IP address`},
+		{"no host at all", func(c *Config) { c.Host = "" }, `neither an IPv4 nor an IPv6 host`},
+		{"host garbage", func(c *Config) { c.Host = "not-an-ip" }, `host "not-an-ip" is not an IP address`},
+		{"IPv6 host with IPv6 off", func(c *Config) { c.Host6, c.NoIPv6 = "fd00::1", true }, `with IPv6 disabled`},
 		{"host IPv6", func(c *Config) { c.Host = "fd00::1" }, `host "fd00::1" is IPv6`},
 		{"host loopback", func(c *Config) { c.Host = "127.0.0.1" }, "loopback"},
 		{"host6 IPv4", func(c *Config) { c.Host6 = "10.0.0.1" }, `host6 "10.0.0.1" is not an IPv6 address`},
@@ -822,5 +825,104 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	_, err := New(valid(), nil, nil)
 	if err == nil || errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "iptables") {
 		t.Fatalf("New with a missing binary = %v, want an iptables lookup error", err)
+	}
+}
+
+func reject(dst, iface string) string {
+	return "-A PODIAM -d " + dst + " " + iface + " -p tcp -m tcp --dport 80 -m comment --comment \"podiam:ID\" -j REJECT --reject-with tcp-reset"
+}
+
+// TestFakeIPv6ClosedByDefault: a node the agent serves over IPv4 only
+// still gets an IPv6 rule, refusing fd00:ec2::254 at once in the filter
+// table, so a pod with an IPv6 address never reaches the node's metadata;
+// an IPv6-only node gets the mirror image.
+func TestFakeIPv6ClosedByDefault(t *testing.T) {
+	for _, tc := range []struct {
+		name            string
+		host, host6     string
+		dnatFam, rejFam string
+		dnat, rej       string
+	}{
+		{"IPv4 node", "10.77.0.1", "", "ipv4", "ipv6",
+			dnat("169.254.169.254/32", "-i cali+", "10.77.0.1:8181"), reject("fd00:ec2::254/128", "-i cali+")},
+		{"IPv6-only node", "", "fd00::1", "ipv6", "ipv4",
+			dnat("fd00:ec2::254/128", "-i cali+", "[fd00::1]:8181"), reject("169.254.169.254/32", "-i cali+")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newFakeNode()
+			f := &flushRecorder{}
+			cfg := Config{HostInterfaces: []string{"cali+"}, Host: tc.host, Host6: tc.host6, Port: 8181, ConntrackFlush: f.flush}
+			r, _, _ := n.newRules(t, cfg)
+			mustInstall(t, r)
+			d, j := n.tables(tc.dnatFam), n.tables(tc.rejFam)
+			if got := listed(d, "PODIAM"); !slices.Equal(got, []string{tc.dnat}) {
+				t.Errorf("%s nat PODIAM: %q, want %q", tc.dnatFam, got, tc.dnat)
+			}
+			if got := listed(j.filter, "PODIAM"); !slices.Equal(got, []string{tc.rej}) {
+				t.Errorf("%s filter PODIAM: %q, want %q", tc.rejFam, got, tc.rej)
+			}
+			for _, hook := range []string{"INPUT", "FORWARD"} {
+				if got := j.filter.rules(hook); !slices.Equal(got, []string{"-A " + hook + " -j PODIAM"}) {
+					t.Errorf("%s filter %s: %q, want the jump", tc.rejFam, hook, got)
+				}
+			}
+			if _, ok := j.chains["PODIAM"]; ok {
+				t.Errorf("%s has a nat chain although the agent does not serve it", tc.rejFam)
+			}
+			if err := r.Check(); err != nil {
+				t.Fatalf("Check: %v", err)
+			}
+			if got := f.calls(); len(got) != 2 {
+				t.Errorf("conntrack flushed for %q, want both metadata addresses", got)
+			}
+			// A missing REJECT rule is reported and restored like a DNAT rule.
+			mustRun(t, j.filter, "-F", "PODIAM")
+			if err := r.Check(); !errors.Is(err, ErrMissing) {
+				t.Fatalf("Check with the reject rule gone: %v, want ErrMissing", err)
+			}
+			mustInstall(t, r)
+			if err := r.Check(); err != nil {
+				t.Fatalf("Check after restore: %v", err)
+			}
+			if err := r.Remove(); err != nil {
+				t.Fatal(err)
+			}
+			for _, hook := range []string{"INPUT", "FORWARD"} {
+				if got := j.filter.rules(hook); len(got) != 0 {
+					t.Errorf("after Remove, filter %s: %q", hook, got)
+				}
+			}
+			if _, ok := j.filter.chains["PODIAM"]; ok {
+				t.Error("after Remove the filter chain is still there")
+			}
+		})
+	}
+}
+
+// TestFakeModeSwitch: an agent restarted with an IPv6 address replaces
+// the IPv6 REJECT chain with the DNAT one, and the reverse; neither mode's
+// chain lingers.
+func TestFakeModeSwitch(t *testing.T) {
+	n := newFakeNode()
+	v4only := Config{HostInterfaces: []string{"cali+"}, Host: "10.77.0.1", Port: 8181, ConntrackFlush: (&flushRecorder{}).flush}
+	r, _, _ := n.newRules(t, v4only)
+	mustInstall(t, r)
+	dual := v4only
+	dual.Host6 = "fd00::1"
+	r2, _, _ := n.newRules(t, dual)
+	mustInstall(t, r2)
+	if _, ok := n.v6.filter.chains["PODIAM"]; ok || len(n.v6.filter.rules("FORWARD")) != 0 {
+		t.Fatalf("the IPv6 reject chain lingers after the switch to DNAT:\n%s", n.v6.filter.dump())
+	}
+	if got := listed(n.v6, "PODIAM"); len(got) != 1 || !strings.Contains(got[0], "-j DNAT") {
+		t.Fatalf("IPv6 nat PODIAM: %q", got)
+	}
+	r3, _, _ := n.newRules(t, v4only)
+	mustInstall(t, r3)
+	if _, ok := n.v6.chains["PODIAM"]; ok || len(n.v6.rules("PREROUTING")) != 0 {
+		t.Fatalf("the IPv6 DNAT chain lingers after the switch back:\n%s", n.v6.dump())
+	}
+	if err := r3.Check(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -26,8 +26,9 @@ const (
 const DefaultChain = "PODIAM"
 
 const (
-	natTable   = "nat"
-	prerouting = "PREROUTING"
+	natTable    = "nat"
+	filterTable = "filter"
+	prerouting  = "PREROUTING"
 	// ifNameMax is IFNAMSIZ-1: iptables refuses longer names, and a longer
 	// name can never match a real interface.
 	ifNameMax = 15
@@ -149,7 +150,7 @@ func parseHost(flag, s string, want6 bool) (netip.Addr, error) {
 var builtinNames = map[string]bool{
 	"PREROUTING": true, "INPUT": true, "FORWARD": true, "OUTPUT": true, "POSTROUTING": true,
 	"ACCEPT": true, "DROP": true, "RETURN": true, "QUEUE": true, "DNAT": true, "SNAT": true,
-	"MASQUERADE": true, "REDIRECT": true,
+	"MASQUERADE": true, "REDIRECT": true, "REJECT": true,
 }
 
 func checkChain(name string) error {
@@ -171,12 +172,22 @@ func checkChain(name string) error {
 	return nil
 }
 
-// buildRules returns one DNAT rule per interface for one address family.
-// Arguments follow the order `iptables -S` prints them in, so a listing
-// reads the same as the code.
-func buildRules(metadata netip.Addr, ifaces []iface, target netip.Addr, port int) []rule {
+// dnatTo is the action of a rule that redirects to the agent at target.
+func dnatTo(target netip.Addr, port int) []string {
+	return []string{"-j", "DNAT", "--to-destination", net.JoinHostPort(target.String(), strconv.Itoa(port))}
+}
+
+// rejectAction is the action of a rule that refuses the connection at
+// once, where the agent does not serve the address family: a pod's SDK
+// moves on immediately instead of waiting for a timeout, and never reaches
+// the node's metadata service.
+var rejectAction = []string{"-j", "REJECT", "--reject-with", "tcp-reset"}
+
+// buildRules returns one rule per interface for one address family, with
+// action (dnatTo or rejectAction). Arguments follow the order `iptables -S`
+// prints them in, so a listing reads the same as the code.
+func buildRules(metadata netip.Addr, ifaces []iface, action []string) []rule {
 	dst := netip.PrefixFrom(metadata, metadata.BitLen()).String()
-	to := net.JoinHostPort(target.String(), strconv.Itoa(port))
 	out := make([]rule, 0, len(ifaces))
 	for _, it := range ifaces {
 		match := []string{"-d", dst}
@@ -184,7 +195,6 @@ func buildRules(metadata netip.Addr, ifaces []iface, target netip.Addr, port int
 			match = append(match, "!")
 		}
 		match = append(match, "-i", it.name, "-p", "tcp", "-m", "tcp", "--dport", "80")
-		action := []string{"-j", "DNAT", "--to-destination", to}
 
 		sum := sha256.Sum256([]byte(strings.Join(append(append([]string{}, match...), action...), "\x00")))
 		id := hex.EncodeToString(sum[:6])

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -114,8 +115,7 @@ func TestCheckChain(t *testing.T) {
 }
 
 func TestBuildRules(t *testing.T) {
-	v4 := buildRules(netip.MustParseAddr(MetadataIPv4),
-		[]iface{{name: "cali+"}, {name: "eth0", negate: true}}, netip.MustParseAddr("10.0.0.1"), 8181)
+	v4 := buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}, {name: "eth0", negate: true}}, dnatTo(netip.MustParseAddr("10.0.0.1"), 8181))
 	if len(v4) != 2 {
 		t.Fatalf("got %d rules, want 2", len(v4))
 	}
@@ -134,7 +134,7 @@ func TestBuildRules(t *testing.T) {
 		}
 	}
 
-	v6 := buildRules(netip.MustParseAddr(MetadataIPv6), []iface{{name: "cali+"}}, netip.MustParseAddr("fd00::1"), 8181)
+	v6 := buildRules(netip.MustParseAddr(MetadataIPv6), []iface{{name: "cali+"}}, dnatTo(netip.MustParseAddr("fd00::1"), 8181))
 	wantV6 := []string{"-d", "fd00:ec2::254/128", "-i", "cali+", "-p", "tcp", "-m", "tcp", "--dport", "80",
 		"-m", "comment", "--comment", "podiam:" + v6[0].id, "-j", "DNAT", "--to-destination", "[fd00::1]:8181"}
 	if !reflect.DeepEqual(v6[0].spec, wantV6) {
@@ -147,17 +147,24 @@ func TestBuildRules(t *testing.T) {
 	for name, r := range map[string]rule{
 		"base":         v4[0],
 		"negated":      v4[1],
-		"other port":   buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, netip.MustParseAddr("10.0.0.1"), 8182)[0],
-		"other host":   buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, netip.MustParseAddr("10.0.0.2"), 8181)[0],
-		"other iface":  buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "eni+"}}, netip.MustParseAddr("10.0.0.1"), 8181)[0],
+		"other port":   buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, dnatTo(netip.MustParseAddr("10.0.0.1"), 8182))[0],
+		"other host":   buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, dnatTo(netip.MustParseAddr("10.0.0.2"), 8181))[0],
+		"other iface":  buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "eni+"}}, dnatTo(netip.MustParseAddr("10.0.0.1"), 8181))[0],
 		"other family": v6[0],
+		"reject":       buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, rejectAction)[0],
 	} {
 		if prev, dup := ids[r.id]; dup {
 			t.Errorf("%s and %s share id %s", name, prev, r.id)
 		}
 		ids[r.id] = name
 	}
-	again := buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, netip.MustParseAddr("10.0.0.1"), 8181)
+	rej := buildRules(netip.MustParseAddr(MetadataIPv6), []iface{{name: "cali+"}}, rejectAction)
+	wantRej := []string{"-d", "fd00:ec2::254/128", "-i", "cali+", "-p", "tcp", "-m", "tcp", "--dport", "80",
+		"-m", "comment", "--comment", "podiam:" + rej[0].id, "-j", "REJECT", "--reject-with", "tcp-reset"}
+	if !slices.Equal(rej[0].spec, wantRej) {
+		t.Errorf("reject rule = %q, want %q", rej[0].spec, wantRej)
+	}
+	again := buildRules(netip.MustParseAddr(MetadataIPv4), []iface{{name: "cali+"}}, dnatTo(netip.MustParseAddr("10.0.0.1"), 8181))
 	if again[0].id != v4[0].id {
 		t.Errorf("id not stable across calls: %s != %s", again[0].id, v4[0].id)
 	}

@@ -7,8 +7,8 @@
 // Several server replicas sit behind one DNS name (a headless Service, as
 // KIAM deploys them): the client resolves all their addresses, balances
 // round robin over those that pass the standard gRPC health check, and
-// fails a request fast when none is reachable, so the agent can fall back
-// to what it has cached within the SDKs' one-second budget.
+// lets a request wait for a ready one only within its call timeout, so the
+// agent can fall back to what it has cached within the SDKs' budget.
 //
 // It must not import client-go or the AWS SDK: the agent links it.
 package serverclient
@@ -48,6 +48,11 @@ import (
 // (before, they answer Unavailable), so the agent may take it as proof that
 // whatever it cached for the address is stale.
 var ErrPodUnknown = errors.New("server knows no live pod at this address")
+
+// ErrIPConflict means a server found several live pods claiming the
+// address. It is definitive for whatever the agent cached: whichever
+// sandbox asks may be either pod.
+var ErrIPConflict = errors.New("several live pods claim this address")
 
 // ErrMalformedAnswer means a server's answer lacked something the agent
 // needs; it is treated like an unreachable server.
@@ -89,9 +94,12 @@ const (
 	defaultCallTimeout      = 5 * time.Second
 	defaultConnectTimeout   = 5 * time.Second
 
-	// Reconnection backoff for connections and the watch stream.
+	// Reconnection backoff for connections and the watch stream. The cap
+	// is short so that a server that comes back is used within about a
+	// second: an agent reconnects to a handful of servers, never enough
+	// to burden them.
 	backoffBase   = 100 * time.Millisecond
-	backoffMax    = 5 * time.Second
+	backoffMax    = time.Second
 	backoffJitter = 0.2
 )
 
@@ -224,9 +232,14 @@ func (c *Client) countUnary(ctx context.Context, method string, req, reply any, 
 func (c *Client) Fetch(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.CallTimeout)
 	defer cancel()
-	// Not wait-for-ready: with no server reachable the call fails at once
-	// and the agent answers from its cache instead of making the pod wait.
-	resp, err := c.api.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip}, grpc.WaitForReady(false))
+	// Wait for a ready (connected, SERVING) server within the call's own
+	// deadline rather than failing at once: a connection in reconnect
+	// backoff, or a server that just restarted, would otherwise turn
+	// every request into a 503 until the next attempt. With several
+	// servers, any ready one takes the call. The deadline (KIAM's
+	// --gateway-timeout-creation, 1s) still bounds how long the pod waits
+	// before the agent falls back to its cache.
+	resp, err := c.api.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip}, grpc.WaitForReady(true))
 	if err != nil {
 		return creds.PodCredentials{}, fromRPCError(err)
 	}
@@ -246,7 +259,7 @@ func httpStatus(code codes.Code, reason pb.Reason) int {
 	case pb.Reason_REASON_NO_ROLE:
 		return http.StatusNotFound
 	case pb.Reason_REASON_POLICY_DENIED, pb.Reason_REASON_INVALID_ANNOTATION,
-		pb.Reason_REASON_WRONG_NODE, pb.Reason_REASON_STS_DENIED:
+		pb.Reason_REASON_WRONG_NODE, pb.Reason_REASON_STS_DENIED, pb.Reason_REASON_STATIC_POD:
 		return http.StatusForbidden
 	case pb.Reason_REASON_POD_UNKNOWN, pb.Reason_REASON_IP_CONFLICT, pb.Reason_REASON_STS_UNAVAILABLE:
 		return http.StatusServiceUnavailable
@@ -260,8 +273,11 @@ func httpStatus(code codes.Code, reason pb.Reason) int {
 func fromRPCError(err error) error {
 	code, reason := status.Code(err), refusal.Reason(err)
 	wrapped := fmt.Errorf("podiam server: %w", err)
-	if reason == pb.Reason_REASON_POD_UNKNOWN {
+	switch reason {
+	case pb.Reason_REASON_POD_UNKNOWN:
 		wrapped = fmt.Errorf("%w: %w", ErrPodUnknown, err)
+	case pb.Reason_REASON_IP_CONFLICT:
+		wrapped = fmt.Errorf("%w: %w", ErrIPConflict, err)
 	}
 	return httperr.New(httpStatus(code, reason), wrapped)
 }
@@ -314,9 +330,11 @@ func (c *Client) Check(ctx context.Context) error {
 // nil. onEvent is called, from Watch's goroutine, for every event of each
 // stream in order: an event of TYPE_UNSPECIFIED marking the start of a new
 // stream (so a snapshot cut short is never mixed with the next one), a
-// snapshot of TYPE_PRESENT events, TYPE_SYNCED, then changes. Whenever a stream ends, Watch starts another after a backoff;
-// the new stream begins with a new snapshot, and only its TYPE_SYNCED
-// makes the picture whole again.
+// snapshot of TYPE_PRESENT events, TYPE_SYNCED, changes, and another
+// TYPE_UNSPECIFIED when the stream ends (until the next snapshot nothing
+// reports pods leaving). Whenever a stream ends, Watch starts another
+// after a backoff; the new stream begins with a new snapshot, and only its
+// TYPE_SYNCED makes the picture whole again.
 func (c *Client) Watch(ctx context.Context, onEvent func(*pb.PodEvent)) error {
 	if c.cfg.HostIP == "" {
 		return errors.New("serverclient: watch needs the node's address (HostIP)")
@@ -369,6 +387,9 @@ func (c *Client) watchOnce(ctx context.Context, onEvent func(*pb.PodEvent)) (syn
 		return false, err
 	}
 	onEvent(&pb.PodEvent{Type: pb.PodEvent_TYPE_UNSPECIFIED})
+	// And again when the stream ends: until the next snapshot, nothing
+	// reports pods leaving, and the agent must know.
+	defer onEvent(&pb.PodEvent{Type: pb.PodEvent_TYPE_UNSPECIFIED})
 	for {
 		ev, err := stream.Recv()
 		if err != nil {

@@ -141,6 +141,9 @@ func TestFetchErrorMapping(t *testing.T) {
 			if got := httperr.Status(err, 0); got != tt.want {
 				t.Errorf("status %d, want %d (%v)", got, tt.want, err)
 			}
+			if got, want := errors.Is(err, ErrIPConflict), tt.name == "ip conflict"; got != want {
+				t.Errorf("errors.Is(ErrIPConflict) = %v, want %v", got, want)
+			}
 			if got := errors.Is(err, ErrPodUnknown); got != tt.podUnknown {
 				t.Errorf("errors.Is(ErrPodUnknown) = %v, want %v", got, tt.podUnknown)
 			}
@@ -165,9 +168,12 @@ func TestHTTPStatusUnknownReason(t *testing.T) {
 	}
 }
 
-func TestFetchNoServerFailsFast(t *testing.T) {
+// With no server reachable a request waits for one only within its call
+// timeout (the agent's --gateway-timeout-creation, 1s by default), then
+// fails with 503 so the agent can answer from its cache.
+func TestFetchNoServerFailsWithinCallTimeout(t *testing.T) {
 	p := newPKI(t)
-	c, _ := newClient(t, p, freeAddr(t), nil)
+	c, _ := newClient(t, p, freeAddr(t), func(c *Config) { c.CallTimeout = time.Second })
 	for i := range 3 {
 		took, err := fetch(t, c, "10.1.2.3")
 		if httperr.Status(err, 0) != http.StatusServiceUnavailable || errors.Is(err, ErrPodUnknown) {
@@ -177,8 +183,8 @@ func TestFetchNoServerFailsFast(t *testing.T) {
 			t.Fatalf("attempt %d took %s, want < 2s", i, took)
 		}
 	}
-	if n := testutil.ToFloat64(c.requests.WithLabelValues(pb.Credentials_GetPodCredentials_FullMethodName, "Unavailable")); n != 3 {
-		t.Errorf("requests{code=Unavailable} = %v, want 3", n)
+	if n := testutil.ToFloat64(c.requests.WithLabelValues(pb.Credentials_GetPodCredentials_FullMethodName, "DeadlineExceeded")); n != 3 {
+		t.Errorf("requests{code=DeadlineExceeded} = %v, want 3", n)
 	}
 	if err := c.Check(t.Context()); err == nil {
 		t.Error("Check succeeded with no server")
@@ -208,7 +214,7 @@ func TestHealthChecking(t *testing.T) {
 	fs := &fakeServer{get: answer("web-0")}
 	srv := startServer(t, p, "127.0.0.1:0", fs)
 	srv.setServing(false)
-	c, _ := newClient(t, p, srv.addr, nil)
+	c, _ := newClient(t, p, srv.addr, func(c *Config) { c.CallTimeout = time.Second })
 	took, err := fetch(t, c, "10.1.2.3")
 	if httperr.Status(err, 0) != http.StatusServiceUnavailable || took > 2*time.Second {
 		t.Fatalf("Fetch from a NOT_SERVING server: %v after %s, want a fast 503", err, took)
@@ -350,8 +356,13 @@ func TestWatchSnapshotChangesAndReconnect(t *testing.T) {
 		}
 	}
 
-	// The server restarts on the same port with another view.
+	// The server goes away: the end of the stream is marked at once, so
+	// the agent knows nothing reports pods leaving until the next snapshot.
 	first.srv.Stop()
+	if got := recv(start); got != start {
+		t.Fatalf("event %q after the stream ended, want the end marked", got)
+	}
+	// The server restarts on the same port with another view.
 	startServer(t, p, first.addr, &fakeServer{watch: stream([]*pb.PodEvent{present("10.1.0.3", "u3")})})
 	expect("PRESENT 10.1.0.3 u3", "SYNCED  ")
 	if n := testutil.ToFloat64(c.reconnects); n < 1 {
@@ -444,4 +455,28 @@ func TestNewValidates(t *testing.T) {
 	if err := noHost.Watch(t.Context(), func(*pb.PodEvent) {}); err == nil {
 		t.Error("Watch without HostIP started")
 	}
+}
+
+// TestServerRestartServedAtOnce: after the only server was down long enough
+// for reconnect backoff to grow, the first request after it is back and
+// SERVING succeeds: backoff is capped near a second and the request waits
+// for the connection within its call timeout instead of failing fast.
+func TestServerRestartServedAtOnce(t *testing.T) {
+	p := newPKI(t)
+	addr := freeAddr(t)
+	c, _ := newClient(t, p, addr, func(c *Config) { c.CallTimeout = 2 * time.Second })
+	// Let reconnect attempts fail for a while, so an uncapped backoff
+	// would be several seconds by now.
+	for range 3 {
+		if _, err := fetch(t, c, "10.1.2.3"); httperr.Status(err, 0) != http.StatusServiceUnavailable {
+			t.Fatalf("no server: %v, want 503", err)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	startServer(t, p, addr, &fakeServer{get: answer("web-0")})
+	took, err := fetch(t, c, "10.1.2.3")
+	if err != nil {
+		t.Fatalf("first request after the server came back: %v after %s", err, took)
+	}
+	t.Logf("first request after restart served in %s", took)
 }

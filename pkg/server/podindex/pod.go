@@ -36,7 +36,11 @@ type Pod struct {
 	ServiceAccountName string
 	NodeName           string
 	HostNetwork        bool
-	Phase              corev1.PodPhase
+	// Mirror marks a static pod's mirror (annotation
+	// kubernetes.io/config.mirror). A node's kubelet may create those in
+	// any namespace with any annotation, so they never get a role.
+	Mirror bool
+	Phase  corev1.PodPhase
 
 	// IPs are status.podIPs, or status.podIP when podIPs is empty (older
 	// API servers), canonical (netip, IPv4-mapped addresses unmapped),
@@ -66,6 +70,7 @@ func FromAPI(p *corev1.Pod) *Pod {
 		ServiceAccountName:         intern(p.Spec.ServiceAccountName),
 		NodeName:                   intern(p.Spec.NodeName),
 		HostNetwork:                p.Spec.HostNetwork,
+		Mirror:                     isMirror(p.Annotations),
 		Phase:                      corev1.PodPhase(intern(string(p.Status.Phase))),
 		annotations:                iamAnnotations(p.Annotations),
 	}
@@ -82,6 +87,15 @@ func FromAPI(p *corev1.Pod) *Pod {
 		out.HostIPs = addCanonical(out.HostIPs, p.Status.HostIP, true)
 	}
 	return out
+}
+
+// AnnotationMirror is set by the kubelet on the API object it creates for
+// a static pod (corev1.MirrorPodAnnotationKey).
+const AnnotationMirror = corev1.MirrorPodAnnotationKey
+
+func isMirror(annotations map[string]string) bool {
+	_, ok := annotations[AnnotationMirror]
+	return ok
 }
 
 // intern returns the canonical copy of s. unique keeps a value while a

@@ -113,7 +113,9 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 // enqueue reacts only to a pod gaining an address or changing its role
 // annotations; status churn (readiness, conditions) costs nothing.
 func (c *Controller) enqueue(old, cur *podindex.Pod) {
-	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil {
+	// Static pods never get a role (the service refuses them), so their
+	// roles are never fetched ahead either.
+	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil || cur.Mirror {
 		return
 	}
 	if r, _ := cur.Annotation(role.AnnotationRole); r == "" {
@@ -175,7 +177,7 @@ func (c *Controller) prefetch(podKey string) {
 		return
 	}
 	pod := asPod(obj)
-	if pod == nil || !podindex.Live(pod) {
+	if pod == nil || !podindex.Live(pod) || pod.Mirror {
 		return
 	}
 	key, err := c.keys.Key(pod.GetAnnotations(), c.session)

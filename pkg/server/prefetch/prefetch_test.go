@@ -154,6 +154,7 @@ func TestPrefetchOnlyPermittedRoles(t *testing.T) {
 		pod("open", "denied", "10.1.0.2", "admin"),
 		pod("closed", "unannotated-ns", "10.1.0.3", "app-web"),
 		pod("open", "allowed", "10.1.0.4", "app-web"),
+		mirror(pod("open", "static-admin", "10.1.0.7", "app-admin")),
 	)
 	stop := run(t, c)
 	ctx := startInformers(t, factory)
@@ -178,9 +179,18 @@ func TestPrefetchOnlyPermittedRoles(t *testing.T) {
 	}
 	for _, k := range rec.all() {
 		if k.RoleARN != base+"app-web" && k.RoleARN != base+"app-db" {
-			t.Errorf("prefetched %s, which its namespace does not permit", k.RoleARN)
+			t.Errorf("prefetched %s, which its namespace does not permit or a static pod asked for", k.RoleARN)
 		}
 	}
+}
+
+// mirror marks p as a static pod's mirror, as the kubelet does.
+func mirror(p *corev1.Pod) *corev1.Pod {
+	if p.Annotations == nil {
+		p.Annotations = map[string]string{}
+	}
+	p.Annotations[corev1.MirrorPodAnnotationKey] = "hash"
+	return p
 }
 
 // Pods queued before the namespaces have synced are handled once they

@@ -31,6 +31,7 @@ const (
 	resultIPConflict        result = "ip_conflict"
 	resultWrongNode         result = "wrong_node"
 	resultNoRole            result = "no_role"
+	resultStaticPod         result = "static_pod"
 	resultInvalidAnnotation result = "invalid_annotation"
 	resultPolicyDenied      result = "policy_denied"
 	resultSTSDenied         result = "sts_denied"
@@ -55,6 +56,7 @@ var resultCodes = map[result]codes.Code{
 	resultPodIndexStale:     codes.Unavailable,
 	resultPodUnknown:        codes.NotFound,
 	resultNoRole:            codes.NotFound,
+	resultStaticPod:         codes.PermissionDenied,
 	resultIPConflict:        codes.FailedPrecondition,
 	resultWrongNode:         codes.PermissionDenied,
 	resultInvalidAnnotation: codes.PermissionDenied,

@@ -7,14 +7,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/podiam/podiam/proto/podiam/v1"
@@ -34,6 +38,14 @@ type GRPCConfig struct {
 	DrainTime time.Duration
 	// StopTimeout bounds the graceful stop after draining.
 	StopTimeout time.Duration
+	// AgentIdentities, when not empty, are the only client identities
+	// that may call the Credentials service: the client certificate's
+	// subject common name, a DNS SAN or a URI SAN must equal one. Without
+	// it any certificate the CA signed for client auth is an agent. The
+	// health service stays open to every certificate the CA signed, so
+	// the server's own probes (podiam health with the server's
+	// certificate) work while that certificate cannot act as an agent.
+	AgentIdentities []string
 }
 
 // GRPCServer is the mutually authenticated gRPC endpoint agents talk to.
@@ -50,10 +62,16 @@ func NewGRPCServer(cfg GRPCConfig, svc pb.CredentialsServer, reg prometheus.Regi
 	if cfg.TLS == nil {
 		return nil, errors.New("grpc server: TLS configuration is required")
 	}
+	for _, id := range cfg.AgentIdentities {
+		if id == "" {
+			return nil, errors.New("grpc server: an agent identity must not be empty")
+		}
+	}
 	m := newGRPCMetrics()
 	if err := m.register(reg); err != nil {
 		return nil, err
 	}
+	agents := agentCheck{identities: slices.Clone(cfg.AgentIdentities), log: log}
 	infinity := func(d time.Duration) time.Duration {
 		if d <= 0 {
 			return time.Duration(1<<63 - 1)
@@ -75,8 +93,8 @@ func NewGRPCServer(cfg GRPCConfig, svc pb.CredentialsServer, reg prometheus.Regi
 			MinTime:             5 * time.Second,
 			PermitWithoutStream: true,
 		}),
-		grpc.ChainUnaryInterceptor(m.unary),
-		grpc.ChainStreamInterceptor(m.stream),
+		grpc.ChainUnaryInterceptor(m.unary, agents.unary),
+		grpc.ChainStreamInterceptor(m.stream, agents.stream),
 	)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -161,4 +179,61 @@ func (m *grpcMetrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamSer
 	err := handler(srv, ss)
 	m.handled.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
 	return err
+}
+
+// agentCheck admits to the Credentials service only callers whose verified
+// client certificate names one of the agent identities. It runs after the
+// TLS handshake has verified the chain, so the names are the CA's word.
+type agentCheck struct {
+	identities []string
+	log        *slog.Logger
+}
+
+var credentialsMethods = "/" + pb.Credentials_ServiceDesc.ServiceName + "/"
+
+func (a agentCheck) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := a.check(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func (a agentCheck) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := a.check(ss.Context(), info.FullMethod); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+func (a agentCheck) check(ctx context.Context, method string) error {
+	if len(a.identities) == 0 || !strings.HasPrefix(method, credentialsMethods) {
+		return nil
+	}
+	names := clientNames(ctx)
+	for _, n := range names {
+		if n != "" && slices.Contains(a.identities, n) {
+			return nil
+		}
+	}
+	a.log.Warn("client certificate is not an agent's; refusing", "agent_ip", peerAddr(ctx), "certificate_names", names, "method", method, "decision", "deny")
+	return status.Errorf(codes.PermissionDenied, "client certificate (names %q) is not an accepted agent identity", names)
+}
+
+// clientNames returns the subject common name, DNS SANs and URI SANs of
+// the caller's verified client certificate, nil if there is none.
+func clientNames(ctx context.Context) []string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	leaf := info.State.VerifiedChains[0][0]
+	names := append([]string{leaf.Subject.CommonName}, leaf.DNSNames...)
+	for _, u := range leaf.URIs {
+		names = append(names, u.String())
+	}
+	return names
 }

@@ -203,6 +203,14 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	switch {
 	case errors.Is(err, role.ErrNoRole):
 		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
+	case pod.Mirror:
+		// A static pod asks for a role: whoever controls a node's kubelet
+		// could name any namespace and role this way, so node binding
+		// alone would not contain a compromised node. Kubernetes gives
+		// static pods no ServiceAccount token for the same reason.
+		err := fmt.Errorf("pod %s/%s is a static (mirror) pod; static pods get no role", pod.Namespace, pod.Name)
+		s.denied(log, pod, string(resultStaticPod), err)
+		return nil, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
 	case err != nil:
 		s.denied(log, pod, "invalid_annotation", err)
 		return nil, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)
@@ -296,7 +304,24 @@ func (s *Service) WatchNodePods(req *pb.WatchNodePodsRequest, stream pb.Credenti
 	if !s.deps.Synced() {
 		return toStatus(deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced yet")))
 	}
-	return s.deps.Watcher.Stream(stream.Context(), req.GetHostIp(), stream.Send)
+	host := req.GetHostIp()
+	if s.cfg.NodeBinding {
+		// An agent learns only of its own node's pods: the node is the one
+		// at the address it calls from, and a claim for another node is
+		// refused. A dual-stack node's agent may claim its address of the
+		// other family.
+		peer := peerAddr(stream.Context())
+		if claim, err := netip.ParseAddr(host); err == nil {
+			host = claim.Unmap().String()
+		}
+		if peer == "" || (host != "" && !s.deps.Watcher.SameNode(peer, host)) {
+			s.log.Warn("agent asked for another node's pods; refusing", "agent_ip", peer, "host_ip", req.GetHostIp(), "decision", "deny")
+			return toStatus(deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
+				fmt.Errorf("agent %s may watch only its own node, not %q", peer, req.GetHostIp())))
+		}
+		host = peer
+	}
+	return s.deps.Watcher.Stream(stream.Context(), host, stream.Send)
 }
 
 func peerAddr(ctx context.Context) string {

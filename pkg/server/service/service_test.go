@@ -108,7 +108,7 @@ func TestLookupFailuresMapToCodes(t *testing.T) {
 // Every result a denial can carry has a code; a missing one would be OK.
 func TestEveryResultHasACode(t *testing.T) {
 	for _, r := range []result{resultBadRequest, resultNotSynced, resultPodIndexStale, resultPodUnknown, resultIPConflict,
-		resultWrongNode, resultNoRole, resultInvalidAnnotation, resultPolicyDenied, resultSTSDenied, resultSTSUnavailable} {
+		resultWrongNode, resultNoRole, resultStaticPod, resultInvalidAnnotation, resultPolicyDenied, resultSTSDenied, resultSTSUnavailable} {
 		if c, ok := resultCodes[r]; !ok || c == codes.OK {
 			t.Errorf("result %q has no code", r)
 		}

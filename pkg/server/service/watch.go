@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -230,6 +231,24 @@ func liveIPs(pod *podindex.Pod) []string {
 		return nil
 	}
 	return pod.IPs
+}
+
+// SameNode reports whether addresses a and b belong to one node, as the
+// pods on it list its addresses (a dual-stack node has one of each family).
+func (w *NodeWatcher) SameNode(a, b string) bool {
+	if a == b {
+		return true
+	}
+	objs, err := w.pods.ByIndex(IndexHostIP, a)
+	if err != nil {
+		return false
+	}
+	for _, obj := range objs {
+		if pod := asPod(obj); pod != nil && slices.Contains(pod.HostIPs, b) {
+			return true
+		}
+	}
+	return false
 }
 
 func hostIPIndexFunc(obj any) ([]string, error) {

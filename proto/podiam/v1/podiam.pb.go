@@ -47,6 +47,9 @@ const (
 	Reason_REASON_STS_DENIED Reason = 7
 	// STS could not be reached or throttled the request.
 	Reason_REASON_STS_UNAVAILABLE Reason = 8
+	// The pod is a static pod's mirror (kubernetes.io/config.mirror); static
+	// pods never get a role.
+	Reason_REASON_STATIC_POD Reason = 9
 )
 
 // Enum value maps for Reason.
@@ -61,6 +64,7 @@ var (
 		6: "REASON_INVALID_ANNOTATION",
 		7: "REASON_STS_DENIED",
 		8: "REASON_STS_UNAVAILABLE",
+		9: "REASON_STATIC_POD",
 	}
 	Reason_value = map[string]int32{
 		"REASON_UNSPECIFIED":        0,
@@ -72,6 +76,7 @@ var (
 		"REASON_INVALID_ANNOTATION": 6,
 		"REASON_STS_DENIED":         7,
 		"REASON_STS_UNAVAILABLE":    8,
+		"REASON_STATIC_POD":         9,
 	}
 )
 
@@ -553,7 +558,7 @@ const file_podiam_v1_podiam_proto_rawDesc = "" +
 	"\fTYPE_PRESENT\x10\x01\x12\x0f\n" +
 	"\vTYPE_SYNCED\x10\x02\x12\x10\n" +
 	"\fTYPE_CHANGED\x10\x03\x12\x10\n" +
-	"\fTYPE_DELETED\x10\x04*\xe7\x01\n" +
+	"\fTYPE_DELETED\x10\x04*\xfe\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12REASON_POD_UNKNOWN\x10\x01\x12\x12\n" +
@@ -563,7 +568,8 @@ const file_podiam_v1_podiam_proto_rawDesc = "" +
 	"\x11REASON_WRONG_NODE\x10\x05\x12\x1d\n" +
 	"\x19REASON_INVALID_ANNOTATION\x10\x06\x12\x15\n" +
 	"\x11REASON_STS_DENIED\x10\a\x12\x1a\n" +
-	"\x16REASON_STS_UNAVAILABLE\x10\b2\xb6\x01\n" +
+	"\x16REASON_STS_UNAVAILABLE\x10\b\x12\x15\n" +
+	"\x11REASON_STATIC_POD\x10\t2\xb6\x01\n" +
 	"\vCredentials\x12^\n" +
 	"\x11GetPodCredentials\x12#.podiam.v1.GetPodCredentialsRequest\x1a$.podiam.v1.GetPodCredentialsResponse\x12G\n" +
 	"\rWatchNodePods\x12\x1f.podiam.v1.WatchNodePodsRequest\x1a\x13.podiam.v1.PodEvent0\x01B3Z1github.com/podiam/podiam/proto/podiam/v1;podiamv1b\x06proto3"
