@@ -89,6 +89,8 @@ keyUsage=critical,digitalSignature
 extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=DNS:$service,DNS:$svc,DNS:$svc.svc,DNS:$svc.svc.$domain,DNS:localhost,IP:127.0.0.1,IP:::1"
 
+# The agent certificate's common name is the identity the server's
+# --agent-identity accepts (podiam-agent in the manifests and the chart).
 issue agent podiam-agent "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
 extendedKeyUsage=clientAuth"
