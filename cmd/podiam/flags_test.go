@@ -87,7 +87,7 @@ func TestServerConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.SessionDuration != time.Hour || c.SessionRefresh != 40*time.Minute || c.PodWait != 900*time.Millisecond || c.Session != "kiam" {
-		t.Fatalf("defaults drifted from DESIGN.md: %+v", c)
+		t.Fatalf("defaults drifted from KIAM's (README, Migrating from KIAM): %+v", c)
 	}
 }
 
@@ -193,7 +193,7 @@ func TestAgentConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.CredentialRefresh != 35*time.Minute || c.CredentialMinServe != 5*time.Minute || !c.TCPMigrateReq || c.IPTablesRemove {
-		t.Fatalf("defaults drifted from DESIGN.md and the README: %+v", c)
+		t.Fatalf("defaults drifted from the README's flag tables: %+v", c)
 	}
 	// Short cache windows, for sessions shorter than STS's minimum
 	// against a local STS in tests.

@@ -57,7 +57,7 @@ var trickyPaths = []string{
 	"/latest/meta-data/iam/security-credentials/" + canaryRole,
 }
 
-// TestE2E runs the scenarios of issue 3 in order on one node: each leaves
+// TestE2E runs the agent scenarios in order on one node: each leaves
 // the node as the next expects it (agent running, canary untouched).
 func TestE2E(t *testing.T) {
 	e := newEnv(t)

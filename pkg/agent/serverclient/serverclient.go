@@ -156,6 +156,9 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Client, erro
 		}),
 	}
 	for _, col := range []prometheus.Collector{c.requests, c.reconnects} {
+		if reg == nil {
+			break
+		}
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("serverclient: register metrics: %w", err)
 		}

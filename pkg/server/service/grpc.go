@@ -62,6 +62,9 @@ func NewGRPCServer(cfg GRPCConfig, svc pb.CredentialsServer, reg prometheus.Regi
 	if cfg.TLS == nil {
 		return nil, errors.New("grpc server: TLS configuration is required")
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for _, id := range cfg.AgentIdentities {
 		if id == "" {
 			return nil, errors.New("grpc server: an agent identity must not be empty")
@@ -159,6 +162,9 @@ func newGRPCMetrics() *grpcMetrics {
 }
 
 func (m *grpcMetrics) register(reg prometheus.Registerer) error {
+	if reg == nil {
+		return nil
+	}
 	for _, c := range []prometheus.Collector{m.handled, m.duration} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register grpc metrics: %w", err)

@@ -232,3 +232,20 @@ func TestAgentIdentity(t *testing.T) {
 		}
 	})
 }
+
+// TestConstructorsWithoutRegistryOrLogger: as in every package, a nil
+// registry is not registered and a nil logger discards.
+func TestConstructorsWithoutRegistryOrLogger(t *testing.T) {
+	w, _ := newTestWatcher(t)
+	if _, err := New(Config{DefaultSession: "kiam", PodWait: time.Second}, Deps{
+		Pods: podAt{}, Namespaces: namespaces{}, Keys: &role.Resolver{}, Policy: allowAll{},
+		Credentials: credentialsFunc(func(context.Context, creds.Key) (creds.Credentials, error) { return creds.Credentials{}, nil }),
+		Events:      record.NewFakeRecorder(1), Watcher: w, Synced: func() bool { return true },
+	}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewGRPCServer(GRPCConfig{TLS: &tls.Config{}}, nil, nil, nil)
+	if err != nil || g.log == nil {
+		t.Fatalf("NewGRPCServer without registry or logger: %v", err)
+	}
+}

@@ -105,7 +105,8 @@ type Service struct {
 	denyLogs *lru.LRU[string, time.Time]
 }
 
-// New checks the configuration and registers the service's metrics.
+// New checks the configuration and registers the service's metrics on reg
+// (nil: not registered); a nil logger discards.
 func New(cfg Config, deps Deps, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
 	if deps.Pods == nil || deps.Namespaces == nil || deps.Keys == nil || deps.Policy == nil ||
 		deps.Credentials == nil || deps.Events == nil || deps.Watcher == nil || deps.Synced == nil {
@@ -137,6 +138,12 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, log *slog.Logger) (*S
 			Name: "podiam_server_denials_total",
 			Help: "Credential requests refused by policy or validation, by reason.",
 		}, []string{"reason"}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		return s, nil
 	}
 	for _, c := range []prometheus.Collector{s.requests, s.denials} {
 		if err := reg.Register(c); err != nil {

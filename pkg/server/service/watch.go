@@ -50,6 +50,9 @@ type subscriber struct {
 // NewNodeWatcher registers indexes and handlers on informers that have not
 // been started yet.
 func NewNodeWatcher(pods, namespaces cache.SharedIndexInformer, log *slog.Logger) (*NodeWatcher, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	w := &NodeWatcher{pods: pods.GetIndexer(), log: log, subs: map[*subscriber]struct{}{}}
 	if err := pods.AddIndexers(cache.Indexers{IndexHostIP: hostIPIndexFunc}); err != nil {
 		return nil, fmt.Errorf("add host IP index: %w", err)
