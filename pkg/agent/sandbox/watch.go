@@ -50,6 +50,11 @@ func Watch(ctx context.Context, apply func(Change)) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-subErr:
+			if ctx.Err() != nil {
+				// Stopping closes the sockets, and the library reports
+				// that as a receive error.
+				return nil
+			}
 			return fmt.Errorf("sandbox: netlink subscription: %w", err)
 		case u, ok := <-links:
 			if !ok {
