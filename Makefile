@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs
+.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs image
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podiam ./cmd/podiam
@@ -26,6 +26,14 @@ proto: $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$
 	  --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  proto/podiam/v1/podiam.proto
+
+# image builds the Dockerfile as it is with buildah (no Docker daemon, no
+# registry: local stand-ins for its base images are made from Debian's
+# packages) and writes a docker-archive for `docker load` or `ctr images
+# import`, cached in bin/images on its inputs. The path is printed last.
+IMAGE ?= ghcr.io/podiam/podiam:dev
+image:
+	./hack/build-image.sh $(IMAGE)
 
 # deps installs everything the tests need on a fresh Debian machine.
 deps:
