@@ -42,7 +42,9 @@ deps:
 # test is the one command that runs every test: unit, integration against a
 # real kube-apiserver, etcd and moto, and the end-to-end suite in network
 # namespaces (root). Nothing is skipped for a missing tool: it fails.
-test: deps
+# image first: test/node loads it, and a cold build would eat the test
+# timeout.
+test: deps image
 	$(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 

@@ -186,6 +186,9 @@ func (n *node) helmInstall(t *testing.T) {
 	writeFile(t, values, fmt.Sprintf(`image: {repository: %s, tag: %s, pullPolicy: Never}
 agent:
   hostInterface: %s
+  # The SDK falls back to IMDSv1 when the token request fails: requiring
+  # v2 makes a pod's success prove the IMDSv2 exchange through the agent.
+  requireIMDSv2: true
 server:
   env:
     - {name: AWS_ENDPOINT_URL_STS, value: "http://%s:%s"}
@@ -297,6 +300,18 @@ func (n *node) checkRoles(t *testing.T) {
 		_, err := n.client.CoreV1().ServiceAccounts(appNamespace).Get(ctx, "default", metav1.GetOptions{})
 		return err
 	})
+	// helm install starts agent and server together; an agent that
+	// resolved the headless Service before the server was ready has no
+	// server until gRPC's DNS resolver asks again (30 s later): retry for
+	// that long and say how long it took.
+	start := time.Now()
+	for try := 1; ; try++ {
+		phase, out := n.sdkPod(t, appNamespace, fmt.Sprintf("ledger-%d", try), "payments-ledger")
+		if phase == corev1.PodSucceeded || time.Since(start) > 45*time.Second || !strings.Contains(out, "StatusCode: 503") {
+			break
+		}
+		t.Logf("the agent refused a pod (503) %s after helm install: retrying", time.Since(start).Round(time.Second))
+	}
 	n.expectRole(t, "ledger", "payments-ledger")
 	phase, out := n.sdkPod(t, appNamespace, "denied", "billing-admin")
 	if phase != corev1.PodFailed || strings.Contains(out, "assumed-role") || strings.Contains(out, canaryKeyID) {
