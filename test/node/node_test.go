@@ -172,7 +172,9 @@ func setUpHost(t *testing.T) *node {
 		return os.RemoveAll(workDir)
 	})
 	saveSysctls(t)
-	for _, d := range []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni", "/etc/cni", "/opt/cni", "/var/lib/containerd"} {
+	for _, d := range []string{"/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd", "/var/lib/cni", "/etc/cni", "/opt/cni", "/var/lib/containerd",
+		// buildah's blob-info cache, whatever its storage root (make image).
+		"/var/lib/containers"} {
 		trackDir(t, d, "")
 	}
 	trackDir(t, "/run/netns", "cni-")
@@ -205,6 +207,10 @@ func checkClean(t *testing.T) {
 	}
 	if _, err := os.Stat(workDir); err == nil {
 		t.Errorf("cleanup check: %s still exists", workDir)
+	}
+	// make image's buildah storage is its own temporary directory.
+	if left, _ := filepath.Glob("/var/tmp/podiam-build-image.*"); len(left) > 0 {
+		t.Errorf("cleanup check: buildah storage left: %v", left)
 	}
 	for _, r := range cgroupRoots() {
 		if _, err := os.Stat(filepath.Join(r, "kubepods")); err == nil {
