@@ -289,7 +289,7 @@ clusters:
 - name: node
   cluster:
     server: https://%s:443
-    insecure-skip-tls-verify: true
+    certificate-authority: %s
 users:
 - name: admin
   user:
@@ -298,11 +298,16 @@ contexts:
 - name: node
   context: {cluster: node, user: admin}
 current-context: node
-`, nodeIP, n.token))
+`, nodeIP, d+"/apiserver/apiserver.crt", n.token))
+	n.waitFor(t, "API server certificate", 2*time.Minute, func(context.Context) error {
+		_, err := os.Stat(d + "/apiserver/apiserver.crt")
+		return err
+	})
 	cfg := &rest.Config{
-		Host:            "https://" + nodeIP + ":443",
-		BearerToken:     n.token,
-		TLSClientConfig: rest.TLSClientConfig{Insecure: true},
+		Host:        "https://" + nodeIP + ":443",
+		BearerToken: n.token,
+		// The API server's self-signed certificate, as in the kubeconfig.
+		TLSClientConfig: rest.TLSClientConfig{CAFile: d + "/apiserver/apiserver.crt"},
 		Dial:            dialInNetns,
 	}
 	n.client, err = kubernetes.NewForConfig(cfg)
@@ -388,12 +393,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   }]
 }
 `, bridgeName, d+"/cni/ipam", podCIDR, podGateway))
-	ctrd := n.start(t, "containerd", nil, "containerd", "--config", d+"/containerd/config.toml")
+	n.start(t, "containerd", nil, "containerd", "--config", d+"/containerd/config.toml")
 	n.waitFor(t, "containerd", time.Minute, func(ctx context.Context) error {
 		_, err := run(ctx, "ctr", "--address", n.containerd, "version")
 		return err
 	})
-	_ = ctrd
 	for _, img := range images {
 		n.importImage(t, img)
 	}
