@@ -194,6 +194,14 @@ func setUpHost(t *testing.T) *node {
 		_, err := run(context.Background(), "ip", "netns", "delete", netnsName)
 		return err
 	})
+	// kube-proxy's part for the kubernetes Service, the one Service whose
+	// port (443) is not its target port (6443); its address is local.
+	for _, chain := range []string{"OUTPUT", "PREROUTING"} {
+		if _, err := run(context.Background(), "nsenter", "--net="+"/run/netns/"+netnsName, "--", "iptables", "-t", "nat", "-A", chain,
+			"-d", kubernetesSvcIP+"/32", "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", nodeIP+":6443"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return n
 }
 
@@ -272,9 +280,8 @@ func (n *node) startControlPlane(t *testing.T) {
 		"--initial-cluster=node=http://127.0.0.1:2380", "--logger=zap", "--log-outputs=stderr")
 	n.start(t, "kube-apiserver", nil, n.bin+"/kube-apiserver",
 		"--etcd-servers=http://127.0.0.1:2379",
-		// 443 on every address: the kubernetes Service's IP is local, so
-		// in-cluster clients reach it as they would through kube-proxy.
-		"--secure-port=443", "--bind-address=0.0.0.0", "--advertise-address="+nodeIP,
+		// Not 443: KIAM's server binds 0.0.0.0:443 on the host network.
+		"--secure-port=6443", "--bind-address="+nodeIP, "--advertise-address="+nodeIP,
 		"--cert-dir="+d+"/apiserver", "--token-auth-file="+d+"/tokens.csv",
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true",
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -288,7 +295,7 @@ kind: Config
 clusters:
 - name: node
   cluster:
-    server: https://%s:443
+    server: https://%s:6443
     certificate-authority: %s
 users:
 - name: admin
@@ -304,7 +311,7 @@ current-context: node
 		return err
 	})
 	cfg := &rest.Config{
-		Host:        "https://" + nodeIP + ":443",
+		Host:        "https://" + nodeIP + ":6443",
 		BearerToken: n.token,
 		// The API server's self-signed certificate, as in the kubeconfig.
 		TLSClientConfig: rest.TLSClientConfig{CAFile: d + "/apiserver/apiserver.crt"},

@@ -79,6 +79,7 @@ func TestNode(t *testing.T) {
 		n.checkRule(t, false)
 	})
 	phase(t, "deploy/manifests", func() { n.manifests(t) })
+	phase(t, "KIAM's manifests", func() { n.kiam(t) })
 }
 
 // hack runs a script of hack/ and returns its standard output.
@@ -557,4 +558,85 @@ func (n *node) checkAgentLog(t *testing.T) {
 	if strings.Contains(string(b), `exec: \"ip\": executable file not found`) {
 		t.Log("known: the agent cannot exec `ip route get` in the image (no iproute2); pods are served without interface binding")
 	}
+}
+
+// kiam runs KIAM's own manifests (test/manifests/testdata/kiam.yaml: the
+// seed with only the image swapped) on the node. Beyond the image, only
+// what this node dictates changes: no registry (pull policy), moto instead
+// of AWS (the base role's account, the server's STS endpoint), the bridge
+// CNI instead of Calico (--host-interface, as the README tells users), and
+// the agent's metrics port, because KIAM puts server and agent on
+// different nodes and both on the host network's 9620.
+func (n *node) kiam(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	certs := filepath.Join(n.dir, "kiam-certs")
+	if _, err := run(ctx, filepath.Join(n.root, "hack", "gen-certs.sh"), "-o", certs, "-n", "kube-system", "-p", "kiam"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []struct{ name, dir, prefix string }{{"kiam-server-tls", "server", "server"}, {"kiam-agent-tls", "agent", "agent"}} {
+		data := map[string][]byte{}
+		for from, to := range map[string]string{"tls.crt": s.prefix + ".pem", "tls.key": s.prefix + "-key.pem", "ca.crt": "ca.pem"} {
+			b, err := os.ReadFile(filepath.Join(certs, s.dir, from))
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[to] = b
+		}
+		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: "kube-system"}, Data: data}
+		if _, err := n.client.CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	edit := func(o runtime.Object) {
+		spec := podSpecOf(o)
+		if spec == nil {
+			return
+		}
+		for i := range spec.Containers {
+			c := &spec.Containers[i]
+			c.Image, c.ImagePullPolicy = podiamImage, corev1.PullNever
+			agent := len(c.Args) > 0 && c.Args[0] == "agent"
+			for j, a := range c.Args {
+				a = strings.Replace(a, "<SOURCE_AWS_ACCOUNT>", motoAccount, 1)
+				if strings.HasPrefix(a, "--host-interface=") {
+					a = "--host-interface=" + bridgeName
+				}
+				if agent && strings.HasPrefix(a, "--prometheus-listen-addr=") {
+					a = "--prometheus-listen-addr=0.0.0.0:9622"
+				}
+				c.Args[j] = a
+			}
+			if len(c.Args) > 0 && c.Args[0] == "server" {
+				c.Env = append(c.Env, stsEnv()...)
+			}
+		}
+	}
+	fixture := filepath.Join(n.root, "test", "manifests", "testdata", "kiam.yaml")
+	// One file, applied at once as KIAM's users do: the agent may start
+	// before the server is ready (see manifests), hence the retry below.
+	remove := n.apply(t, []string{fixture}, edit)
+	n.waitDaemonSetReady(t, "kube-system", "kiam-server")
+	n.waitDaemonSetReady(t, "kube-system", "kiam-agent")
+	n.checkRule(t, true)
+	start := time.Now()
+	for try := 1; ; try++ {
+		phase, out := n.sdkPod(t, appNamespace, fmt.Sprintf("kiam-%d", try), "payments-ledger")
+		if phase == corev1.PodSucceeded || time.Since(start) > 45*time.Second || !strings.Contains(out, "StatusCode: 503") {
+			break
+		}
+		t.Logf("KIAM's agent refused a pod (503) %s after apply: retrying", time.Since(start).Round(time.Second))
+	}
+	n.expectRole(t, "ledger-kiam", "payments-ledger")
+	n.checkCanary(t)
+	remove()
+	n.waitFor(t, "KIAM pods gone", 2*time.Minute, func(ctx context.Context) error {
+		pods, err := n.agentPods(ctx, "kube-system", "app=kiam")
+		if err == nil && len(pods) > 0 {
+			err = fmt.Errorf("%d pods left", len(pods))
+		}
+		return err
+	})
+	n.uninstallREADME(t)
+	n.checkRule(t, false)
 }
