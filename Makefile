@@ -5,7 +5,7 @@ GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs
+.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs image
 
 # TEST_TAGS builds the tests that need more than Go: root and network
 # namespaces (real iptables) or the tools make deps installs (moto). make
@@ -32,6 +32,14 @@ proto: $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  proto/podiam/v1/podiam.proto
 
+# image builds the Dockerfile as it is with buildah (no Docker daemon, no
+# registry: local stand-ins for its base images are made from Debian's
+# packages) and writes a docker-archive for `docker load` or `ctr images
+# import`, cached in bin/images on its inputs. The path is printed last.
+IMAGE ?= ghcr.io/podiam/podiam:dev
+image:
+	./hack/build-image.sh $(IMAGE)
+
 # deps installs everything the tests need on a fresh Debian machine.
 deps:
 	./hack/install-deps.sh
@@ -39,7 +47,9 @@ deps:
 # test is the one command that runs every test: unit, integration against a
 # real kube-apiserver, etcd and moto, and the end-to-end suite in network
 # namespaces (root). Nothing is skipped for a missing tool: it fails.
-test: deps
+# image first: test/node loads it, and a cold build would eat the test
+# timeout.
+test: deps image
 	$(GO) test -race -count=1 -timeout 30m -tags $(TEST_TAGS) ./...
 	$(MAKE) fuzz
 

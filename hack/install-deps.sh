@@ -30,6 +30,10 @@ as_root() {
 # proto, and so make verify, compile against.
 
 apt_packages=(etcd-server iptables iproute2 conntrack protobuf-compiler libprotobuf-dev wrk curl)
+# test/node and make image: a real node (containerd, runc, the CNI plugins,
+# nsenter from util-linux) and the image built without Docker (buildah, with
+# a debootstrap'ed Debian standing in for the Dockerfile's base images).
+apt_packages+=(containerd runc containernetworking-plugins util-linux buildah debootstrap)
 
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
@@ -98,6 +102,9 @@ fi
 
 command -v go >/dev/null 2>&1 || die "go not found on PATH; it is needed to build kube-apiserver"
 "$root/hack/install-kube-apiserver.sh"
+# test/node's kubelet, scheduler and controller manager (and an API server
+# that reports its real version), from the same pin.
+"$root/hack/install-kube-node.sh" >/dev/null
 
 # --- SDK clients of the e2e test ------------------------------------------------
 # The end-to-end test runs unmodified AWS SDKs inside pod network namespaces:
