@@ -611,9 +611,26 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 	if l, doc, _ := e.credsOf(e.web); l.Code != http.StatusOK || doc.AccessKeyId == "" {
 		t.Fatalf("web pod before the outage: %s", l)
 	}
-	// And a pod whose sandbox will be replaced during the outage.
+	// And a pod whose sandbox will be replaced during the outage, and two
+	// pods behind a bridge, one of which will be replaced too.
 	sandboxed := e.topo.wirePod(t, e.topo.PodNS[7], "pdm8", fmt.Sprintf(podIPFormat, 8))
 	e.createPod(t, nsApps, "sandboxed", "app-sandboxed", sandboxed)
+	e.topo.setUpBridge(t)
+	bridgeA := e.topo.wireBridgePod(t, e.topo.PodNS[9], "pdmba", fmt.Sprintf(bridgeIPForm, 2))
+	bridgeB := e.topo.wireBridgePod(t, e.topo.PodNS[10], "pdmbb", fmt.Sprintf(bridgeIPForm, 3))
+	e.createPod(t, nsApps, "bridge-a", "app-bridge-a", bridgeA)
+	e.createPod(t, nsApps, "bridge-b", "app-bridge-b", bridgeB)
+	bridgeHeld := map[*podNet]credDoc{}
+	for p, role := range map[*podNet]string{bridgeA: "app-bridge-a", bridgeB: "app-bridge-b"} {
+		testenv.Eventually(t, 15*time.Second, "the bridge pod "+p.IP+" gets "+role, func() error {
+			l, doc, _ := e.credsOf(p)
+			if l.Code != http.StatusOK || l.Body != role || doc.AccessKeyId == "" {
+				return fmt.Errorf("listing %s", l)
+			}
+			bridgeHeld[p] = doc
+			return nil
+		})
+	}
 	var held credDoc
 	testenv.Eventually(t, 15*time.Second, "the sandboxed pod gets app-sandboxed", func() error {
 		l, doc, _ := e.credsOf(sandboxed)
@@ -652,6 +669,20 @@ func testServerOutage(t *testing.T, e *env, web credDoc) {
 		if l.Code == http.StatusOK || l.Body == "app-sandboxed" || (doc.AccessKeyId != "" && doc.AccessKeyId == held.AccessKeyId) {
 			t.Fatalf("a new sandbox on %s got the previous pod's credentials during the outage: %s", successor.IP, l)
 		}
+	}
+	// Behind the bridge every pod has the same host interface; a new pod
+	// sandbox on bridge-a's address has a new MAC address, and is refused,
+	// while bridge-b, unchanged, is served.
+	e.topo.unwirePod(t, bridgeA)
+	bridgeA2 := e.topo.wireBridgePod(t, e.topo.PodNS[11], "pdmbc", bridgeA.IP)
+	for range 5 {
+		l, doc, _ := e.credsOf(bridgeA2)
+		if l.Code == http.StatusOK || l.Body == "app-bridge-a" || (doc.AccessKeyId != "" && doc.AccessKeyId == bridgeHeld[bridgeA].AccessKeyId) {
+			t.Fatalf("a new sandbox behind the bridge on %s got the previous pod's credentials during the outage: %s", bridgeA2.IP, l)
+		}
+	}
+	if l, doc, _ := e.credsOf(bridgeB); l.Code != http.StatusOK || doc.AccessKeyId != bridgeHeld[bridgeB].AccessKeyId {
+		t.Errorf("unchanged pod behind the bridge during the outage: %s", l)
 	}
 	// Fail closed: what was refused stays refused without a server.
 	if r := e.imds(e.intruder, http.MethodGet, testenv.CredentialsPath+"app-web"); r.Code == http.StatusOK {

@@ -29,8 +29,9 @@ const nsPrefix = "podiam-e2e-"
 // podNamespaces is how many pod namespaces a run creates: four pods, a
 // spare that takes over a deleted pod's IP in the IP reuse scenario, two
 // pods of the fault scenarios, and a pod and its successor on the same
-// address for the sandbox scenario.
-const podNamespaces = 9
+// address for the sandbox scenario, and two pods on a Linux bridge with a
+// successor of one of them (bridge CNIs: one host interface for all).
+const podNamespaces = 12
 
 func TestMain(m *testing.M) {
 	flag.Parse()

@@ -122,6 +122,37 @@ func (tp *topology) wirePod(t testing.TB, ns, veth, ip string) *podNet {
 	return &podNet{NS: ns, Veth: veth, IP: ip, IP6: ip6}
 }
 
+// Addresses of the bridge scenario: every pod sits behind one Linux
+// bridge in the node, as with the bridge CNI plugin, Flannel or weave.
+const (
+	bridgeName   = "pdmbr0" // matches the agent's --host-interface=pdm+
+	bridgeGW     = "10.79.0.1"
+	bridgeIPForm = "10.79.0.%d"
+)
+
+// setUpBridge creates the node's bridge with the pods' gateway address.
+func (tp *topology) setUpBridge(t testing.TB) {
+	t.Helper()
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", bridgeName, "type", "bridge")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", bridgeGW+"/24", "dev", bridgeName)
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", bridgeName, "up")
+}
+
+// wireBridgePod joins pod namespace ns to the node's bridge: its veth's
+// host side is a bridge port, and the node reaches the pod by ARP on the
+// bridge, so only the pod's MAC address tells it from another pod.
+func (tp *topology) wireBridgePod(t testing.TB, ns, veth, ip string) *podNet {
+	t.Helper()
+	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "master", bridgeName)
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
+	sh(t, tp.ip, "-n", ns, "addr", "add", ip+"/24", "dev", "eth0")
+	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
+	sh(t, tp.ip, "-n", ns, "route", "add", "default", "via", bridgeGW, "dev", "eth0")
+	return &podNet{NS: ns, Veth: veth, IP: ip}
+}
+
 // unwirePod deletes the pod's veth, as a CNI plugin does when a pod goes
 // away; its peer in the pod namespace goes with it.
 func (tp *topology) unwirePod(t *testing.T, p *podNet) {
