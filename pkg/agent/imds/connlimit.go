@@ -40,8 +40,7 @@ func LimitListener(l net.Listener, cfg ConnLimitConfig, reg prometheus.Registere
 	}
 	ll := &limitListener{
 		Listener: l,
-		max:      cfg.MaxPerIP,
-		open:     map[netip.Addr]int{},
+		held:     newAddrLimit(cfg.MaxPerIP),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "podiam_agent_connections_refused_total",
 			Help: "Connections closed at once because their source address already held the most connections allowed (--max-connections-per-ip).",
@@ -57,11 +56,8 @@ func LimitListener(l net.Listener, cfg ConnLimitConfig, reg prometheus.Registere
 
 type limitListener struct {
 	net.Listener
-	max     int
+	held    *addrLimit // open connections per source address
 	refused prometheus.Counter
-
-	mu   sync.Mutex
-	open map[netip.Addr]int
 }
 
 // Accept returns the next connection whose source address is under its
@@ -73,27 +69,13 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := sourceAddr(c)
-		l.mu.Lock()
-		if l.open[ip] >= l.max {
-			l.mu.Unlock()
+		if !l.held.acquire(ip) {
 			l.refused.Inc()
 			_ = c.Close()
 			continue
 		}
-		l.open[ip]++
-		l.mu.Unlock()
-		return &limitedConn{Conn: c, release: func() { l.release(ip) }}, nil
+		return &limitedConn{Conn: c, release: func() { l.held.release(ip) }}, nil
 	}
-}
-
-func (l *limitListener) release(ip netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.open[ip] <= 1 {
-		delete(l.open, ip)
-		return
-	}
-	l.open[ip]--
 }
 
 // sourceAddr is the connection's remote address, IPv4-mapped addresses

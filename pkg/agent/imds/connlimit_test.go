@@ -94,10 +94,7 @@ func TestLimitListenerCapsPerSource(t *testing.T) {
 	if closedByPeer(again, 200*time.Millisecond) {
 		t.Fatal("a connection within the cap was closed")
 	}
-	l.mu.Lock()
-	n := l.open[netip.MustParseAddr("127.0.0.1")]
-	l.mu.Unlock()
-	if n != 2 {
+	if n := l.held.count(netip.MustParseAddr("127.0.0.1")); n != 2 {
 		t.Errorf("open from 127.0.0.1 = %d, want 2", n)
 	}
 	_, _, _ = a1, a2, s2
@@ -150,7 +147,7 @@ func TestLimitListenerConfig(t *testing.T) {
 		t.Fatalf("negative cap: %v", err)
 	}
 	l, err := LimitListener(inner, ConnLimitConfig{}, nil)
-	if err != nil || l.(*limitListener).max != DefaultMaxConnsPerIP {
+	if err != nil || l.(*limitListener).held.max != DefaultMaxConnsPerIP {
 		t.Fatalf("default cap: %v %v", l, err)
 	}
 }

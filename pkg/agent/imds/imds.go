@@ -90,13 +90,10 @@ type Handler struct {
 	requireV2  bool
 	allowRoute *regexp.Regexp // nil: nothing proxied
 	up         *upstream      // nil when nothing can be proxied
-	maxPerIP   int
+	perIP      *addrLimit     // requests in flight per source address
 	ready      func() error
 	deepCheck  func(ctx context.Context) error
 	now        func() time.Time
-
-	mu       sync.Mutex
-	inflight map[netip.Addr]int
 
 	deepMu  sync.Mutex
 	deepAt  time.Time
@@ -120,15 +117,14 @@ func New(cfg Config, p Provider, reg prometheus.Registerer, log *slog.Logger) (*
 		p:         p,
 		log:       log,
 		requireV2: cfg.RequireIMDSv2,
-		maxPerIP:  cfg.MaxPerIP,
 		ready:     cfg.Ready,
 		deepCheck: cfg.DeepCheck,
 		now:       cfg.Now,
-		inflight:  map[netip.Addr]int{},
 	}
-	if h.maxPerIP == 0 {
-		h.maxPerIP = DefaultMaxPerIP
+	if cfg.MaxPerIP == 0 {
+		cfg.MaxPerIP = DefaultMaxPerIP
 	}
+	h.perIP = newAddrLimit(cfg.MaxPerIP)
 	if h.now == nil {
 		h.now = time.Now
 	}
@@ -195,10 +191,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) (ipStr string, c
 	}
 	class = h.classOf(rt, canon, r.Method)
 
-	if !h.acquire(ip) {
+	if !h.perIP.acquire(ip) {
 		return ipStr, class, h.fail(w, http.StatusTooManyRequests, "too many concurrent requests from this address")
 	}
-	defer h.release(ip)
+	defer h.perIP.release(ip)
 
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		return ipStr, class, h.fail(w, http.StatusBadRequest, "request has a body")
@@ -280,24 +276,4 @@ func sourceIP(remote string) (netip.Addr, bool) {
 		return a.Unmap().WithZone(""), true
 	}
 	return netip.Addr{}, false
-}
-
-func (h *Handler) acquire(ip netip.Addr) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.inflight[ip] >= h.maxPerIP {
-		return false
-	}
-	h.inflight[ip]++
-	return true
-}
-
-func (h *Handler) release(ip netip.Addr) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.inflight[ip] <= 1 {
-		delete(h.inflight, ip)
-		return
-	}
-	h.inflight[ip]--
 }

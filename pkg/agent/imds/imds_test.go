@@ -603,10 +603,7 @@ func TestPerIPCap(t *testing.T) {
 	if resp := e.do(t, req{target: credPath}); resp.StatusCode != 200 {
 		t.Errorf("after release: status %d, want 200", resp.StatusCode)
 	}
-	e.h.mu.Lock()
-	left := len(e.h.inflight)
-	e.h.mu.Unlock()
-	if left != 0 {
+	if left := e.h.perIP.addrs(); left != 0 {
 		t.Errorf("%d addresses left in the in-flight map", left)
 	}
 	if got := testutil.ToFloat64(e.h.m.requests.WithLabelValues(string(classCredentials), "429")); got != 1 {
