@@ -213,7 +213,7 @@ type PodSpec struct {
 	Namespace, Name string
 	Annotations     map[string]string
 	NodeName        string
-	ServiceAccount  string // default "default"
+	ServiceAccount  string // default "default"; none for a mirror pod (kubernetes.io/config.mirror)
 	HostNetwork     bool
 	// Status is set through the status subresource after create, if PodIPs
 	// or Phase is set, as a kubelet would.
@@ -229,9 +229,15 @@ func (k *Kube) CreatePod(t testing.TB, p PodSpec) *corev1.Pod {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	sa := p.ServiceAccount
-	if sa == "" {
+	_, mirror := p.Annotations[corev1.MirrorPodAnnotationKey]
+	switch {
+	case mirror:
+		// The API server refuses a mirror pod that names a
+		// ServiceAccount, as it gives static pods none.
+		sa = ""
+	case sa == "":
 		sa = "default"
-	} else if sa != "default" {
+	case sa != "default":
 		k.ensureServiceAccount(t, ctx, p.Namespace, sa)
 	}
 	pod := &corev1.Pod{
