@@ -65,7 +65,9 @@ cleanup() {
   bh rm --all >/dev/null 2>&1 || true
   bh rmi --all --force >/dev/null 2>&1 || true
   # Whatever buildah left mounted under its storage (overlay layers, shm).
-  grep -o " $work[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
+  # (grep finds none when nothing is left: not an error, and under
+  # pipefail it would end the cleanup before the directory goes.)
+  { grep -o " $work[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" || true; done
   for _ in 1 2 3 4 5; do
     rm -rf "$work" 2>/dev/null && break
     sleep 1
