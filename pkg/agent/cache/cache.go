@@ -498,34 +498,39 @@ func (c *Cache) Retain(present map[string]string) {
 func (c *Cache) SandboxChanged(ch sandbox.Change) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for ip, e := range c.entries {
-		if !e.known || !ended(e.sandbox, ip, ch) {
-			continue
+	switch {
+	case ch.LinkGone != 0:
+		// Many addresses may sit behind one interface (a bridge).
+		for ip, e := range c.entries {
+			if e.known && e.sandbox.LinkIndex == ch.LinkGone {
+				c.dropEndedLocked(ip, e)
+			}
 		}
-		c.forgetLocked(ip)
-		c.log.Info("dropped cached credentials: the pod's sandbox is gone",
-			"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
-			"sandbox", e.sandbox.String())
-	}
-	if ch.LinkGone != 0 {
 		clear(c.refused)
-	}
-	if ch.Neighbour.IsValid() {
-		delete(c.refused, ch.Neighbour.String())
+	case ch.Neighbour.IsValid():
+		// One address changed: look it up rather than scan every entry
+		// under the lock the request path takes, as neighbour updates
+		// are frequent on a busy node.
+		ip := ch.Neighbour.String()
+		if e := c.entries[ip]; e != nil && e.known && e.sandbox.LinkIndex == ch.LinkIndex && e.sandbox.MAC != ch.MAC {
+			c.dropEndedLocked(ip, e)
+		}
+		delete(c.refused, ip)
 		// A fetch under way may have recorded the previous MAC.
-		if fl := c.flights[ch.Neighbour.String()]; fl != nil {
+		if fl := c.flights[ip]; fl != nil {
 			fl.forgotten = true
-			delete(c.flights, ch.Neighbour.String())
+			delete(c.flights, ip)
 		}
 	}
 }
 
-// ended reports whether ch ends the sandbox id that held ip.
-func ended(id sandbox.ID, ip string, ch sandbox.Change) bool {
-	if ch.LinkGone != 0 {
-		return id.LinkIndex == ch.LinkGone
-	}
-	return ch.Neighbour.IsValid() && ch.Neighbour.String() == ip && ch.LinkIndex == id.LinkIndex && ch.MAC != id.MAC
+// dropEndedLocked forgets e, whose sandbox no longer holds ip. c.mu must be
+// held.
+func (c *Cache) dropEndedLocked(ip string, e *entry) {
+	c.forgetLocked(ip)
+	c.log.Info("dropped cached credentials: the pod's sandbox is gone",
+		"namespace", e.pod.Namespace, "pod", e.pod.Name, "pod_uid", e.pod.PodUID, "pod_ip", ip,
+		"sandbox", e.sandbox.String())
 }
 
 // PodStreamSynced records whether the agent's pod stream from a server is

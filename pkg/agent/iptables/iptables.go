@@ -86,17 +86,24 @@ type family struct {
 	rules []rule
 }
 
+// The built-in chains that jump to the chain: PREROUTING for the DNAT
+// rules (nat table); for the REJECT rules (filter table) INPUT, for a node
+// that holds the address itself, and FORWARD, for one that routes it on to
+// the real metadata service.
+var (
+	dnatHooks   = []string{prerouting}
+	rejectHooks = []string{"INPUT", "FORWARD"}
+)
+
 // newFamily returns the rules of one address family: DNAT to host, or
 // REJECT when host is not valid.
 func newFamily(name string, ipt tables, metadata string, ifaces []iface, host netip.Addr, port int) *family {
 	md := netip.MustParseAddr(metadata)
 	if host.IsValid() {
-		return &family{name: name, ipt: ipt, metadata: metadata, table: natTable, hooks: []string{prerouting},
+		return &family{name: name, ipt: ipt, metadata: metadata, table: natTable, hooks: dnatHooks,
 			rules: buildRules(md, ifaces, dnatTo(host, port))}
 	}
-	// INPUT for a node that holds the address itself, FORWARD for one
-	// that routes it on (to the real metadata service).
-	return &family{name: name, ipt: ipt, metadata: metadata, table: filterTable, hooks: []string{"INPUT", "FORWARD"},
+	return &family{name: name, ipt: ipt, metadata: metadata, table: filterTable, hooks: rejectHooks,
 		rules: buildRules(md, ifaces, rejectAction)}
 }
 
@@ -339,14 +346,14 @@ func (r *Rules) installFamily(f *family) (added int, err error) {
 	}
 	// An agent that served the family before and no longer does, or the
 	// reverse, leaves a chain in the other table; it must not linger.
-	other := &family{table: natTable, hooks: []string{prerouting}}
+	otherTable, otherHooks := natTable, dnatHooks
 	if f.table == natTable {
-		other = &family{table: filterTable, hooks: []string{"INPUT", "FORWARD"}}
+		otherTable, otherHooks = filterTable, rejectHooks
 	}
-	if removed, err := r.removeChain(f.ipt, other.table, other.hooks); err != nil {
-		return added, fmt.Errorf("removing the %s chain of the other mode: %w", other.table, err)
+	if removed, err := r.removeChain(f.ipt, otherTable, otherHooks); err != nil {
+		return added, fmt.Errorf("removing the %s chain of the other mode: %w", otherTable, err)
 	} else if removed {
-		r.log.Info("removed metadata rules of the other mode", "family", f.name, "table", other.table, "chain", r.chain)
+		r.log.Info("removed metadata rules of the other mode", "family", f.name, "table", otherTable, "chain", r.chain)
 	}
 	return added, nil
 }

@@ -155,12 +155,11 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Client, erro
 			Help: "Times the agent's watch of its node's pods ended and was started again.",
 		}),
 	}
-	for _, col := range []prometheus.Collector{c.requests, c.reconnects} {
-		if reg == nil {
-			break
-		}
-		if err := reg.Register(col); err != nil {
-			return nil, fmt.Errorf("serverclient: register metrics: %w", err)
+	if reg != nil {
+		for _, col := range []prometheus.Collector{c.requests, c.reconnects} {
+			if err := reg.Register(col); err != nil {
+				return nil, fmt.Errorf("serverclient: register metrics: %w", err)
+			}
 		}
 	}
 
