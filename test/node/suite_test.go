@@ -345,9 +345,11 @@ func (n *node) checkCanary(t *testing.T) {
 	}
 }
 
-// nat returns the nat tables (IPv4 and IPv6) of one iptables back end in
-// the node's namespace, and whether that back end holds the kubelet's
-// KUBE-IPTABLES-HINT, i.e. is the node's.
+// nat returns the nat and filter tables (IPv4 and IPv6) of one iptables
+// back end in the node's namespace (the agent's DNAT rules are in nat, its
+// REJECT rule for an address family it does not serve in filter), and
+// whether that back end holds the kubelet's KUBE-IPTABLES-HINT, i.e. is
+// the node's.
 func (n *node) nat(t *testing.T, mode string) (rules string, nodes bool) {
 	t.Helper()
 	ctx := context.Background()
@@ -358,7 +360,11 @@ func (n *node) nat(t *testing.T, mode string) (rules string, nodes bool) {
 		}
 		return out
 	}
-	rules = in("iptables-"+mode+"-save", "-t", "nat") + in("ip6tables-"+mode+"-save", "-t", "nat")
+	for _, tool := range []string{"iptables-", "ip6tables-"} {
+		for _, table := range []string{"nat", "filter"} {
+			rules += in(tool+mode+"-save", "-t", table)
+		}
+	}
 	return rules, strings.Contains(in("iptables-"+mode+"-save", "-t", "mangle"), ":KUBE-IPTABLES-HINT")
 }
 
@@ -454,6 +460,12 @@ func (n *node) uninstallREADME(t *testing.T) {
 		{"iptables", "-t", "nat", "-D", "PREROUTING", "-j", "PODIAM"},
 		{"iptables", "-t", "nat", "-F", "PODIAM"},
 		{"iptables", "-t", "nat", "-X", "PODIAM"},
+		// The node has no IPv6 address for the agent: its IPv6 rule is
+		// the REJECT one in the filter table.
+		{"ip6tables", "-t", "filter", "-D", "INPUT", "-j", "PODIAM"},
+		{"ip6tables", "-t", "filter", "-D", "FORWARD", "-j", "PODIAM"},
+		{"ip6tables", "-t", "filter", "-F", "PODIAM"},
+		{"ip6tables", "-t", "filter", "-X", "PODIAM"},
 	} {
 		if _, err := run(context.Background(), "nsenter", append([]string{"--net=" + n.netnsPath(), "--"}, args...)...); err != nil {
 			t.Errorf("README uninstall step: %v", err)
