@@ -254,7 +254,10 @@ type Agent struct {
 	log    *slog.Logger
 	client *serverclient.Client
 	cache  *cache.Cache
-	rules  interceptor // nil without --iptables
+	// sandboxes follows the node's link and neighbour changes for the
+	// cache; subscribed in New, before anything can be cached.
+	sandboxes *sandbox.Watcher
+	rules     interceptor // nil without --iptables
 	srv    *imds.Server
 	// host is the node address the agent names its node by.
 	host string
@@ -301,10 +304,20 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 		}
 	}()
 
+	a.sandboxes, err = sandbox.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if !ok {
+			_ = a.sandboxes.Close()
+		}
+	}()
 	a.cache, err = cache.New(cache.Config{
 		Refresh:  cfg.CredentialRefresh,
 		MinServe: cfg.CredentialMinServe,
 		Sandbox:  sandbox.Identify,
+		Changes:  a.sandboxes,
 	}, fetcher{client}, reg, log.With("component", "cache"))
 	if err != nil {
 		return nil, fmt.Errorf("agent cache: %w", err)
@@ -360,6 +373,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // run is Run with extra parts, which tests add.
 func (a *Agent) run(ctx context.Context, extra []supervise.Part) error {
 	defer a.client.Close()
+	// Closed last: the metadata server drains its requests after ctx
+	// ends, and each of them reads the pending sandbox changes.
+	defer a.sandboxes.Close()
 	if a.rules != nil {
 		if err := a.rules.Install(ctx); err != nil {
 			return fmt.Errorf("install iptables rule: %w", err)
@@ -402,7 +418,7 @@ func (a *Agent) parts(lis net.Listener) []supervise.Part {
 		// Without it a new pod sandbox on an old address could inherit
 		// its predecessor's cached credentials: stopping is the only
 		// safe answer to losing it.
-		{Name: "sandbox watch", Run: func(ctx context.Context) error { return sandbox.Watch(ctx, a.cache.SandboxChanged) }},
+		{Name: "sandbox watch", Run: func(ctx context.Context) error { return a.sandboxes.Run(ctx, a.cache.SandboxChanged) }},
 	}
 	if a.cfg.PrometheusListenAddr != "" {
 		// The metrics port is shared with the next agent too: during a

@@ -51,6 +51,12 @@ type Fetcher interface {
 	Fetch(ctx context.Context, ip string) (creds.PodCredentials, error)
 }
 
+// ChangeSource hands over the sandbox changes queued so far, without
+// waiting for more. An error means changes can no longer be read.
+type ChangeSource interface {
+	Drain(apply func(sandbox.Change)) error
+}
+
 // Config tunes the cache. Zero values take the defaults noted.
 type Config struct {
 	// Refresh: an entry with this much validity or less left is fetched
@@ -63,6 +69,13 @@ type Config struct {
 	// Sandbox identifies the sandbox holding ip now (sandbox.Identify).
 	// nil disables every sandbox check, for tests only.
 	Sandbox func(ip netip.Addr) (sandbox.ID, error)
+	// Changes holds the sandbox changes the kernel has reported and no
+	// one has applied yet (a sandbox.Watcher). Every request drains it
+	// before it is answered from the cache, so a change that happened
+	// before the request (a new pod's ARP precedes its first packet) is
+	// never missed by a race with the goroutine that watches. nil for
+	// tests only.
+	Changes ChangeSource
 	// RefreshInterval is the period of the background refresh scan;
 	// 0 means Refresh/20 clamped to [100ms, 30s]. An entry fetched less
 	// than this long ago is not fetched again on the request path even if
@@ -148,10 +161,13 @@ const (
 // pod that gains a role or permission waits for none of it.
 const refusalTTL = time.Second
 
-// refusal is a server's definitive 403 or 404 for an address.
+// refusal is a server's definitive 403 or 404 for an address, given to
+// the sandbox that held it when asked.
 type refusal struct {
-	err   error
-	until time.Time
+	err     error
+	until   time.Time
+	sandbox sandbox.ID
+	known   bool
 }
 
 // flight is one fetch for an address, shared by every request for it that
@@ -170,6 +186,12 @@ type flight struct {
 	forgotten bool
 	expectUID string
 	waiters   int // callers waiting, for tests
+	// identified: the fetch has looked up the sandbox (sandbox, known),
+	// so a neighbour change that leaves that sandbox in place does not
+	// end it.
+	identified bool
+	sandbox    sandbox.ID
+	known      bool
 }
 
 // Cache holds credentials per pod address. It is safe for concurrent use.
@@ -188,6 +210,9 @@ type Cache struct {
 
 	requests  *prometheus.CounterVec
 	refreshes *prometheus.CounterVec
+	// applyChange is SandboxChanged, bound once: the request path hands
+	// it to every Drain.
+	applyChange func(sandbox.Change)
 }
 
 // New checks cfg and registers the cache's metrics on reg. reg may be nil
@@ -218,6 +243,7 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 			Help: "Background refreshes of cached credentials, by result.",
 		}, []string{"result"}),
 	}
+	c.applyChange = c.SandboxChanged
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "podiam_agent_cache_entries",
 		Help: "Pod addresses with cached credentials.",
@@ -243,6 +269,13 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 // from the cache while they have MinServe left and the address is still
 // routed to the same interface. Errors carry an HTTP status (httperr).
 func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
+	if c.cfg.Changes != nil {
+		if err := c.cfg.Changes.Drain(c.applyChange); err != nil {
+			c.requests.WithLabelValues(string(resultError)).Inc()
+			return creds.PodCredentials{}, httperr.New(http.StatusServiceUnavailable,
+				fmt.Errorf("reading sandbox changes: %w", err))
+		}
+	}
 	now := c.cfg.Now()
 	c.mu.Lock()
 	if r, ok := c.refused[ip]; ok {
@@ -322,6 +355,9 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 	// predecessor's, so the entry can only be refused later, never served
 	// to the wrong pod.
 	id, known := c.identity(ip)
+	c.mu.Lock()
+	fl.identified, fl.sandbox, fl.known = true, id, known
+	c.mu.Unlock()
 	pod, err := c.f.Fetch(ctx, ip)
 	now := c.cfg.Now()
 
@@ -345,7 +381,7 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 				"status", status, "error", err)
 		}
 		if (status == http.StatusForbidden || status == http.StatusNotFound) && !fl.forgotten {
-			c.refused[ip] = refusal{err: err, until: now.Add(refusalTTL)}
+			c.refused[ip] = refusal{err: err, until: now.Add(refusalTTL), sandbox: id, known: known}
 		}
 		c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, err)
 		c.mu.Unlock()
@@ -491,11 +527,15 @@ func (c *Cache) Retain(present map[string]string) {
 }
 
 // SandboxChanged applies a change of the node's links or neighbours (from
-// sandbox.Watch): an entry whose interface is gone, or whose address now
-// answers from another MAC address on its interface, belongs to a sandbox
-// that no longer holds the address, and is dropped with any fetch under
-// way for it.
+// a sandbox.Watcher): an entry whose interface is gone, or whose address
+// now answers from another MAC address on its interface, belongs to a
+// sandbox that no longer holds the address, and is dropped with any fetch
+// under way for it and any refusal given to it.
 func (c *Cache) SandboxChanged(ch sandbox.Change) {
+	if ch.Lost {
+		c.recheckAll()
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch {
@@ -510,17 +550,64 @@ func (c *Cache) SandboxChanged(ch sandbox.Change) {
 	case ch.Neighbour.IsValid():
 		// One address changed: look it up rather than scan every entry
 		// under the lock the request path takes, as neighbour updates
-		// are frequent on a busy node.
+		// are frequent on a busy node. Most of them are state changes of
+		// the same sandbox (reachable, stale, probe): they end nothing.
 		ip := ch.Neighbour.String()
-		if e := c.entries[ip]; e != nil && e.known && e.sandbox.LinkIndex == ch.LinkIndex && e.sandbox.MAC != ch.MAC {
+		if e := c.entries[ip]; e != nil && ends(ch, e.sandbox, e.known) {
 			c.dropEndedLocked(ip, e)
 		}
-		delete(c.refused, ip)
-		// A fetch under way may have recorded the previous MAC.
-		if fl := c.flights[ip]; fl != nil {
+		if r, ok := c.refused[ip]; ok && (!r.known || ends(ch, r.sandbox, true)) {
+			delete(c.refused, ip)
+		}
+		// A fetch that has not looked up its sandbox yet will see the
+		// change; one that has may have recorded the previous MAC.
+		if fl := c.flights[ip]; fl != nil && fl.identified && ends(ch, fl.sandbox, fl.known) {
 			fl.forgotten = true
 			delete(c.flights, ip)
 		}
+	}
+}
+
+// ends reports whether neighbour change ch ends the sandbox id recorded
+// for its address: the same interface now has another MAC there. An
+// identity that was never known cannot be told apart, so any change ends
+// it.
+func ends(ch sandbox.Change, id sandbox.ID, known bool) bool {
+	if !known {
+		return true
+	}
+	return id.LinkIndex == ch.LinkIndex && id.MAC != ch.MAC
+}
+
+// recheckAll looks up the sandbox of every cached address again, after
+// changes were lost: what no longer matches is dropped, and every fetch
+// under way and every refusal is forgotten, since they may have seen the
+// lost change or not.
+func (c *Cache) recheckAll() {
+	c.mu.Lock()
+	c.log.Warn("sandbox changes were lost; checking every cached address again")
+	snapshot := make(map[string]*entry, len(c.entries))
+	for ip, e := range c.entries {
+		snapshot[ip] = e
+	}
+	for ip, fl := range c.flights {
+		fl.forgotten = true
+		delete(c.flights, ip)
+	}
+	clear(c.refused)
+	c.mu.Unlock()
+	for ip, e := range snapshot {
+		if !e.known {
+			continue
+		}
+		if cur, ok := c.identity(ip); ok && cur.Same(e.sandbox) {
+			continue
+		}
+		c.mu.Lock()
+		if c.entries[ip] == e {
+			c.dropEndedLocked(ip, e)
+		}
+		c.mu.Unlock()
 	}
 }
 

@@ -828,3 +828,130 @@ func TestNewWithoutRegistryOrLogger(t *testing.T) {
 		t.Fatal("second New on one registry: want a registration error")
 	}
 }
+
+// queuedChanges is a ChangeSource holding changes the kernel reported
+// that no goroutine has read yet.
+type queuedChanges struct {
+	mu      sync.Mutex
+	pending []sandbox.Change
+	err     error
+}
+
+func (q *queuedChanges) Drain(apply func(sandbox.Change)) error {
+	q.mu.Lock()
+	pending, err := q.pending, q.err
+	q.pending = nil
+	q.mu.Unlock()
+	for _, ch := range pending {
+		apply(ch)
+	}
+	return err
+}
+
+func (q *queuedChanges) queue(ch sandbox.Change) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.pending = append(q.pending, ch)
+}
+
+// TestChangeQueuedBeforeRequestApplied: a new pod behind a bridge changes
+// the neighbour entry (its ARP) before its first request; the request
+// drains that change before it looks at the cache, so it never gets the
+// predecessor's fresh credentials, whichever goroutine was to read it.
+func TestChangeQueuedBeforeRequestApplied(t *testing.T) {
+	ip := "10.0.0.1"
+	ifaces := &interfaces{m: map[string]sandbox.ID{ip: bridgeA}}
+	changes := &queuedChanges{}
+	fx := newFixture(t, func(c *Config) { c.Sandbox, c.Changes = ifaces.lookup, changes })
+	held := fx.mustGet(t, ip)
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	// A state change of the same sandbox ends nothing: a fresh hit.
+	changes.queue(sandbox.Change{Neighbour: netip.MustParseAddr(ip), LinkIndex: bridgeA.LinkIndex, MAC: bridgeA.MAC})
+	if pc := fx.mustGet(t, ip); pc.Credentials.AccessKeyID != held.Credentials.AccessKeyID {
+		t.Fatalf("same sandbox got %s, want the cached %s", pc.Credentials.AccessKeyID, held.Credentials.AccessKeyID)
+	}
+	// The successor's ARP, not yet read by anyone, then its request.
+	ifaces.set(ip, bridgeB)
+	changes.queue(sandbox.Change{Neighbour: netip.MustParseAddr(ip), LinkIndex: bridgeB.LinkIndex, MAC: bridgeB.MAC})
+	fx.mustFail(t, ip, http.StatusServiceUnavailable)
+	if fx.c.Len() != 0 {
+		t.Error("the predecessor's entry is still cached")
+	}
+
+	// Changes that cannot be read: nothing is answered from the cache.
+	fx.f.set(issuing(fx.clk))
+	fx.mustGet(t, "10.0.0.2")
+	changes.mu.Lock()
+	changes.err = errors.New("netlink socket closed")
+	changes.mu.Unlock()
+	fx.mustFail(t, "10.0.0.2", http.StatusServiceUnavailable)
+}
+
+// TestNeighbourChangeDuringFetch: a neighbour update that keeps the
+// sandbox a fetch recorded (entries go reachable, stale, probe all the
+// time) leaves the fetch's answer to be cached; one that names another MAC
+// keeps it out of the cache.
+func TestNeighbourChangeDuringFetch(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.1")
+	for _, tc := range []struct {
+		name  string
+		mac   string
+		store bool
+	}{
+		{"same MAC", bridgeA.MAC, true},
+		{"another MAC", bridgeB.MAC, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ifaces := &interfaces{m: map[string]sandbox.ID{ip.String(): bridgeA}}
+			fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
+			fx.f.gate = make(chan struct{})
+			fx.f.started = make(chan string, 1)
+			done := make(chan struct{})
+			go func() { fx.mustGet(t, ip.String()); close(done) }()
+			<-fx.f.started
+			fx.c.SandboxChanged(sandbox.Change{Neighbour: ip, LinkIndex: bridgeA.LinkIndex, MAC: tc.mac})
+			close(fx.f.gate)
+			<-done
+			if got := fx.c.Len() == 1; got != tc.store {
+				t.Fatalf("answer cached = %v, want %v", got, tc.store)
+			}
+		})
+	}
+}
+
+// TestRefusalKeptForSameSandbox: a denied pod whose neighbour entry merely
+// changes state keeps its refusal; a new MAC on the address (another pod)
+// is asked about afresh.
+func TestRefusalKeptForSameSandbox(t *testing.T) {
+	ip := netip.MustParseAddr("10.0.0.1")
+	ifaces := &interfaces{m: map[string]sandbox.ID{ip.String(): bridgeA}}
+	fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
+	fx.f.set(failing(http.StatusForbidden, errors.New("refused")))
+	fx.mustFail(t, ip.String(), http.StatusForbidden)
+	fx.c.SandboxChanged(sandbox.Change{Neighbour: ip, LinkIndex: bridgeA.LinkIndex, MAC: bridgeA.MAC})
+	fx.mustFail(t, ip.String(), http.StatusForbidden)
+	if n := fx.f.count(ip.String()); n != 1 {
+		t.Fatalf("%d server calls, want 1 (the refusal stands for the same sandbox)", n)
+	}
+	fx.f.set(issuing(fx.clk))
+	fx.c.SandboxChanged(sandbox.Change{Neighbour: ip, LinkIndex: bridgeA.LinkIndex, MAC: bridgeB.MAC})
+	fx.mustGet(t, ip.String())
+}
+
+// TestLostChangesRecheckEverything: when the kernel dropped changes, every
+// cached address is looked up again and those whose sandbox differs now
+// are dropped.
+func TestLostChangesRecheckEverything(t *testing.T) {
+	ifaces := &interfaces{m: map[string]sandbox.ID{"10.0.0.1": bridgeA, "10.0.0.2": cali1}}
+	fx := newFixture(t, func(c *Config) { c.Sandbox = ifaces.lookup })
+	fx.mustGet(t, "10.0.0.1")
+	fx.mustGet(t, "10.0.0.2")
+	ifaces.set("10.0.0.1", bridgeB) // replaced while the changes were lost
+	fx.c.SandboxChanged(sandbox.Change{Lost: true})
+	if fx.c.Len() != 1 {
+		t.Fatalf("Len %d after the recheck, want 1", fx.c.Len())
+	}
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
+	fx.mustGet(t, "10.0.0.2")
+}

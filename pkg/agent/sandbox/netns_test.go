@@ -4,6 +4,7 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // inNewNetns runs f on a thread switched into a fresh network namespace
@@ -72,9 +74,12 @@ func setNeigh(t *testing.T, idx int, ip netip.Addr, m string) {
 
 // TestIdentifyAndWatch runs the real netlink calls: a routed pod, its
 // successor on a new veth, a new MAC behind the same interface (bridge
-// CNIs), and the events that end each identity.
+// CNIs), and the changes that end each identity. Drain is called right
+// after each change, without waiting: the kernel queues a change before
+// the call that made it returns, so a request that follows a change (a
+// new pod's ARP precedes its first packet) always sees it applied.
 func TestIdentifyAndWatch(t *testing.T) {
-	ns := inNewNetns(t)
+	inNewNetns(t)
 	ip := netip.MustParseAddr("10.244.0.5")
 	link := addPod(t, "podv1", ip, "0a:00:00:00:00:01")
 
@@ -87,33 +92,42 @@ func TestIdentifyAndWatch(t *testing.T) {
 		t.Error("an address with no route was identified")
 	}
 
-	changes := make(chan Change, 64)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := netns.Set(ns); err != nil {
-			done <- err
-			return
+	w, err := NewWatcher()
+	must(t, err)
+	var seen []Change
+	collect := func(c Change) { seen = append(seen, c) }
+	drained := func(match func(Change) bool) bool {
+		t.Helper()
+		seen = nil
+		must(t, w.Drain(collect))
+		for _, c := range seen {
+			if match(c) {
+				return true
+			}
 		}
-		done <- Watch(ctx, func(c Change) { changes <- c })
-	}()
-	time.Sleep(200 * time.Millisecond) // let the subscriptions open
+		return false
+	}
 
 	// Bridge CNI: same interface, the address now answers from a new MAC.
 	setNeigh(t, link.Attrs().Index, ip, "0a:00:00:00:00:02")
-	waitChange(t, changes, func(c Change) bool {
+	if !drained(func(c Change) bool {
 		return c.Neighbour == ip && c.LinkIndex == link.Attrs().Index && c.MAC == "0a:00:00:00:00:02"
-	})
+	}) {
+		t.Errorf("the new MAC was not drained at once: %+v", seen)
+	}
 	if id2, err := Identify(ip); err != nil || id2.Same(id) {
 		t.Errorf("after the MAC changed: %v %v, want a different identity", id2, err)
+	}
+	if drained(func(Change) bool { return true }) {
+		t.Errorf("a second drain applied %+v again", seen)
 	}
 
 	// Routed CNI: the pod is deleted (its veth goes) and a successor gets
 	// the address on a new veth.
 	must(t, netlink.LinkDel(link))
-	waitChange(t, changes, func(c Change) bool { return c.LinkGone == link.Attrs().Index })
+	if !drained(func(c Change) bool { return c.LinkGone == link.Attrs().Index }) {
+		t.Errorf("the deleted veth was not drained at once: %+v", seen)
+	}
 	succ := addPod(t, "podv2", ip, "0a:00:00:00:00:01")
 	id3, err := Identify(ip)
 	must(t, err)
@@ -121,14 +135,52 @@ func TestIdentifyAndWatch(t *testing.T) {
 		t.Errorf("successor identity %v; predecessor %v", id3, id)
 	}
 
+	// Run applies changes when no request drains them.
+	changes := make(chan Change, 256)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx, func(c Change) { changes <- c }) }()
+	time.Sleep(100 * time.Millisecond)
+	setNeigh(t, succ.Attrs().Index, ip, "0a:00:00:00:00:03")
+	waitChange(t, changes, func(c Change) bool { return c.Neighbour == ip && c.MAC == "0a:00:00:00:00:03" })
+
 	cancel()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("Watch after cancel: %v", err)
+			t.Fatalf("Run after cancel: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not return after cancel")
+		t.Fatal("Run did not return after cancel")
+	}
+	// Requests still being answered as the agent stops drain on.
+	setNeigh(t, succ.Attrs().Index, ip, "0a:00:00:00:00:04")
+	if !drained(func(c Change) bool { return c.MAC == "0a:00:00:00:00:04" }) {
+		t.Errorf("Drain after Run returned: %+v", seen)
+	}
+	must(t, w.Close())
+	if err := w.Drain(collect); err == nil {
+		t.Error("Drain after Close: no error, want one")
+	}
+}
+
+// TestWatcherOverflow: changes the kernel had to drop are reported as
+// Lost, so that the cache checks every identity again.
+func TestWatcherOverflow(t *testing.T) {
+	inNewNetns(t)
+	ip := netip.MustParseAddr("10.244.0.5")
+	link := addPod(t, "podv1", ip, "0a:00:00:00:00:01")
+	w, err := NewWatcher()
+	must(t, err)
+	defer w.Close()
+	must(t, unix.SetsockoptInt(w.fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1024))
+	for i := range 500 {
+		setNeigh(t, link.Attrs().Index, ip, fmt.Sprintf("0a:00:00:00:%02x:%02x", i>>8, i&0xff))
+	}
+	lost := false
+	must(t, w.Drain(func(c Change) { lost = lost || c.Lost }))
+	if !lost {
+		t.Error("500 changes into a 1 KiB buffer: no loss reported")
 	}
 }
 

@@ -3,9 +3,11 @@ package sandbox
 import (
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,29 +67,54 @@ func TestNeighMAC(t *testing.T) {
 	}
 }
 
-func TestChanges(t *testing.T) {
-	del := netlink.LinkUpdate{Header: unix.NlMsghdr{Type: unix.RTM_DELLINK}, Link: &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Index: 9}}}
-	if c, ok := linkChange(del); !ok || c.LinkGone != 9 {
+// neighMsg is the message the kernel sends for a neighbour entry.
+func neighMsg(typ uint16, idx int, ip string, state int, hw net.HardwareAddr) syscall.NetlinkMessage {
+	family := unix.AF_INET
+	addr := net.ParseIP(ip).To4()
+	if addr == nil {
+		family, addr = unix.AF_INET6, net.ParseIP(ip)
+	}
+	b := (&netlink.Ndmsg{Family: uint8(family), Index: uint32(idx), State: uint16(state)}).Serialize()
+	b = append(b, nl.NewRtAttr(unix.NDA_DST, addr).Serialize()...)
+	if hw != nil {
+		b = append(b, nl.NewRtAttr(unix.NDA_LLADDR, hw).Serialize()...)
+	}
+	return syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: typ}, Data: b}
+}
+
+func TestChangeOf(t *testing.T) {
+	del := syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: unix.RTM_DELLINK}}
+	info := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	info.Index = 9
+	del.Data = info.Serialize()
+	if c, ok := changeOf(del); !ok || c.LinkGone != 9 {
 		t.Errorf("link deleted: %+v %v", c, ok)
 	}
 	add := del
 	add.Header.Type = unix.RTM_NEWLINK
-	if _, ok := linkChange(add); ok {
+	if _, ok := changeOf(add); ok {
 		t.Error("a new link is not a change of identity")
 	}
-	n := netlink.NeighUpdate{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{LinkIndex: 4, IP: net.ParseIP("10.244.0.5"), HardwareAddr: mac("0a:00:00:00:00:07"), State: netlink.NUD_REACHABLE}}
-	c, ok := neighChange(n)
+	if _, ok := changeOf(syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: unix.RTM_DELLINK}, Data: []byte{1, 2}}); ok {
+		t.Error("a truncated message is a change")
+	}
+
+	n := neighMsg(unix.RTM_NEWNEIGH, 4, "10.244.0.5", netlink.NUD_REACHABLE, mac("0a:00:00:00:00:07"))
+	c, ok := changeOf(n)
 	if !ok || c.Neighbour != netip.MustParseAddr("10.244.0.5") || c.LinkIndex != 4 || c.MAC != "0a:00:00:00:00:07" {
 		t.Errorf("neighbour changed: %+v %v", c, ok)
 	}
-	gone := n
-	gone.Type = unix.RTM_DELNEIGH
-	if _, ok := neighChange(gone); ok {
+	v6 := neighMsg(unix.RTM_NEWNEIGH, 4, "fd00::5", netlink.NUD_STALE, mac("0a:00:00:00:00:08"))
+	if c, ok := changeOf(v6); !ok || c.Neighbour != netip.MustParseAddr("fd00::5") || c.MAC != "0a:00:00:00:00:08" {
+		t.Errorf("IPv6 neighbour changed: %+v %v", c, ok)
+	}
+	if _, ok := changeOf(neighMsg(unix.RTM_DELNEIGH, 4, "10.244.0.5", netlink.NUD_REACHABLE, mac("0a:00:00:00:00:07"))); ok {
 		t.Error("a deleted neighbour entry is not a change of identity")
 	}
-	failed := n
-	failed.State, failed.HardwareAddr = netlink.NUD_FAILED, nil
-	if _, ok := neighChange(failed); ok {
+	if _, ok := changeOf(neighMsg(unix.RTM_NEWNEIGH, 4, "10.244.0.5", netlink.NUD_FAILED, nil)); ok {
 		t.Error("a failed entry carries no identity")
+	}
+	if _, ok := changeOf(syscall.NetlinkMessage{Header: syscall.NlMsghdr{Type: unix.RTM_NEWNEIGH}, Data: []byte{2, 0, 0}}); ok {
+		t.Error("a truncated neighbour message is a change")
 	}
 }

@@ -5,8 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,89 +26,185 @@ type Change struct {
 	Neighbour netip.Addr
 	LinkIndex int
 	MAC       string
+	// Lost means the kernel dropped changes because they came faster than
+	// they were read: any identity may have ended, and each must be
+	// looked up again.
+	Lost bool
 }
 
-// Watch calls apply for every link deletion and neighbour change in the
-// agent's network namespace until ctx is done, then returns nil. It
-// returns an error when a subscription fails or ends by itself: the
-// caller then cannot trust cached identities and must stop.
-func Watch(ctx context.Context, apply func(Change)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	links := make(chan netlink.LinkUpdate, 64)
-	neighs := make(chan netlink.NeighUpdate, 256)
-	subErr := make(chan error, 2)
-	onErr := func(err error) {
-		select {
-		case subErr <- err:
-		default:
-		}
+// receiveBuffer is the socket buffer asked for: pods starting and stopping
+// by the hundred make bursts of neighbour and link messages, and an
+// overflow costs a lookup of every cached identity.
+const receiveBuffer = 4 << 20
+
+// Watcher follows the link and neighbour changes of the agent's network
+// namespace on one netlink socket.
+//
+// The kernel queues a change on the socket the moment it happens, and the
+// change that matters most comes first by causality: a new pod behind a
+// bridge sends an ARP request (which rewrites the node's neighbour entry
+// for its address) before its first packet to the metadata address.
+// Reading changes in the background alone would leave a window in which
+// a request is answered before its change is applied; so the cache calls
+// Drain before every answer, and a change that happened before a request
+// is always applied before the request is answered, whichever goroutine
+// reads it. Run applies changes when no request comes.
+type Watcher struct {
+	// mu makes reading a message and applying it one step: a reader that
+	// holds it knows every change read so far has been applied.
+	mu     sync.Mutex
+	fd     int
+	file   *os.File // owns fd; waits on it through the runtime's poller
+	raw    syscall.RawConn
+	buf    []byte
+	closed bool
+}
+
+// NewWatcher subscribes to link and neighbour changes. Subscribe before
+// anything is cached: a change that happens before it is never seen.
+func NewWatcher() (*Watcher, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: netlink socket: %w", err)
 	}
-	if err := netlink.LinkSubscribeWithOptions(links, ctx.Done(), netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return fmt.Errorf("sandbox: subscribe to links: %w", err)
+	// Root may raise the buffer beyond net.core.rmem_max; others get
+	// what the system allows.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, receiveBuffer) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, receiveBuffer)
 	}
-	if err := netlink.NeighSubscribeWithOptions(neighs, ctx.Done(), netlink.NeighSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return fmt.Errorf("sandbox: subscribe to neighbours: %w", err)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_LINK | unix.RTMGRP_NEIGH}); err != nil {
+		_ = unix.Close(fd)
+		return nil, fmt.Errorf("sandbox: subscribe to link and neighbour changes: %w", err)
 	}
+	file := os.NewFile(uintptr(fd), "netlink")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		_ = file.Close()
+		return nil, fmt.Errorf("sandbox: netlink socket: %w", err)
+	}
+	return &Watcher{fd: fd, file: file, raw: raw, buf: make([]byte, 64<<10)}, nil
+}
+
+// Drain applies every change queued so far, without waiting for more. An
+// error means changes can no longer be read: cached identities cannot be
+// trusted.
+func (w *Watcher) Drain(apply func(Change)) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, err := w.drainLocked(apply)
+	return err
+}
+
+// drainLocked reads and applies messages until none is queued, and
+// reports whether it read any. w.mu must be held.
+func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
+	if w.closed {
+		return false, errors.New("sandbox: watcher closed")
+	}
+	read := false
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-subErr:
-			if ctx.Err() != nil {
-				// Stopping closes the sockets, and the library reports
-				// that as a receive error.
-				return nil
-			}
-			return fmt.Errorf("sandbox: netlink subscription: %w", err)
-		case u, ok := <-links:
-			if !ok {
-				return closed(ctx, "link")
-			}
-			if c, ok := linkChange(u); ok {
-				apply(c)
-			}
-		case u, ok := <-neighs:
-			if !ok {
-				return closed(ctx, "neighbour")
-			}
-			if c, ok := neighChange(u); ok {
+		n, _, err := unix.Recvfrom(w.fd, w.buf, unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN:
+			return read, nil
+		case err == unix.EINTR:
+			continue
+		case err == unix.ENOBUFS:
+			apply(Change{Lost: true})
+			read = true
+			continue
+		case err != nil:
+			return read, fmt.Errorf("sandbox: read netlink changes: %w", err)
+		}
+		read = true
+		msgs, err := syscall.ParseNetlinkMessage(w.buf[:n])
+		if err != nil {
+			// The kernel never sends a malformed message; if it did, the
+			// change in it is unknown, so everything is checked again.
+			apply(Change{Lost: true})
+			continue
+		}
+		for _, m := range msgs {
+			if c, ok := changeOf(m); ok {
 				apply(c)
 			}
 		}
 	}
 }
 
-func closed(ctx context.Context, what string) error {
+// Run applies changes as they come until ctx is done, then returns nil;
+// Drain keeps working until Close, for the requests still being answered.
+// Run returns an error when the socket fails: the caller then cannot
+// trust cached identities and must stop.
+func (w *Watcher) Run(ctx context.Context, apply func(Change)) error {
+	stop := context.AfterFunc(ctx, func() { _ = w.file.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var drainErr error
+	// The poller calls the function, and when it returns false waits until
+	// the socket has something new to read and calls it again: the
+	// function returns true only to stop.
+	err := w.raw.Read(func(uintptr) bool {
+		w.mu.Lock()
+		_, drainErr = w.drainLocked(apply)
+		w.mu.Unlock()
+		return drainErr != nil
+	})
 	if ctx.Err() != nil {
 		return nil
 	}
-	return errors.New("sandbox: " + what + " subscription ended")
+	if drainErr != nil {
+		return drainErr
+	}
+	if err != nil {
+		return fmt.Errorf("sandbox: wait for netlink changes: %w", err)
+	}
+	return errors.New("sandbox: netlink watch ended")
 }
 
-// linkChange turns a link update into a Change: only deletions matter.
-func linkChange(u netlink.LinkUpdate) (Change, bool) {
-	if u.Header.Type != unix.RTM_DELLINK || u.Link == nil || u.Link.Attrs() == nil || u.Link.Attrs().Index <= 0 {
-		return Change{}, false
+// Close releases the socket; Drain fails from then on.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
 	}
-	return Change{LinkGone: u.Link.Attrs().Index}, true
+	w.closed = true
+	return w.file.Close()
 }
 
-// neighChange turns a neighbour update into a Change: a new or changed
-// entry with a usable MAC address. Deletions are not changes of identity:
-// the kernel drops idle entries all the time, and an address whose entry
-// is gone is looked up again on the next fetch.
-func neighChange(u netlink.NeighUpdate) (Change, bool) {
-	if u.Type != unix.RTM_NEWNEIGH || u.LinkIndex <= 0 {
-		return Change{}, false
+// changeOf turns one netlink message into a Change: interface deletions,
+// and new or changed neighbour entries with a usable MAC address.
+// Neighbour deletions are not changes of identity: the kernel drops idle
+// entries all the time, and an address whose entry is gone is looked up
+// again on the next fetch.
+func changeOf(m syscall.NetlinkMessage) (Change, bool) {
+	switch m.Header.Type {
+	case unix.RTM_DELLINK:
+		if len(m.Data) < unix.SizeofIfInfomsg {
+			return Change{}, false
+		}
+		idx := int(nl.DeserializeIfInfomsg(m.Data).Index)
+		if idx <= 0 {
+			return Change{}, false
+		}
+		return Change{LinkGone: idx}, true
+	case unix.RTM_NEWNEIGH:
+		if len(m.Data) < unix.SizeofNdMsg {
+			return Change{}, false
+		}
+		n, err := netlink.NeighDeserialize(m.Data)
+		if err != nil || n.LinkIndex <= 0 {
+			return Change{}, false
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if !ok {
+			return Change{}, false
+		}
+		mac := usableMAC(*n)
+		if mac == "" {
+			return Change{}, false
+		}
+		return Change{Neighbour: ip.Unmap(), LinkIndex: n.LinkIndex, MAC: mac}, true
 	}
-	ip, ok := netip.AddrFromSlice(u.IP)
-	if !ok {
-		return Change{}, false
-	}
-	mac := usableMAC(u.Neigh)
-	if mac == "" {
-		return Change{}, false
-	}
-	return Change{Neighbour: ip.Unmap(), LinkIndex: u.LinkIndex, MAC: mac}, true
+	return Change{}, false
 }
