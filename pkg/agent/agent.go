@@ -258,7 +258,7 @@ type Agent struct {
 	// cache; subscribed in New, before anything can be cached.
 	sandboxes *sandbox.Watcher
 	rules     interceptor // nil without --iptables
-	srv    *imds.Server
+	srv       *imds.Server
 	// host is the node address the agent names its node by.
 	host string
 	// listen opens the metadata and metrics listeners; listenReusePort
