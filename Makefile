@@ -100,6 +100,8 @@ demo: deps
 #   - agent hot path: wrk from a pod through the DNAT rule, against the
 #     agent and against a minimal Go HTTP server (the ceiling);
 #   - cold path: a new pod's first credentials, server prefetch on and off;
+#   - abuse: one pod holding 20,000 connections (agent RSS, another pod's
+#     p99) and a denied pod asking in a tight loop (server calls a second);
 #   - server at scale: 10,000 pods, informer sync, RSS, heap, STS calls;
 #   - STS economy: 1,000 pods sharing 10 roles over two refresh periods.
 # Every table is printed again at the end. About ten minutes on two cores.

@@ -58,6 +58,7 @@ func BenchmarkE2E(b *testing.B) {
 
 	b.Run("AgentHotPath", func(b *testing.B) { benchHotPath(b, e) })
 	b.Run("ColdPath", func(b *testing.B) { benchColdPath(b, e) })
+	b.Run("Abuse", func(b *testing.B) { benchAbuse(b, e) })
 	e.canary.assertUntouched(b)
 }
 
@@ -495,4 +496,148 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 		STSCalls:     scrape("podiam_sts_requests_total", assumeRole) - sts0,
 		CacheHit:     scrape("podiam_credcache_requests_total", hit) > hits0,
 	}
+}
+
+// floodConns is how many connections the abusing pod opens and holds.
+const floodConns = 20000
+
+// benchAbuse measures what one pod can do to the agent and the server: a
+// flood of idle connections (agent memory, and another pod's latency
+// meanwhile) and a denied pod asking in a tight loop (server calls).
+func benchAbuse(b *testing.B, e *env) {
+	path := testenv.CredentialsPath + "app-web"
+	url := "http://" + testenv.MetadataIP + path
+	if r := e.imds(e.web, http.MethodGet, path); r.Code != http.StatusOK {
+		b.Fatalf("warming the agent: %s", r)
+	}
+	script := filepath.Join(e.tmp, "report.lua")
+	if err := os.WriteFile(script, []byte(testenv.WrkScript), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	const wrkTime = 5 * time.Second
+	other := wrkCase{Conns: 4, KeepAlive: true}
+	pid := e.agent.Pid()
+	memory := func() testenv.Memory {
+		m, err := testenv.ProcMemory(pid)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
+	}
+	quiet := e.runWrk(b, e.web, script, url, other, wrkTime, pid)
+	before := memory()
+
+	// The flood: processes in the intruder pod open floodConns
+	// connections between them and hold every one the agent has not
+	// closed. Two, because a process here may hold 20,000 descriptors at
+	// most (no CAP_SYS_RESOURCE to raise the hard limit).
+	const floodProcs = 2
+	flood := fmt.Sprintf(`
+import resource, socket, sys, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for i in range(%d):
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect((%q, 80))
+        held.append(s)
+    except OSError:
+        s.close()
+with open(sys.argv[1], "w") as f:
+    f.write("%%d" %% len(held))
+time.sleep(3600)
+`, floodConns/floodProcs, testenv.MetadataIP)
+	refused0 := e.agentMetric(b, "podiam_agent_connections_refused_total")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan testenv.RunResult, floodProcs)
+	var progress []string
+	for i := range floodProcs {
+		f := filepath.Join(e.tmp, fmt.Sprintf("flood-%d", i))
+		progress = append(progress, f)
+		go func() { done <- testenv.RunInNetNS(ctx, e.intruder.NS, e.podEnv, nil, "python3", "-c", flood, f) }()
+	}
+	stopFlood := func() {
+		cancel()
+		for range floodProcs {
+			<-done
+		}
+	}
+	defer func() {
+		if ctx.Err() == nil {
+			stopFlood()
+		}
+	}()
+	start := time.Now()
+	held := 0
+	testenv.Eventually(b, 5*time.Minute, "the flood's connections opened", func() error {
+		select {
+		case r := <-done:
+			b.Fatalf("a flood process ended early: %s", r)
+		default:
+		}
+		held = 0
+		for _, f := range progress {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("%s: still opening", filepath.Base(f))
+			}
+			n, err := strconv.Atoi(string(data))
+			if err != nil {
+				return err
+			}
+			held += n
+		}
+		return nil
+	})
+	opened := time.Since(start)
+	peak := memory()
+	during := e.runWrk(b, e.web, script, url, other, wrkTime, pid)
+	if m := memory(); m.RSS > peak.RSS {
+		peak = m
+	}
+	refused := e.agentMetric(b, "podiam_agent_connections_refused_total") - refused0
+	stopFlood()
+	e.assertAgentUp(b)
+
+	// A denied pod asking in a tight loop: the agent answers its refusal
+	// again for a second, so a server hears of it about once a second.
+	serverURL := "http://" + hostPort(nodeIP, serverMetr) + "/metrics"
+	serverCalls := func() float64 {
+		v, err := testenv.ScrapeMetric(context.Background(), serverURL, "podiam_server_credential_requests_total", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return v
+	}
+	calls0 := serverCalls()
+	denied := e.runWrk(b, e.intruder, script, url, wrkCase{Conns: 1, KeepAlive: true}, wrkTime, pid)
+	calls := serverCalls() - calls0
+	if denied.Errors["status"] != denied.Requests {
+		b.Errorf("denied pod: %d of %d answers not refused", denied.Requests-denied.Errors["status"], denied.Requests)
+	}
+
+	mib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+	table := testenv.Table{
+		Title:  "Abuse: one pod against the agent (issue targets: RSS +32 MiB or less at 20,000 connections, other pod p99 < 50 ms, denied pod <= 1 server call/s)",
+		Header: []string{"measure", "figure"},
+		Notes: []string{
+			fmt.Sprintf("flood: one pod opens %d connections to the metadata address and holds them (%s to open); the agent keeps %d per address (--max-connections-per-ip default) and closes the rest at once", floodConns, opened.Round(time.Millisecond), 128),
+			fmt.Sprintf("other pod: wrk %s for %s against its credentials, before and during the flood", other, wrkTime),
+			fmt.Sprintf("denied pod: wrk keepalive/c1 for %s against a role its namespace does not permit; server calls from podiam_server_credential_requests_total", wrkTime),
+		},
+	}
+	table.Row("agent RSS before / during flood", mib(before.RSS)+" / "+mib(peak.RSS))
+	table.Row("agent RSS increase", mib(peak.RSS-before.RSS))
+	table.Row("connections the flood holds / refused over the cap", fmt.Sprintf("%d / %.0f", held, refused))
+	table.Row("other pod p99 before / during flood", ms(quiet.P99)+" / "+ms(during.P99))
+	table.Row("other pod req/s before / during flood", fmt.Sprintf("%.0f / %.0f", quiet.RPS(), during.RPS()))
+	table.Row("denied pod requests/s", fmt.Sprintf("%.0f", denied.RPS()))
+	table.Row("server calls/s for the denied pod", fmt.Sprintf("%.2f", calls/denied.Duration.Seconds()))
+	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(peak.RSS-before.RSS)/(1<<20), "flood-rss-MiB")
+	b.ReportMetric(float64(during.P99.Microseconds()), "flood-other-p99-us")
+	b.ReportMetric(calls/denied.Duration.Seconds(), "denied-server-calls/s")
+	table.Report(b)
 }

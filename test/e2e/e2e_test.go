@@ -123,6 +123,19 @@ func TestE2E(t *testing.T) {
 		}
 		e.agent = track(e.startAgent(t))
 	})
+	t.Run("an IPv6-only node serves its pod's role over IPv6", func(t *testing.T) {
+		// The server listens on every address, so that the IPv6-only
+		// node's agent reaches it over IPv6; the rest of the run keeps it.
+		if err := stop(t.Context(), e.server); err != nil {
+			t.Errorf("server stop: %v", err)
+		}
+		e.server = track(e.startServer(t, "--bind="+hostPort("::", serverPort)))
+		if err := stop(t.Context(), e.agent); err != nil {
+			t.Errorf("agent stop: %v", err)
+		}
+		testIPv6OnlyNode(t, e, track)
+		e.agent = track(e.startAgent(t))
+	})
 	t.Run("IP reuse never serves the old pod's role", func(t *testing.T) { testIPReuse(t, e) })
 	t.Run("server outage: cached credentials are still served", func(t *testing.T) { testServerOutage(t, e, web) })
 	t.Run("faults", func(t *testing.T) { testFaults(t, e, track) })
@@ -221,7 +234,7 @@ func sawRequest(reqs []canaryRequest, fromIP, uri string) bool {
 	return false
 }
 
-func (e *env) assertAgentUp(t *testing.T) {
+func (e *env) assertAgentUp(t testing.TB) {
 	t.Helper()
 	if gone, err := e.agent.Exited(); gone {
 		t.Fatalf("agent exited: %v", err)
@@ -809,7 +822,7 @@ func ruleNumber(rules, rule string) int {
 
 // agentMetric returns the value of an unlabelled sample from the agent's
 // /metrics, 0 when absent.
-func (e *env) agentMetric(t *testing.T, name string) float64 {
+func (e *env) agentMetric(t testing.TB, name string) float64 {
 	t.Helper()
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()

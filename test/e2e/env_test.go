@@ -98,7 +98,7 @@ func newEnv(t testing.TB) *env {
 	e.canary6 = startCanary(t, hostPort(metadataIPv6, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
-	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP)
+	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP, nodeIP6)
 	e.podEnv = testenv.PodEnv(t, e.moto.Endpoint, "PODIAM_E2E_")
 	return e
 }

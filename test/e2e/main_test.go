@@ -30,8 +30,9 @@ const nsPrefix = "podiam-e2e-"
 // spare that takes over a deleted pod's IP in the IP reuse scenario, two
 // pods of the fault scenarios, and a pod and its successor on the same
 // address for the sandbox scenario, and two pods on a Linux bridge with a
-// successor of one of them (bridge CNIs: one host interface for all).
-const podNamespaces = 12
+// successor of one of them (bridge CNIs: one host interface for all), and
+// a pod with an IPv6 address only.
+const podNamespaces = 13
 
 func TestMain(m *testing.M) {
 	flag.Parse()

@@ -26,6 +26,9 @@ const (
 	// number) and the host (1) or pod (2) address in it.
 	podIP6Format = "fd78:%s::%d"
 	metadataIPv6 = "fd00:ec2::254"
+	// nodeIP6 is the node's IPv6 address, the only one the IPv6-only
+	// node scenario names it by.
+	nodeIP6 = "fd77::1"
 )
 
 // podNet is one pod namespace as the node sees it.
@@ -96,6 +99,24 @@ func (tp *topology) setUpNode(t testing.TB) {
 	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", testenv.MetadataIP+"/32", "dev", "lo")
 	// The IPv6 metadata address, for the IPv6 canary.
 	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", metadataIPv6+"/128", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", nodeIP6+"/128", "dev", "lo", "nodad")
+}
+
+// wirePod6 joins pod namespace ns to the node with IPv6 only: the pod has
+// ip6 in a /64 whose first address is the host side's, and an IPv6
+// default route through it; no IPv4 at all.
+func (tp *topology) wirePod6(t testing.TB, ns, veth, ip6 string) *podNet {
+	t.Helper()
+	prefix := ip6[:strings.LastIndex(ip6, ":")+1]
+	hostSide6 := prefix + "1"
+	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", hostSide6+"/64", "dev", veth, "nodad")
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
+	sh(t, tp.ip, "-n", ns, "-6", "addr", "add", ip6+"/64", "dev", "eth0", "nodad")
+	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
+	sh(t, tp.ip, "-n", ns, "-6", "route", "add", "default", "via", hostSide6, "dev", "eth0")
+	return &podNet{NS: ns, Veth: veth, IP6: ip6}
 }
 
 // wirePod joins pod namespace ns to the node as Calico does: a veth whose
