@@ -102,6 +102,7 @@ func TestE2E(t *testing.T) {
 		e.canary.assertUntouched(t)
 	})
 	t.Run("malformed requests get a clean 4xx", func(t *testing.T) { testMalformed(t, e) })
+	t.Run("ways around the rule get no more than the pod's own role", func(t *testing.T) { testBypasses(t, e) })
 	t.Run("a deleted rule is restored", func(t *testing.T) { testRuleRestore(t, e) })
 	t.Run("agent restart keeps the rule and does not duplicate it", func(t *testing.T) {
 		e.agent = track(testAgentRestart(t, e))
