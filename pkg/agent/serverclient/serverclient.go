@@ -66,10 +66,13 @@ const serviceConfig = `{"loadBalancingConfig":[{"round_robin":{}}],"healthCheckC
 // Config configures the client. Zero durations take the defaults noted.
 type Config struct {
 	// Address is KIAM's --server-address, host:port, e.g.
-	// "kiam-server:443"; it is resolved with DNS and every address it
-	// yields is used. An address with a scheme ("passthrough:///...")
-	// is used as it is.
+	// "kiam-server:443"; it is looked up every few seconds (every second
+	// while it yields nothing) and every address it yields is used. An
+	// address with a scheme ("passthrough:///...") is used as it is.
 	Address string
+	// LookupHost resolves the host of Address; nil means the system's
+	// resolver (net.DefaultResolver.LookupHost).
+	LookupHost func(ctx context.Context, host string) ([]string, error)
 	// TLS is the mutual TLS configuration (pkg/tlsconfig.Client); required.
 	TLS *tls.Config
 	// HostIP is this node's address (--host), sent in WatchNodePods.
@@ -163,7 +166,12 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Client, erro
 		}
 	}
 
+	lookup := cfg.LookupHost
+	if lookup == nil {
+		lookup = net.DefaultResolver.LookupHost
+	}
 	conn, err := grpc.NewClient(target,
+		grpc.WithResolvers(&pollingResolver{lookup: lookup, retry: resolveRetry, refresh: resolveRefresh}),
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg.TLS)),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{
@@ -195,7 +203,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Client, erro
 }
 
 // dialTarget turns KIAM's host:port into a gRPC target that resolves every
-// address of host.
+// address of host with the polling resolver.
 func dialTarget(address string) (string, error) {
 	if address == "" {
 		return "", errors.New("serverclient: a server address is required")
@@ -206,7 +214,7 @@ func dialTarget(address string) (string, error) {
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return "", fmt.Errorf("serverclient: server address %q: %w", address, err)
 	}
-	return "dns:///" + address, nil
+	return resolverScheme + ":///" + address, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

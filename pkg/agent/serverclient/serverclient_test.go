@@ -448,7 +448,7 @@ func TestNewValidates(t *testing.T) {
 	if good.cfg.KeepaliveTime != 10*time.Second || good.cfg.KeepaliveTimeout != 2*time.Second || good.cfg.CallTimeout != 5*time.Second {
 		t.Errorf("defaults: %+v", good.cfg)
 	}
-	if target, err := dialTarget("kiam-server:443"); err != nil || target != "dns:///kiam-server:443" {
+	if target, err := dialTarget("kiam-server:443"); err != nil || target != "podiam-dns:///kiam-server:443" {
 		t.Errorf("dialTarget = %q, %v", target, err)
 	}
 	noHost, _ := newClient(t, p, "127.0.0.1:1", func(c *Config) { c.HostIP = "" })
