@@ -103,7 +103,10 @@ func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
 	}
 	read := false
 	for {
-		n, _, err := unix.Recvfrom(w.fd, w.buf, unix.MSG_DONTWAIT)
+		// A plain read of the non-blocking socket: recvfrom would
+		// allocate the sender's address on every call, and only the
+		// kernel sends to this socket.
+		n, err := unix.Read(w.fd, w.buf)
 		switch {
 		case err == unix.EAGAIN:
 			return read, nil
@@ -115,6 +118,8 @@ func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
 			continue
 		case err != nil:
 			return read, fmt.Errorf("sandbox: read netlink changes: %w", err)
+		case n == 0:
+			return read, nil // the kernel never sends an empty message
 		}
 		read = true
 		msgs, err := syscall.ParseNetlinkMessage(w.buf[:n])
