@@ -532,23 +532,7 @@ func benchAbuse(b *testing.B, e *env) {
 	// closed. Two, because a process here may hold 20,000 descriptors at
 	// most (no CAP_SYS_RESOURCE to raise the hard limit).
 	const floodProcs = 2
-	flood := fmt.Sprintf(`
-import resource, socket, sys, time
-hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-held = []
-for i in range(%d):
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect((%q, 80))
-        held.append(s)
-    except OSError:
-        s.close()
-with open(sys.argv[1], "w") as f:
-    f.write("%%d" %% len(held))
-time.sleep(3600)
-`, floodConns/floodProcs, testenv.MetadataIP)
+	flood := floodScript(floodConns / floodProcs)
 	refused0 := e.agentMetric(b, "podiam_agent_connections_refused_total")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan testenv.RunResult, floodProcs)

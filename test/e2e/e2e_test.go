@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -861,15 +862,15 @@ func testIPv6Refused(t *testing.T, e *env) {
 	e.canary6.assertUntouched(t)
 }
 
-// testFlood: one pod holds thousands of idle connections to the metadata
-// address; the agent closes those over its per-address cap at once, stays
-// up, and another pod is still served.
-func testFlood(t *testing.T, e *env) {
-	const conns = 3000
-	before := e.agentMetric(t, "podiam_agent_connections_refused_total")
-	// A process in the intruder pod opens the connections and holds them.
-	script := fmt.Sprintf(`
-import socket, sys, time
+// floodScript is a Python program for a pod: it opens n connections to
+// the metadata address, holds every one the agent has not closed, writes
+// how many it holds to the file its first argument names, and sleeps
+// until it is killed. It raises its descriptor limit to the hard one.
+func floodScript(n int) string {
+	return fmt.Sprintf(`
+import resource, socket, sys, time
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 held = []
 for i in range(%d):
     s = socket.socket()
@@ -879,14 +880,25 @@ for i in range(%d):
         held.append(s)
     except OSError:
         s.close()
-print("opened", len(held), flush=True)
-time.sleep(20)
-`, conns, testenv.MetadataIP)
+with open(sys.argv[1], "w") as f:
+    f.write("%%d" %% len(held))
+time.sleep(3600)
+`, n, testenv.MetadataIP)
+}
+
+// testFlood: one pod holds thousands of idle connections to the metadata
+// address; the agent closes those over its per-address cap at once, stays
+// up, and another pod is still served.
+func testFlood(t *testing.T, e *env) {
+	const conns = 3000
+	before := e.agentMetric(t, "podiam_agent_connections_refused_total")
+	// A process in the intruder pod opens the connections and holds them.
+	script := floodScript(conns)
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	flood := make(chan testenv.RunResult, 1)
 	go func() {
-		flood <- testenv.RunInNetNS(ctx, e.intruder.NS, e.podEnv, nil, "python3", "-c", script)
+		flood <- testenv.RunInNetNS(ctx, e.intruder.NS, e.podEnv, nil, "python3", "-c", script, filepath.Join(e.tmp, "flood"))
 	}()
 	testenv.Eventually(t, 30*time.Second, "the agent refusing the flood's connections over its cap", func() error {
 		if n := e.agentMetric(t, "podiam_agent_connections_refused_total"); n-before < conns/2 {

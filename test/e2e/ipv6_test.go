@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -77,17 +76,7 @@ func testIPv6OnlyNode(t *testing.T, e *env, track func(*testenv.Proc) *testenv.P
 // that address.
 func (e *env) startAgent6(t *testing.T) *testenv.Proc {
 	t.Helper()
-	p := e.startProc(t, "agent6", []string{"agent",
-		"--json-log", "--level=debug",
-		"--port=" + strconv.Itoa(agentPort),
-		"--host=" + nodeIP6,
-		"--host-interface=" + hostIfWild,
-		"--iptables", "--no-iptables-remove",
-		"--server-address=" + hostPort(nodeIP6, serverPort),
-		"--cert=" + e.pki.AgentCert, "--key=" + e.pki.AgentKey, "--ca=" + e.pki.CA,
-		"--gateway-timeout-creation=1s",
-		"--prometheus-listen-addr=" + hostPort(nodeIP6, agentMetr),
-	}, nil)
+	p := e.startProc(t, "agent6", e.agentArgs(nodeIP6), nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
 	testenv.Ready(t, 60*time.Second, "IPv6 agent /ping", func(context.Context) error {

@@ -89,23 +89,28 @@ func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 	return p
 }
 
+// agentArgs is the command line the DaemonSet uses, for a node whose
+// address is host; the agent reaches the server at host too.
+func (e *env) agentArgs(host string) []string {
+	return []string{"agent",
+		"--json-log", "--level=debug",
+		"--port=" + strconv.Itoa(agentPort),
+		"--host=" + host,
+		"--host-interface=" + hostIfWild,
+		"--iptables", "--no-iptables-remove",
+		"--server-address=" + hostPort(host, serverPort),
+		"--cert=" + e.pki.AgentCert, "--key=" + e.pki.AgentKey, "--ca=" + e.pki.CA,
+		"--gateway-timeout-creation=1s",
+		"--prometheus-listen-addr=" + hostPort(host, agentMetr),
+	}
+}
+
 // startAgent runs `podiam agent` with the command line the DaemonSet uses
 // plus extra flags, and waits until it answers /ping and its DNAT rule is in
 // the node's nat table.
 func (e *env) startAgent(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
-	args := append([]string{"agent",
-		"--json-log", "--level=debug",
-		"--port=" + strconv.Itoa(agentPort),
-		"--host=" + nodeIP,
-		"--host-interface=" + hostIfWild,
-		"--iptables", "--no-iptables-remove",
-		"--server-address=" + hostPort(nodeIP, serverPort),
-		"--cert=" + e.pki.AgentCert, "--key=" + e.pki.AgentKey, "--ca=" + e.pki.CA,
-		"--gateway-timeout-creation=1s",
-		"--prometheus-listen-addr=" + hostPort(nodeIP, agentMetr),
-	}, extra...)
-	p := e.startProc(t, "agent", args, nil)
+	p := e.startProc(t, "agent", append(e.agentArgs(nodeIP), extra...), nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
 	testenv.Ready(t, 60*time.Second, "agent /ping and DNAT rule", func(context.Context) error {
