@@ -448,3 +448,46 @@ func (e *arEnv) waitEvent(t testing.TB, namespace, name, reason string) {
 		return fmt.Errorf("%d events, none matching", len(evs.Items))
 	})
 }
+
+// TestAssumeRoleWithShippedRBAC runs the controller as the server's
+// ServiceAccount with exactly rbac.yaml and assumerole-rbac.yaml: it must
+// write a Secret, update status and record a denial Event. rbac.yaml alone
+// must not grant any access to Secrets.
+func TestAssumeRoleWithShippedRBAC(t *testing.T) {
+	t.Parallel()
+	base, err := os.ReadFile("../../deploy/manifests/rbac.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(base, []byte("secrets")) {
+		t.Fatal("deploy/manifests/rbac.yaml grants access to secrets; the default install must not")
+	}
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	dyn, err := dynamic.NewForConfig(kube.RESTConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	installCRD(t, dyn, "../../deploy/crds/iam.podiam.io_awsassumeroles.yaml")
+	applyRBAC(t, kube, "../../deploy/manifests/rbac.yaml")
+	applyRBAC(t, kube, "../../deploy/manifests/assumerole-rbac.yaml")
+	kubeconfig := kube.ServiceAccountKubeconfig(t, "kube-system", "podiam-server")
+	kube.CreateNamespace(t, "apps", map[string]string{"iam.amazonaws.com/permitted": roleARN("app-.*")})
+	kube.CreateNamespace(t, "closed", nil)
+	sp := startServerEnv(t, kube, moto, []string{"AWS_ENDPOINT_URL_ECR=" + moto.Endpoint},
+		"--assume-role-secrets", "--assume-role-arn="+roleARN("podiam-server"), "--role-base-arn-autodetect",
+		"--kubeconfig="+kubeconfig)
+	env := &arEnv{kube: kube, moto: moto, sp: sp, dyn: dyn}
+	env.create(t, "apps", "web", v1alpha1.AWSAssumeRoleSpec{RoleName: "app-web", SecretName: "web", SecretType: "Map"})
+	env.create(t, "apps", "pull", v1alpha1.AWSAssumeRoleSpec{RoleName: "app-web", SecretName: "pull", SecretType: "EcrDockerConfigJson",
+		EcrRepositoryUrl: account + ".dkr.ecr.us-east-1.amazonaws.com"})
+	env.create(t, "closed", "intruder", v1alpha1.AWSAssumeRoleSpec{RoleName: "app-web", SecretName: "stolen", SecretType: "Map"})
+	env.waitSecret(t, "apps", "web")
+	env.waitSecret(t, "apps", "pull")
+	env.waitReady(t, "apps", "web", "True", v1alpha1.ReasonSecretWritten)
+	env.waitReady(t, "closed", "intruder", "False", v1alpha1.ReasonNotPermitted)
+	env.waitEvent(t, "closed", "intruder", v1alpha1.ReasonNotPermitted)
+	if strings.Contains(sp.Logs(), "forbidden") {
+		t.Fatalf("forbidden requests with the shipped RBAC:\n%s", sp.Tail(40))
+	}
+}
