@@ -2,7 +2,9 @@
 // credentials over mutual TLS. A request goes pod identity (podindex), role
 // (role), namespace policy (policy), credential cache (credcache) and STS
 // (sts); service answers it over gRPC and streams each node's pods to its
-// agent; prefetch warms the cache before pods ask.
+// agent; prefetch warms the cache before pods ask. With
+// --assume-role-secrets, assumerole keeps Secrets with the credentials of
+// AWSAssumeRole objects, through the same policy and cache.
 //
 // New wires those parts from a Config and the clients the command builds
 // (Kubernetes clientset and informer factory, STS, TLS, metrics registry,

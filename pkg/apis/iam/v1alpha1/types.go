@@ -38,7 +38,7 @@ const (
 )
 
 // AWSAssumeRoleSpec names the role and the Secret to keep its credentials in.
-// +kubebuilder:validation:XValidation:rule="self.secretType != 'EcrDockerConfigJson' || (has(self.ecrRepositoryUrl) && self.ecrRepositoryUrl != ”)",message="ecrRepositoryUrl is required with secretType EcrDockerConfigJson"
+// +kubebuilder:validation:XValidation:rule="self.secretType != 'EcrDockerConfigJson' || (has(self.ecrRepositoryUrl) && size(self.ecrRepositoryUrl) > 0)",message="ecrRepositoryUrl is required with secretType EcrDockerConfigJson"
 // +kubebuilder:validation:XValidation:rule="has(self.roleName) || has(self.roleArn)",message="one of roleName and roleArn is required"
 type AWSAssumeRoleSpec struct {
 	// RoleName is the IAM role to assume: a name (with an optional path),
