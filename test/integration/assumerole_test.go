@@ -271,7 +271,7 @@ func TestAssumeRoleEconomy(t *testing.T) {
 	calls := func() float64 {
 		return metric(t, env.sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role", "result": "ok"})
 	}
-	before := calls()
+	before, begin := calls(), time.Now()
 	var wg sync.WaitGroup
 	for i := range 100 {
 		wg.Go(func() {
@@ -280,7 +280,6 @@ func TestAssumeRoleEconomy(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	created := time.Now()
 	testenv.Eventually(t, 60*time.Second, "100 secrets", func() error {
 		l, err := env.kube.Client.CoreV1().Secrets("eco").List(context.Background(), metav1.ListOptions{})
 		if err != nil {
@@ -294,8 +293,11 @@ func TestAssumeRoleEconomy(t *testing.T) {
 	first := calls() - before
 	// The base role's own AssumeRole counts under the same label; it
 	// happens once at start-up, before "before" was read.
-	if took := time.Since(created); first != 5 && took < arRefresh {
-		t.Fatalf("%v AssumeRole calls for 100 objects on 5 roles, want 5", first)
+	// On a loaded machine creating 100 objects may outlast a refresh
+	// period; each period may add one call per role, no more.
+	took := time.Since(begin)
+	if bound := float64(5 * (1 + int(took/arRefresh))); first < 5 || first > bound {
+		t.Fatalf("%v AssumeRole calls for 100 objects on 5 roles in %s, want 5 (at most %v)", first, took, bound)
 	}
 	t.Logf("first round: %v AssumeRole calls", first)
 
