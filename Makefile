@@ -4,8 +4,10 @@ BIN := $(CURDIR)/bin
 GO ?= go
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+CONTROLLER_GEN_VERSION := v0.23.0
+CONTROLLER_GEN := $(BIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 
-.PHONY: build test unit deps fuzz proto verify check-agent-deps demo docs image
+.PHONY: build test unit deps fuzz proto crds verify check-agent-deps demo docs image
 
 # TEST_TAGS builds the tests that need more than Go: root and network
 # namespaces (real iptables) or the tools make deps installs (moto). make
@@ -31,6 +33,19 @@ proto: $(BIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/protoc-gen-go-grpc-$
 	  --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  proto/podiam/v1/podiam.proto
+
+$(CONTROLLER_GEN):
+	GOBIN=$(BIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
+	mv $(BIN)/controller-gen $@
+
+# crds regenerates the committed deep-copy code and the AWSAssumeRole CRD
+# from pkg/apis with a pinned controller-gen; the chart gets the same file.
+CRD_FILE := iam.podiam.io_awsassumeroles.yaml
+crds: $(CONTROLLER_GEN)
+	$(CONTROLLER_GEN) object paths=./pkg/apis/...
+	$(CONTROLLER_GEN) crd paths=./pkg/apis/... output:crd:dir=deploy/crds
+	mkdir -p deploy/helm/podiam/crds
+	cp deploy/crds/$(CRD_FILE) deploy/helm/podiam/crds/$(CRD_FILE)
 
 # image builds the Dockerfile as it is with buildah (no Docker daemon, no
 # registry: local stand-ins for its base images are made from Debian's
@@ -81,6 +96,9 @@ verify: check-agent-deps
 	$(GO) vet -tags $(TEST_TAGS) ./...
 	$(MAKE) proto
 	@git diff --exit-code -- proto || (echo "generated code differs from proto/; run make proto and commit"; exit 1)
+	$(MAKE) crds
+	@git diff --exit-code -- pkg/apis deploy/crds deploy/helm/podiam/crds || (echo "generated CRD or deep-copy code differs from pkg/apis; run make crds and commit"; exit 1)
+	@untracked=$$(git ls-files --others --exclude-standard -- pkg/apis deploy/crds deploy/helm/podiam/crds); if [ -n "$$untracked" ]; then echo "generated files not committed:"; echo "$$untracked"; exit 1; fi
 	$(GO) test -count=1 -run '^(TestREADMEFlagTables|TestKIAMFlagsKept)$$' ./cmd/podiam
 
 # docs regenerates README.md's flag tables from the flag definitions.

@@ -10,12 +10,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/config"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podiam/podiam/pkg/apis/iam/v1alpha1"
 	"github.com/podiam/podiam/pkg/server"
+	"github.com/podiam/podiam/pkg/server/assumerole"
 	"github.com/podiam/podiam/pkg/server/credcache"
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/role"
@@ -69,6 +75,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.GRPCMaxConnectionAge, "grpc-max-connection-age-duration", 0, "close connections after this long so agents rebalance (0: never)")
 	fs.DurationVar(&c.GRPCMaxConnectionAgeGrace, "grpc-max-connection-age-grace-duration", 0, "grace for calls on a connection closed for age (0: forever)")
 	fs.DurationVar(&c.DrainTime, "drain-time", 5*time.Second, "on SIGTERM, report NOT_SERVING this long before stopping")
+	fs.BoolVar(&c.AssumeRoleSecrets, "assume-role-secrets", false, "run the AWSAssumeRole controller, which keeps Secrets with role credentials (needs the CRD and the RBAC in deploy/manifests/assumerole-rbac.yaml)")
 	fs.Func("agent-identity", "accept as agents only client certificates naming this identity (common name, DNS or URI SAN); repeatable; unset: any certificate the CA signed", func(v string) error {
 		if strings.TrimSpace(v) == "" {
 			return errors.New("must not be empty")
@@ -131,14 +138,25 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		return fmt.Errorf("tls: %w", err)
 	}
 	factory := informers.NewSharedInformerFactory(client, cfg.Sync)
+	var starters []informerFactory
+	var assumeRoles *server.AssumeRoleDeps
+	if cfg.AssumeRoleSecrets {
+		var fs []informerFactory
+		assumeRoles, fs, err = assumeRoleDeps(ctx, restCfg, client, cfg.Sync)
+		if err != nil {
+			return err
+		}
+		starters = append(starters, fs...)
+	}
 	srv, err := server.New(ctx, cfg.Config, server.Deps{
-		Kubernetes: client,
-		Informers:  factory,
-		LivePods:   podindex.APIPods{Client: liveClient.CoreV1()},
-		STS:        stsClient,
-		TLS:        tlsCfg,
-		Registry:   reg,
-		Log:        log,
+		Kubernetes:  client,
+		Informers:   factory,
+		LivePods:    podindex.APIPods{Client: liveClient.CoreV1()},
+		STS:         stsClient,
+		TLS:         tlsCfg,
+		Registry:    reg,
+		Log:         log,
+		AssumeRoles: assumeRoles,
 	})
 	if err != nil {
 		return err
@@ -147,9 +165,48 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	// can return: Shutdown waits for them.
 	ctx, cancel := context.WithCancel(ctx)
 	defer factory.Shutdown()
+	for _, f := range starters {
+		defer f.Shutdown()
+	}
 	defer cancel()
 	factory.Start(ctx.Done())
+	for _, f := range starters {
+		f.Start(ctx.Done())
+	}
 	return srv.Run(ctx)
+}
+
+// informerFactory is what runServer does with an informer factory.
+type informerFactory interface {
+	Start(stop <-chan struct{})
+	Shutdown()
+}
+
+// assumeRoleDeps builds the AWSAssumeRole controller's informers and
+// clients: a dynamic informer for the objects (no generated clientset), a
+// Secret informer that sees only the Secrets the controller writes (the
+// server must not cache every Secret of the cluster), and an ECR client on
+// the SDK's standard configuration. The factories are returned to be
+// started after server.New and shut down at the end.
+func assumeRoleDeps(ctx context.Context, restCfg *rest.Config, client kubernetes.Interface, resync time.Duration) (*server.AssumeRoleDeps, []informerFactory, error) {
+	dyn, err := dynamic.NewForConfig(restCfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dynamic client: %w", err)
+	}
+	objects := dynamicinformer.NewDynamicSharedInformerFactory(dyn, resync)
+	secrets := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = assumerole.ManagedSelector }))
+	awsCfg, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("aws config for ecr: %w", err)
+	}
+	deps := &server.AssumeRoleDeps{
+		Objects: objects.ForResource(v1alpha1.GroupVersionResource).Informer(),
+		Secrets: secrets.Core().V1().Secrets().Informer(),
+		Dynamic: dyn,
+		ECR:     assumerole.NewECRClient(awsCfg),
+	}
+	return deps, []informerFactory{objects, secrets}, nil
 }
 
 func kubeConfig(path string) (*rest.Config, error) {

@@ -2,7 +2,9 @@
 // credentials over mutual TLS. A request goes pod identity (podindex), role
 // (role), namespace policy (policy), credential cache (credcache) and STS
 // (sts); service answers it over gRPC and streams each node's pods to its
-// agent; prefetch warms the cache before pods ask.
+// agent; prefetch warms the cache before pods ask. With
+// --assume-role-secrets, assumerole keeps Secrets with the credentials of
+// AWSAssumeRole objects, through the same policy and cache.
 //
 // New wires those parts from a Config and the clients the command builds
 // (Kubernetes clientset and informer factory, STS, TLS, metrics registry,
@@ -25,6 +27,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -32,7 +35,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
+	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/metricsserver"
+	"github.com/podiam/podiam/pkg/server/assumerole"
 	"github.com/podiam/podiam/pkg/server/credcache"
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
@@ -104,6 +109,12 @@ type Config struct {
 	// certificates naming one of them (common name, DNS or URI SAN) may
 	// call the Credentials service.
 	AgentIdentities []string
+
+	// AssumeRoleSecrets is --assume-role-secrets: run the AWSAssumeRole
+	// controller, which writes credentials into Secrets. Off by default
+	// because it needs the AWSAssumeRole CRD and write access to Secrets,
+	// which a server that only serves pods should not have.
+	AssumeRoleSecrets bool
 }
 
 // Validate refuses configurations that cannot work, with the reason.
@@ -192,6 +203,20 @@ type Deps struct {
 	// metrics endpoint serves.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
+	// AssumeRoles is required with --assume-role-secrets and unused
+	// otherwise.
+	AssumeRoles *AssumeRoleDeps
+}
+
+// AssumeRoleDeps are what the command builds for the AWSAssumeRole
+// controller: informers it starts after New (objects from a dynamic
+// informer, Secrets selected by assumerole.ManagedSelector), the dynamic
+// client for status, and the ECR client.
+type AssumeRoleDeps struct {
+	Objects cache.SharedIndexInformer
+	Secrets cache.SharedIndexInformer
+	Dynamic dynamic.Interface
+	ECR     assumerole.ECRTokens
 }
 
 // minServe is how long credentials must still be valid to be handed out
@@ -211,7 +236,8 @@ type Server struct {
 	baseARN     string
 	grpc        *service.GRPCServer
 	credentials *credcache.Cache
-	prefetch    *prefetch.Controller // nil with --no-prefetch
+	prefetch    *prefetch.Controller   // nil with --no-prefetch
+	assumeRoles *assumerole.Controller // nil without --assume-role-secrets
 	broadcaster record.EventBroadcaster
 	synced      []cache.InformerSynced
 	ready       readinessTiming
@@ -230,6 +256,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if deps.Kubernetes == nil || deps.Informers == nil || deps.LivePods == nil || deps.STS == nil ||
 		deps.TLS == nil || deps.Registry == nil || deps.Log == nil {
 		return nil, errors.New("server: every dependency is required")
+	}
+	if cfg.AssumeRoleSecrets && (deps.AssumeRoles == nil || deps.AssumeRoles.Objects == nil ||
+		deps.AssumeRoles.Secrets == nil || deps.AssumeRoles.Dynamic == nil) {
+		return nil, errors.New("server: --assume-role-secrets needs the AWSAssumeRole informers and clients")
 	}
 	log, reg := deps.Log, deps.Registry
 	s := &Server{cfg: cfg, log: log, reg: reg, kube: deps.Kubernetes, sts: deps.STS, ready: readinessTiming{serving: readyServingPeriod, failing: readyFailingPeriod, timeout: readyCheckTimeout}}
@@ -279,11 +309,15 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sts rate limit: %w", err)
 	}
+	// Keys AWSAssumeRole objects use count as in use like pods' keys, so
+	// the cache refreshes them ahead of expiry whether or not a pod does.
+	objectKeys := assumerole.NewInUse()
+	podsUse := inUse(podInformer.GetIndexer())
 	s.credentials, err = credcache.New(credcache.Config{
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
 		MaxEntries: cfg.CacheMaxEntries,
-		InUse:      inUse(podInformer.GetIndexer()),
+		InUse:      func(k creds.Key) bool { return podsUse(k) || objectKeys.Has(k) },
 		Limiter:    limiter,
 	}, deps.STS, reg, log.With("component", "cache"))
 	if err != nil {
@@ -314,6 +348,30 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 			s.broadcaster.Shutdown()
 		}
 	}()
+	events := s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"})
+	if cfg.AssumeRoleSecrets {
+		s.assumeRoles, err = assumerole.New(assumerole.Config{
+			DefaultSession: cfg.Session,
+			Refresh:        cfg.SessionRefresh,
+		}, assumerole.Deps{
+			Objects:    deps.AssumeRoles.Objects,
+			Secrets:    deps.AssumeRoles.Secrets,
+			Namespaces: namespaces,
+			SecretAPI:  deps.Kubernetes.CoreV1(),
+			Status:     assumerole.DynamicStatus{Client: deps.AssumeRoles.Dynamic},
+			Roles:      resolver,
+			Policy:     checker,
+			Cache:      s.credentials,
+			ECR:        deps.AssumeRoles.ECR,
+			InUse:      objectKeys,
+			Events:     events,
+			Registry:   reg,
+			Log:        log.With("component", "assumerole"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	svc, err := service.New(service.Config{
 		DefaultSession: cfg.Session,
 		PodWait:        cfg.PodWait,
@@ -324,7 +382,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		Keys:        resolver,
 		Policy:      checker,
 		Credentials: s.credentials,
-		Events:      s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"}),
+		Events:      events,
 		Watcher:     watcher,
 		Synced:      func() bool { return podInformer.HasSynced() && nsInformer.HasSynced() },
 	}, reg, log.With("component", "server"))
@@ -384,6 +442,9 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 	}
 	if s.prefetch != nil {
 		parts = append(parts, supervise.Part{Name: "prefetch", Run: s.prefetch.Run})
+	}
+	if s.assumeRoles != nil {
+		parts = append(parts, supervise.Part{Name: "awsassumerole controller", Run: s.assumeRoles.Run})
 	}
 	parts = append(parts, extra...)
 	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN)

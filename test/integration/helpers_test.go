@@ -59,6 +59,13 @@ type serverProc struct {
 // its health service reports SERVING.
 func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
 	t.Helper()
+	return startServerEnv(t, kube, moto, nil, args...)
+}
+
+// startServerEnv is startServer with variables added to the server's
+// environment (after moto's, so they win).
+func startServerEnv(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, env []string, args ...string) *serverProc {
+	t.Helper()
 	dir := t.TempDir()
 	pki := testenv.NewPKI(t, dir)
 	port, mport := testenv.FreePort(t), testenv.FreePort(t)
@@ -75,7 +82,7 @@ func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...s
 		"--prometheus-listen-addr=" + sp.MetricsAddr,
 		"--drain-time=0s",
 	}, args...)
-	p, err := testenv.Spawn(testenv.ProcSpec{Name: "server", Path: podiamBin, Args: full, Env: moto.Env(),
+	p, err := testenv.Spawn(testenv.ProcSpec{Name: "server", Path: podiamBin, Args: full, Env: append(moto.Env(), env...),
 		Log: filepath.Join(dir, "server.log")})
 	if err != nil {
 		t.Fatal(err)

@@ -102,7 +102,7 @@ var helmCases = []struct {
 		"server.roleBaseArnAutodetect=false", "server.roleBaseArn=arn:aws:iam::111122223333:role/",
 		"server.region=eu-west-1", "server.disableStrictNamespaceRegexp=true", "server.disableNodeBinding=true",
 		"server.metrics.enabled=false", "server.log.json=false", "server.log.level=debug",
-		"server.grpc.maxConnectionAge=10m",
+		"server.grpc.maxConnectionAge=10m", "server.assumeRoleSecrets.enabled=true",
 		"agent.iptables=false", "agent.iptablesRemove=true", "agent.hostInterface=eni+",
 		"agent.allowRouteRegexp=^/latest/meta-data/placement/.*", "agent.requireIMDSv2=true",
 		"agent.metrics.enabled=false", "agent.serverAddress=podiam.example:9610",

@@ -66,6 +66,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $a = append $a (printf "--cache-max-entries=%d" (int64 $s.cacheMaxEntries)) -}}
 {{- $a = append $a (printf "--drain-time=%s" $s.drainTime) -}}
 {{- range $s.agentIdentities }}{{ $a = append $a (printf "--agent-identity=%s" .) }}{{ end -}}
+{{- if $s.assumeRoleSecrets.enabled }}{{ $a = append $a "--assume-role-secrets" }}{{ end -}}
 {{- $a = append $a (printf "--grpc-keepalive-time-duration=%s" $s.grpc.keepaliveTime) -}}
 {{- $a = append $a (printf "--grpc-keepalive-timeout-duration=%s" $s.grpc.keepaliveTimeout) -}}
 {{- $a = append $a (printf "--grpc-max-connection-idle-duration=%s" $s.grpc.maxConnectionIdle) -}}
