@@ -18,6 +18,7 @@ import (
 	"github.com/podiam/podiam/pkg/server"
 	"github.com/podiam/podiam/pkg/server/credcache"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/sts"
 	"github.com/podiam/podiam/pkg/tlsconfig"
@@ -55,6 +56,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")
+	fs.StringVar((*string)(&c.ExternalIDFrom), "external-id-from", string(policy.ExternalIDFromPod), "who chooses the External ID of a pod's roles: pod (its iam.amazonaws.com/external-id, as KIAM) or namespace (pods that set one are denied); a namespace's iam.amazonaws.com/external-id applies in both, and a pod naming another is denied")
 	fs.BoolVar(&c.DisableNodeBinding, "disable-node-binding", false, "serve a pod's credentials to agents on any node (only for networks that rewrite source addresses)")
 	fs.DurationVar(&c.PodWait, "pod-wait", 900*time.Millisecond, "how long a request for an address not yet known waits for the pod to appear")
 	fs.Float64Var(&c.STSRate, "sts-rate", 20, "STS calls per second this replica may make; refreshes go first, then requests, then prefetches")

@@ -75,6 +75,10 @@ type Config struct {
 
 	// DisableStrictNamespaceRegexp is --disable-strict-namespace-regexp.
 	DisableStrictNamespaceRegexp bool
+	// ExternalIDFrom is --external-id-from: who chooses the External ID
+	// of the roles a pod assumes ("" means policy.ExternalIDFromPod). A
+	// namespace's iam.amazonaws.com/external-id applies in either mode.
+	ExternalIDFrom policy.ExternalIDFrom
 	// DisableNodeBinding is --disable-node-binding.
 	DisableNodeBinding bool
 	// PodWait is --pod-wait: how long a request for an unknown address
@@ -123,6 +127,11 @@ func (c Config) Validate() error {
 	if c.AssumeRoleARN != "" {
 		if _, err := (&role.Resolver{}).Resolve(c.AssumeRoleARN); err != nil || !strings.HasPrefix(c.AssumeRoleARN, "arn:") {
 			errs = append(errs, fmt.Errorf("--assume-role-arn must be a full role ARN: %q", c.AssumeRoleARN))
+		}
+	}
+	if c.ExternalIDFrom != "" {
+		if _, err := policy.ParseExternalIDFrom(string(c.ExternalIDFrom)); err != nil {
+			errs = append(errs, fmt.Errorf("--external-id-from: %w", err))
 		}
 	}
 	if c.Session == "" {
@@ -263,7 +272,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 
-	checker, err := policy.New(policy.Config{DisableStrictRegexp: cfg.DisableStrictNamespaceRegexp})
+	checker, err := policy.New(policy.Config{
+		DisableStrictRegexp: cfg.DisableStrictNamespaceRegexp,
+		ExternalIDFrom:      cfg.ExternalIDFrom,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -283,7 +295,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
 		MaxEntries: cfg.CacheMaxEntries,
-		InUse:      inUse(podInformer.GetIndexer()),
+		InUse:      inUse(podInformer.GetIndexer(), resolver, cfg.Session, namespaces.Lister(), checker),
 		Limiter:    limiter,
 	}, deps.STS, reg, log.With("component", "cache"))
 	if err != nil {
@@ -386,6 +398,7 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 		parts = append(parts, supervise.Part{Name: "prefetch", Run: s.prefetch.Run})
 	}
 	parts = append(parts, extra...)
-	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN)
+	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN,
+		"external_id_from", string(s.cfg.ExternalIDFrom))
 	return supervise.Run(ctx, parts...)
 }
