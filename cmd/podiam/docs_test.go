@@ -43,6 +43,8 @@ func commandFlags(t *testing.T) map[string]*flag.FlagSet {
 		"server": (&serverConfig{}).register,
 		"agent":  (&agentConfig{}).register,
 		"health": (&healthConfig{}).register,
+		// check takes every server flag; the README lists its own.
+		"check": (&checkConfig{}).registerOwn,
 	} {
 		fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 		register(fs)

@@ -172,6 +172,12 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"server", "--cert=a", "--key=b", "--ca=c", "--external-id-from=both"}, 2, "--external-id-from"},
 		{[]string{"health", "--cert=a", "--key=b", "--ca=c", "--server-address=nohost"}, 2, "--server-address"},
 		{[]string{"help"}, 0, "usage"},
+		{[]string{"check"}, 2, "--role or --pod is required"},
+		{[]string{"check", "--pod=app"}, 2, "namespace/name"},
+		{[]string{"check", "--role=app", "-o", "yaml"}, 2, "neither text nor json"},
+		{[]string{"check", "--role=app", "--external-id=x"}, 2, "--external-id"},
+		{[]string{"check", "--role=app", "--assume-role-arn=arn:aws:iam::123456789012:role/base", "--session-duration=2h"}, 2, "exceeds 1h0m0s, STS's limit for roles chained"},
+		{[]string{"check", "--role=app", "--external-id-from=tenant"}, 2, "--external-id-from"},
 	}
 	for _, tc := range tests {
 		var stdout, stderr bytes.Buffer

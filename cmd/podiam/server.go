@@ -100,19 +100,11 @@ const livePodQPS = 50
 // and runs it.
 func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	reg := newRegistry()
-	stsClient, err := sts.New(ctx, sts.Config{
-		Region:          cfg.Region,
-		BaseRoleARN:     cfg.AssumeRoleARN,
-		BaseSessionName: role.SessionName("", cfg.Session),
-		SessionDuration: cfg.SessionDuration,
-		// One attempt per target call: the credential cache retries, with
-		// backoff per role and under --sts-rate, so every attempt is metered.
-		AssumeMaxAttempts: 1,
-	}, reg, log.With("component", "sts"))
+	stsClient, err := sts.New(ctx, cfg.sts(), reg, log.With("component", "sts"))
 	if err != nil {
 		return fmt.Errorf("sts client: %w", err)
 	}
-	restCfg, err := kubeConfig(cfg.Kubeconfig)
+	restCfg, err := kubeConfig(cfg.Kubeconfig, "podiam-server")
 	if err != nil {
 		return err
 	}
@@ -154,7 +146,21 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	return srv.Run(ctx)
 }
 
-func kubeConfig(path string) (*rest.Config, error) {
+// sts is the STS client's configuration these flags make; podiam check
+// builds the same client, so its hops are the server's.
+func (c *serverConfig) sts() sts.Config {
+	return sts.Config{
+		Region:          c.Region,
+		BaseRoleARN:     c.AssumeRoleARN,
+		BaseSessionName: role.SessionName("", c.Session),
+		SessionDuration: c.SessionDuration,
+		// One attempt per target call: the credential cache retries, with
+		// backoff per role and under --sts-rate, so every attempt is metered.
+		AssumeMaxAttempts: 1,
+	}
+}
+
+func kubeConfig(path, userAgent string) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -167,7 +173,7 @@ func kubeConfig(path string) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes configuration: %w", err)
 	}
-	cfg.UserAgent = "podiam-server"
+	cfg.UserAgent = userAgent
 	return cfg, nil
 }
 

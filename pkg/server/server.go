@@ -171,6 +171,12 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// Policy is the namespace policy's configuration these flags make. podiam
+// check builds its policy from it too, so that it decides as the server.
+func (c Config) Policy() policy.Config {
+	return policy.Config{DisableStrictRegexp: c.DisableStrictNamespaceRegexp, ExternalIDFrom: c.ExternalIDFrom}
+}
+
 // STS is what the server needs of its STS client (*sts.Assumer): target
 // roles for the credential cache, the caller's identity for
 // --role-base-arn-autodetect, and a check of the base credentials for
@@ -272,10 +278,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 
-	checker, err := policy.New(policy.Config{
-		DisableStrictRegexp: cfg.DisableStrictNamespaceRegexp,
-		ExternalIDFrom:      cfg.ExternalIDFrom,
-	})
+	checker, err := policy.New(cfg.Policy())
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}

@@ -131,11 +131,78 @@ func ExternalIDFor(mode ExternalIDFrom, ns Namespace, podID string) (string, Sou
 		// Neither value goes into the message: it ends up in an Event in
 		// the tenant's namespace and in logs, and naming it helps no one
 		// who may not know it already.
-		return "", "", fmt.Errorf("%w %q, which applies to every role its pods assume", ErrExternalIDMismatch, ns.Name)
+		return "", "", fmt.Errorf("%w: namespace %q sets one, and it applies to every role its pods assume", ErrExternalIDMismatch, ns.Name)
 	case ns.ExternalID != "":
 		return ns.ExternalID, SourceNamespace, nil
 	case podID != "":
 		return podID, SourcePod, nil
 	}
 	return "", SourceNone, nil
+}
+
+// Explanation is a decision with its reasons spelt out, for people
+// (podiam check): what Decide answered, and the parts it was made of.
+type Explanation struct {
+	// RoleARN is the resolved role the decision is about.
+	RoleARN string
+	// Namespace is what was read of the namespace.
+	Namespace Namespace
+	// Expression is the permitted expression as it is matched: anchored
+	// as ^(?:expr)$ in strict mode, as written otherwise; "" when the
+	// namespace has none, or it is empty or invalid (PermitErr says).
+	Expression string
+	// Strict is false with --disable-strict-namespace-regexp.
+	Strict bool
+	// Permitted reports whether the expression allows RoleARN; PermitErr
+	// says why not.
+	Permitted bool
+	PermitErr error
+	// ExternalIDFrom is the server's --external-id-from; ExternalIDWhy
+	// says which External ID applies and why, or why the pod's is denied.
+	ExternalIDFrom ExternalIDFrom
+	ExternalIDWhy  string
+	// Decision and Err are exactly what Decide returns.
+	Decision Decision
+	Err      error
+}
+
+// Explain decides as Decide does and says why. The decision is Decide's
+// own, not a second implementation of it.
+func (c *Checker) Explain(ns Namespace, key creds.Key) Explanation {
+	e := Explanation{RoleARN: key.RoleARN, Namespace: ns, Strict: c.strict, ExternalIDFrom: c.externalIDFrom}
+	e.Decision, e.Err = c.Decide(ns, key)
+	e.PermitErr = c.Check(ns.Permitted, ns.HasPermitted, key.RoleARN)
+	e.Permitted = e.PermitErr == nil
+	if ns.HasPermitted && ns.Permitted != "" {
+		if entry := c.lookup(ns.Permitted); entry.err == nil {
+			// What the anchoring means, in the form the README gives it;
+			// the compiled form is the same match written by the parser.
+			e.Expression = ns.Permitted
+			if c.strict {
+				e.Expression = "^(?:" + ns.Permitted + ")$"
+			}
+		}
+	}
+	id, src, err := ExternalIDFor(c.externalIDFrom, ns, key.ExternalID)
+	e.ExternalIDWhy = externalIDWhy(c.externalIDFrom, ns, key.ExternalID, id, src, err)
+	return e
+}
+
+// externalIDWhy puts ExternalIDFor's answer in words.
+func externalIDWhy(mode ExternalIDFrom, ns Namespace, podID, id string, src Source, err error) string {
+	switch {
+	case errors.Is(err, ErrInvalidNamespaceExternalID):
+		return "denied: " + err.Error()
+	case errors.Is(err, ErrExternalIDFromPod):
+		return "denied: the pod sets " + role.AnnotationExternalID + " and --external-id-from=namespace takes External IDs from namespaces only"
+	case errors.Is(err, ErrExternalIDMismatch):
+		return fmt.Sprintf("denied: the pod's %q differs from namespace %q's %q, which applies to every role its pods assume", podID, ns.Name, ns.ExternalID)
+	case src == SourceNamespace && podID != "":
+		return fmt.Sprintf("%q, namespace %q's %s; the pod names the same one", id, ns.Name, role.AnnotationExternalID)
+	case src == SourceNamespace:
+		return fmt.Sprintf("%q, namespace %q's %s, which applies to every role its pods assume", id, ns.Name, role.AnnotationExternalID)
+	case src == SourcePod:
+		return fmt.Sprintf("%q, the pod's own: namespace %q sets none and --external-id-from=%s", id, ns.Name, mode)
+	}
+	return fmt.Sprintf("none: neither namespace %q nor the pod sets one", ns.Name)
 }

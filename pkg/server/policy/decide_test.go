@@ -152,3 +152,55 @@ func TestParseExternalIDFrom(t *testing.T) {
 		t.Error("New accepted an unknown External ID source")
 	}
 }
+
+// Explain's decision is Decide's, and its parts say why.
+func TestExplain(t *testing.T) {
+	key := creds.Key{RoleARN: roleA, SessionName: "kiam-kiam"}
+	withID := func(id string) creds.Key { k := key; k.ExternalID = id; return k }
+	ns := func(permitted, id string) Namespace {
+		ann := map[string]string{role.AnnotationExternalID: id}
+		if permitted != "-" {
+			ann[role.AnnotationPermitted] = permitted
+		}
+		return NamespaceOf("team", ann)
+	}
+	tests := []struct {
+		name       string
+		cfg        Config
+		ns         Namespace
+		key        creds.Key
+		expression string
+		permitted  bool
+		why        string
+		wantErr    error
+	}{
+		{name: "allowed, namespace's External ID", ns: ns("a|b", "ext-1"), key: key,
+			expression: `^(?:a|b)$`, permitted: false, why: "namespace", wantErr: ErrNotPermitted},
+		{name: "role matches", ns: ns(`arn:aws:iam::123456789012:role/.*`, "ext-1"), key: key,
+			expression: `^(?:arn:aws:iam::123456789012:role/.*)$`, permitted: true, why: `"ext-1", namespace "team"'s`},
+		{name: "unanchored", cfg: Config{DisableStrictRegexp: true}, ns: ns("role/a", ""), key: withID("own"),
+			expression: "role/a", permitted: true, why: `"own", the pod's own`},
+		{name: "no annotation", ns: ns("-", ""), key: key, permitted: false, why: "none: neither", wantErr: ErrNoAnnotation},
+		{name: "invalid expression", ns: ns("(", ""), key: key, permitted: false, wantErr: ErrInvalidExpression, why: "none"},
+		{name: "mismatch", ns: ns(".*", "ext-1"), key: withID("ext-2"), expression: `^(?:.*)$`, permitted: true,
+			why: `denied: the pod's "ext-2" differs from namespace "team"'s "ext-1"`, wantErr: ErrExternalIDMismatch},
+		{name: "from pod in namespace mode", cfg: Config{ExternalIDFrom: ExternalIDFromNamespace}, ns: ns(".*", "ext-1"), key: withID("ext-1"),
+			expression: `^(?:.*)$`, permitted: true, why: "--external-id-from=namespace", wantErr: ErrExternalIDFromPod},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := mustNew(t, tt.cfg)
+			e := c.Explain(tt.ns, tt.key)
+			d, err := c.Decide(tt.ns, tt.key)
+			if e.Decision != d || !errors.Is(e.Err, tt.wantErr) || (err == nil) != (e.Err == nil) || (tt.wantErr == nil) != (err == nil) {
+				t.Fatalf("Explain decided %+v, %v; Decide %+v, %v; want error %v", e.Decision, e.Err, d, err, tt.wantErr)
+			}
+			if e.Expression != tt.expression || e.Permitted != tt.permitted || !strings.Contains(e.ExternalIDWhy, tt.why) {
+				t.Fatalf("Explain = expression %q permitted %v why %q; want %q %v %q", e.Expression, e.Permitted, e.ExternalIDWhy, tt.expression, tt.permitted, tt.why)
+			}
+			if e.RoleARN != roleA || e.Strict == tt.cfg.DisableStrictRegexp {
+				t.Fatalf("Explain = %+v", e)
+			}
+		})
+	}
+}
