@@ -20,10 +20,11 @@ import (
 const usage = `usage: podiam <command> [flags]
 
 commands:
-  server   run the credential server (control plane)
-  agent    run the metadata agent (every node)
-  health   check a server's health over mutual TLS
-  check    verify a role chain as the server would use it (the server's flags, plus --role, --pod, --namespace)
+  server      run the credential server (control plane)
+  agent       run the metadata agent (every node)
+  health      check a server's health over mutual TLS
+  check       verify a role chain as the server would use it (the server's flags, plus --role, --pod, --namespace)
+  iam-policy  print the base role's permission policy and a target role's trust policy for exact ARNs
 
 Run "podiam <command> --help" for the command's flags.
 `
@@ -69,6 +70,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		cfg.register(fs)
 		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
 			err = runCheck(ctx, cfg, stdout, cfg.Log.logger(stderr))
+		}
+	case "iam-policy":
+		var cfg iamPolicyConfig
+		cfg.register(fs)
+		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
+			err = runIAMPolicy(cfg, stdout)
 		}
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
