@@ -461,3 +461,80 @@ func proxyAssumes(p *stsFaultProxy, roleARN string) []stsAttempt {
 	}
 	return out
 }
+
+// TestNamespaceExternalIDAcrossReconnect: the namespace's External ID
+// changes while the only server is down, so no pod event can tell the
+// agent. Once a server is back and the agent's pod stream has resynced,
+// the agent checks what it holds again and never serves the credentials
+// assumed under the old External ID, fresh as they are.
+func TestNamespaceExternalIDAcrossReconnect(t *testing.T) {
+	t.Parallel()
+	const extOld, extNew = "ext-before-9", "ext-after-9"
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	viaProxy := *moto
+	viaProxy.Endpoint = proxy.URL
+	args := []string{
+		"--assume-role-arn=" + roleARN("podiam-server"),
+		"--role-base-arn=" + roleARN(""),
+		"--session-duration=15m", "--session-refresh=5m",
+		"--pod-wait=3s",
+	}
+	sp := startServer(t, kube, &viaProxy, args...)
+	proxy.RequireExternalID(roleARN("rot-app"), extOld)
+	kube.CreateNamespace(t, "rotating", map[string]string{
+		"iam.amazonaws.com/permitted":   roleARN("rot-app"),
+		"iam.amazonaws.com/external-id": extOld,
+	})
+	ag := startAgent(t, sp)
+	kube.CreatePod(t, testenv.PodSpec{Namespace: "rotating", Name: "app", NodeName: "n1",
+		Annotations: map[string]string{"iam.amazonaws.com/role": "rot-app"},
+		PodIPs:      []string{"127.0.1.9"}, HostIPs: []string{node}})
+	first := ag.credentials(t, "127.0.1.9")
+	if first.Status != http.StatusOK {
+		t.Fatalf("agent answered %d %s", first.Status, first.Body)
+	}
+	oldKey := first.Doc.AccessKeyID
+
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := sp.Stop(ctx); err != nil {
+		t.Fatalf("server stop: %v", err)
+	}
+	// Through the outage the agent serves what it holds, as it must.
+	if ans := ag.credentials(t, "127.0.1.9"); ans.Status != http.StatusOK || ans.Doc.AccessKeyID != oldKey {
+		t.Fatalf("during the outage: %d %q, want the held %s", ans.Status, ans.Doc.AccessKeyID, oldKey)
+	}
+	proxy.RequireExternalID(roleARN("rot-app"), extNew)
+	setNamespaceExternalID(t, kube, "rotating", extNew)
+
+	restartServer(t, kube, &viaProxy, sp, args...)
+	back := time.Now()
+	var newKey string
+	for newKey == "" {
+		ans := ag.credentials(t, "127.0.1.9")
+		switch {
+		case ans.Status == http.StatusOK && ans.Doc.AccessKeyID != oldKey:
+			newKey = ans.Doc.AccessKeyID
+			t.Logf("new credentials %s after the server was back", time.Since(back).Round(time.Millisecond))
+		case time.Since(back) > 5*time.Second:
+			t.Fatalf("%s after the server was back the agent answers %d %s", time.Since(back), ans.Status, ans.Doc.AccessKeyID)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if ans := ag.credentials(t, "127.0.1.9"); ans.Status != http.StatusOK || ans.Doc.AccessKeyID != newKey {
+			t.Fatalf("after the resync the agent answered %d %q, want %s", ans.Status, ans.Doc.AccessKeyID, newKey)
+		}
+	}
+	var ids []string
+	for _, a := range proxyAssumes(proxy, roleARN("rot-app")) {
+		if a.Fault == 0 {
+			ids = append(ids, a.ExternalID)
+		}
+	}
+	if !slices.Contains(ids, extNew) {
+		t.Fatalf("rot-app assumed with %v, want the new External ID", ids)
+	}
+}
