@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podiam/podiam/pkg/server/policy"
 )
 
 func TestParseFlagsBoolForms(t *testing.T) {
@@ -86,7 +88,8 @@ func TestServerConfigDefaults(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if c.SessionDuration != time.Hour || c.SessionRefresh != 40*time.Minute || c.PodWait != 900*time.Millisecond || c.Session != "kiam" {
+	if c.SessionDuration != time.Hour || c.SessionRefresh != 40*time.Minute || c.PodWait != 900*time.Millisecond || c.Session != "kiam" ||
+		c.ExternalIDFrom != policy.ExternalIDFromPod {
 		t.Fatalf("defaults drifted from KIAM's (README, Migrating from KIAM): %+v", c)
 	}
 }
@@ -135,6 +138,7 @@ func TestServerConfigValidate(t *testing.T) {
 		{"bad bind", func(c *serverConfig) { c.Bind = "nowhere" }, "--bind"},
 		{"negative keepalive", func(c *serverConfig) { c.GRPCKeepaliveTime = -time.Second }, "--grpc-keepalive-time-duration"},
 		{"zero pod wait", func(c *serverConfig) { c.PodWait = 0 }, "--pod-wait"},
+		{"unknown External ID source", func(c *serverConfig) { c.ExternalIDFrom = "tenant" }, "--external-id-from"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -165,8 +169,15 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"server", "--no-such-flag"}, 2, "no-such-flag"},
 		{[]string{"server"}, 2, "--ca, --cert, --key required"},
 		{[]string{"server", "--cert=a", "--key=b", "--ca=c", "--session-duration=banana"}, 2, "invalid value"},
+		{[]string{"server", "--cert=a", "--key=b", "--ca=c", "--external-id-from=both"}, 2, "--external-id-from"},
 		{[]string{"health", "--cert=a", "--key=b", "--ca=c", "--server-address=nohost"}, 2, "--server-address"},
 		{[]string{"help"}, 0, "usage"},
+		{[]string{"check"}, 2, "--role or --pod is required"},
+		{[]string{"check", "--pod=app"}, 2, "namespace/name"},
+		{[]string{"check", "--role=app", "-o", "yaml"}, 2, "neither text nor json"},
+		{[]string{"check", "--role=app", "--external-id=x"}, 2, "--external-id"},
+		{[]string{"check", "--role=app", "--assume-role-arn=arn:aws:iam::123456789012:role/base", "--session-duration=2h"}, 2, "exceeds 1h0m0s, STS's limit for roles chained"},
+		{[]string{"check", "--role=app", "--external-id-from=tenant"}, 2, "--external-id-from"},
 	}
 	for _, tc := range tests {
 		var stdout, stderr bytes.Buffer

@@ -20,9 +20,11 @@ import (
 const usage = `usage: podiam <command> [flags]
 
 commands:
-  server   run the credential server (control plane)
-  agent    run the metadata agent (every node)
-  health   check a server's health over mutual TLS
+  server      run the credential server (control plane)
+  agent       run the metadata agent (every node)
+  health      check a server's health over mutual TLS
+  check       verify a role chain as the server would use it (the server's flags, plus --role, --pod, --namespace)
+  iam-policy  print the base role's permission policy and a target role's trust policy for exact ARNs
 
 Run "podiam <command> --help" for the command's flags.
 `
@@ -63,6 +65,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
 			err = runHealth(ctx, cfg, stdout)
 		}
+	case "check":
+		cfg := checkConfig{serverConfig: serverConfig{Config: server.Config{CustomSTSEndpoint: getenvSTSCustom()}}}
+		cfg.register(fs)
+		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
+			err = runCheck(ctx, cfg, stdout, cfg.Log.logger(stderr))
+		}
+	case "iam-policy":
+		var cfg iamPolicyConfig
+		cfg.register(fs)
+		if err = parseAndValidate(fs, args, cfg.Validate); err == nil {
+			err = runIAMPolicy(cfg, stdout)
+		}
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -75,6 +89,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.Is(err, errNotAssumed):
+		return 1 // the report on stdout says why
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "podiam %s: %v\n", cmd, err)
 		return 2

@@ -24,6 +24,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/assumerole"
 	"github.com/podiam/podiam/pkg/server/credcache"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/sts"
 	"github.com/podiam/podiam/pkg/tlsconfig"
@@ -61,6 +62,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")
+	fs.StringVar((*string)(&c.ExternalIDFrom), "external-id-from", string(policy.ExternalIDFromPod), "who chooses the External ID of a pod's roles: pod (its iam.amazonaws.com/external-id, as KIAM) or namespace (pods that set one are denied); a namespace's iam.amazonaws.com/external-id applies in both, and a pod naming another is denied")
 	fs.BoolVar(&c.DisableNodeBinding, "disable-node-binding", false, "serve a pod's credentials to agents on any node (only for networks that rewrite source addresses)")
 	fs.DurationVar(&c.PodWait, "pod-wait", 900*time.Millisecond, "how long a request for an address not yet known waits for the pod to appear")
 	fs.Float64Var(&c.STSRate, "sts-rate", 20, "STS calls per second this replica may make; refreshes go first, then requests, then prefetches")
@@ -105,19 +107,11 @@ const livePodQPS = 50
 // and runs it.
 func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	reg := newRegistry()
-	stsClient, err := sts.New(ctx, sts.Config{
-		Region:          cfg.Region,
-		BaseRoleARN:     cfg.AssumeRoleARN,
-		BaseSessionName: role.SessionName("", cfg.Session),
-		SessionDuration: cfg.SessionDuration,
-		// One attempt per target call: the credential cache retries, with
-		// backoff per role and under --sts-rate, so every attempt is metered.
-		AssumeMaxAttempts: 1,
-	}, reg, log.With("component", "sts"))
+	stsClient, err := sts.New(ctx, cfg.sts(), reg, log.With("component", "sts"))
 	if err != nil {
 		return fmt.Errorf("sts client: %w", err)
 	}
-	restCfg, err := kubeConfig(cfg.Kubeconfig)
+	restCfg, err := kubeConfig(cfg.Kubeconfig, "podiam-server")
 	if err != nil {
 		return err
 	}
@@ -209,7 +203,21 @@ func assumeRoleDeps(ctx context.Context, restCfg *rest.Config, client kubernetes
 	return deps, []informerFactory{objects, secrets}, nil
 }
 
-func kubeConfig(path string) (*rest.Config, error) {
+// sts is the STS client's configuration these flags make; podiam check
+// builds the same client, so its hops are the server's.
+func (c *serverConfig) sts() sts.Config {
+	return sts.Config{
+		Region:          c.Region,
+		BaseRoleARN:     c.AssumeRoleARN,
+		BaseSessionName: role.SessionName("", c.Session),
+		SessionDuration: c.SessionDuration,
+		// One attempt per target call: the credential cache retries, with
+		// backoff per role and under --sts-rate, so every attempt is metered.
+		AssumeMaxAttempts: 1,
+	}
+}
+
+func kubeConfig(path, userAgent string) (*rest.Config, error) {
 	var (
 		cfg *rest.Config
 		err error
@@ -222,7 +230,7 @@ func kubeConfig(path string) (*rest.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes configuration: %w", err)
 	}
-	cfg.UserAgent = "podiam-server"
+	cfg.UserAgent = userAgent
 	return cfg, nil
 }
 

@@ -57,32 +57,59 @@ func registerInformerMetrics(reg prometheus.Registerer, pods, namespaces cache.S
 	return nil
 }
 
-// indexCredKey indexes live pods by the session key they would use, so the
-// credential cache can ask "does any live pod still use this role?".
+// indexCredKey indexes live pods by the role and session name their
+// annotations name, so the credential cache can ask "does any live pod
+// still use this key?".
 const indexCredKey = "podiam-credkey"
 
-// credKeyIndexFunc indexes live pods with a valid role under their key.
-// Pods still pending without an address count: they are about to ask.
+// roleSession is a key's index value. The External ID is left out: it may
+// be the namespace's, which an index function cannot read (a namespace
+// change re-indexes no pod), so inUse decides it per pod at query time.
+func roleSession(key creds.Key) string { return key.RoleARN + "|" + key.SessionName }
+
+// credKeyIndexFunc indexes live pods with a valid role under their role
+// and session name. Pods still pending without an address count: they are
+// about to ask. Static pods never get a role.
 func credKeyIndexFunc(keys service.KeyResolver, defaultSession string) cache.IndexFunc {
 	return func(obj any) ([]string, error) {
 		pod := asPod(obj)
-		if pod == nil || !podindex.Live(pod) {
+		if pod == nil || !podindex.Live(pod) || pod.Mirror {
 			return nil, nil
 		}
 		key, err := keys.Key(pod.GetAnnotations(), defaultSession)
 		if err != nil {
 			return nil, nil
 		}
-		return []string{key.String()}, nil
+		return []string{roleSession(key)}, nil
 	}
 }
 
-// inUse reports whether any live pod in the indexer uses key: the
-// credential cache refreshes and keeps only keys in use.
-func inUse(pods cache.Indexer) func(creds.Key) bool {
+// inUse reports whether any live pod uses key as the policy decides it
+// now: the credential cache refreshes and keeps only keys in use. Sessions
+// assumed with a namespace's previous External ID, or for a role its
+// policy no longer permits, are thus no longer in use: they are neither
+// refreshed nor kept from eviction, and dropped when due.
+func inUse(pods cache.Indexer, keys service.KeyResolver, defaultSession string,
+	namespaces service.NamespaceGetter, p service.Policy) func(creds.Key) bool {
 	return func(key creds.Key) bool {
-		objs, err := pods.ByIndex(indexCredKey, key.String())
-		return err == nil && len(objs) > 0
+		objs, err := pods.ByIndex(indexCredKey, roleSession(key))
+		if err != nil {
+			return false
+		}
+		for _, obj := range objs {
+			pod := asPod(obj)
+			if pod == nil {
+				continue
+			}
+			own, err := keys.Key(pod.GetAnnotations(), defaultSession)
+			if err != nil {
+				continue
+			}
+			if d, err := service.Decide(namespaces, p, pod.Namespace, own); err == nil && d.Key == key {
+				return true
+			}
+		}
+		return false
 	}
 }
 

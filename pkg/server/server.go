@@ -80,6 +80,10 @@ type Config struct {
 
 	// DisableStrictNamespaceRegexp is --disable-strict-namespace-regexp.
 	DisableStrictNamespaceRegexp bool
+	// ExternalIDFrom is --external-id-from: who chooses the External ID
+	// of the roles a pod assumes ("" means policy.ExternalIDFromPod). A
+	// namespace's iam.amazonaws.com/external-id applies in either mode.
+	ExternalIDFrom policy.ExternalIDFrom
 	// DisableNodeBinding is --disable-node-binding.
 	DisableNodeBinding bool
 	// PodWait is --pod-wait: how long a request for an unknown address
@@ -136,6 +140,11 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("--assume-role-arn must be a full role ARN: %q", c.AssumeRoleARN))
 		}
 	}
+	if c.ExternalIDFrom != "" {
+		if _, err := policy.ParseExternalIDFrom(string(c.ExternalIDFrom)); err != nil {
+			errs = append(errs, fmt.Errorf("--external-id-from: %w", err))
+		}
+	}
 	if c.Session == "" {
 		errs = append(errs, errors.New("--session must not be empty"))
 	}
@@ -171,6 +180,12 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Policy is the namespace policy's configuration these flags make. podiam
+// check builds its policy from it too, so that it decides as the server.
+func (c Config) Policy() policy.Config {
+	return policy.Config{DisableStrictRegexp: c.DisableStrictNamespaceRegexp, ExternalIDFrom: c.ExternalIDFrom}
 }
 
 // STS is what the server needs of its STS client (*sts.Assumer): target
@@ -293,7 +308,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 
-	checker, err := policy.New(policy.Config{DisableStrictRegexp: cfg.DisableStrictNamespaceRegexp})
+	checker, err := policy.New(cfg.Policy())
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -312,7 +327,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	// Keys AWSAssumeRole objects use count as in use like pods' keys, so
 	// the cache refreshes them ahead of expiry whether or not a pod does.
 	objectKeys := assumerole.NewInUse()
-	podsUse := inUse(podInformer.GetIndexer())
+	podsUse := inUse(podInformer.GetIndexer(), resolver, cfg.Session, namespaces.Lister(), checker)
 	s.credentials, err = credcache.New(credcache.Config{
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
@@ -447,6 +462,7 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 		parts = append(parts, supervise.Part{Name: "awsassumerole controller", Run: s.assumeRoles.Run})
 	}
 	parts = append(parts, extra...)
-	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN)
+	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN,
+		"external_id_from", string(s.cfg.ExternalIDFrom))
 	return supervise.Run(ctx, parts...)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/supervise"
 	"github.com/podiam/podiam/test/syncbuf"
@@ -61,6 +63,7 @@ func TestValidate(t *testing.T) {
 		{"short session against AWS", func(c *Config) { c.SessionDuration, c.SessionRefresh = time.Minute, 30*time.Second }, "below STS's minimum"},
 		{"negative drain", func(c *Config) { c.DrainTime = -time.Second }, "--drain-time"},
 		{"no session", func(c *Config) { c.Session = "" }, "--session"},
+		{"unknown External ID source", func(c *Config) { c.ExternalIDFrom = "both" }, "--external-id-from"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validConfig()
@@ -69,6 +72,13 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("err = %v, want mention of %q", err, tc.want)
 			}
 		})
+	}
+	for _, from := range []policy.ExternalIDFrom{"", policy.ExternalIDFromPod, policy.ExternalIDFromNamespace} {
+		c := validConfig()
+		c.ExternalIDFrom = from
+		if err := c.Validate(); err != nil {
+			t.Fatalf("--external-id-from=%q: %v", from, err)
+		}
 	}
 	c := validConfig()
 	c.CustomSTSEndpoint, c.SessionDuration, c.SessionRefresh = true, 20*time.Second, 10*time.Second
@@ -351,15 +361,31 @@ func TestReadiness(t *testing.T) {
 	}
 }
 
+// nsLister serves namespaces from a map, as the informer's lister does.
+type nsLister map[string]*corev1.Namespace
+
+func (l nsLister) Get(name string) (*corev1.Namespace, error) {
+	if ns, ok := l[name]; ok {
+		return ns, nil
+	}
+	return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
+}
+
 // The credential cache keeps refreshing a key exactly while a live pod
-// uses it.
+// uses it as the policy decides now: the namespace's External ID is part
+// of the key, and a key assumed under a previous one is no longer in use.
 func TestInUse(t *testing.T) {
 	resolver, err := role.NewResolver(base)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checker, err := policy.New(policy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	namespaces := nsLister{"ns": {ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{role.AnnotationPermitted: ".*"}}}}
 	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, "kiam")})
-	used := inUse(idx)
+	used := inUse(idx, resolver, "kiam", namespaces, checker)
 	web := podindex.FromAPI(pod("ns", "web", "10.1.0.1", "app-web"))
 	key, err := resolver.Key(web.GetAnnotations(), "kiam")
 	if err != nil {
@@ -374,12 +400,38 @@ func TestInUse(t *testing.T) {
 	if !used(key) {
 		t.Fatal("not in use with a live pod using it")
 	}
+
+	// The namespace gets an External ID: the pod's session is now the one
+	// with it, and the one without is not in use any more.
+	namespaces["ns"] = &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{
+		role.AnnotationPermitted: ".*", role.AnnotationExternalID: "tenant-1"}}}
+	withID := key
+	withID.ExternalID = "tenant-1"
+	if used(key) || !used(withID) {
+		t.Fatalf("after the namespace's External ID was set: in use without %v, with %v; want false, true", used(key), used(withID))
+	}
+	// It changes: the session under the old one is not in use either.
+	namespaces["ns"].Annotations[role.AnnotationExternalID] = "tenant-2"
+	if used(withID) {
+		t.Fatal("a session under the namespace's previous External ID is still in use")
+	}
+	// A policy that no longer permits the role: nothing is in use.
+	withID.ExternalID = "tenant-2"
+	if !used(withID) {
+		t.Fatal("the current session is not in use")
+	}
+	namespaces["ns"].Annotations[role.AnnotationPermitted] = "nothing"
+	if used(withID) {
+		t.Fatal("a role the namespace no longer permits is in use")
+	}
+	namespaces["ns"].Annotations[role.AnnotationPermitted] = ".*"
+
 	done := pod("ns", "web", "10.1.0.1", "app-web")
 	done.Status.Phase = corev1.PodSucceeded
 	if err := idx.Update(podindex.FromAPI(done)); err != nil {
 		t.Fatal(err)
 	}
-	if used(key) {
+	if used(withID) {
 		t.Fatal("in use by a finished pod")
 	}
 	if err := idx.Add(podindex.FromAPI(pod("ns", "bad", "10.1.0.2", "arn:aws:iam::12:role/x"))); err != nil {

@@ -59,21 +59,37 @@ type serverProc struct {
 // its health service reports SERVING.
 func startServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
 	t.Helper()
-	return startServerEnv(t, kube, moto, nil, args...)
+	return startServerWith(t, kube, moto, nil, nil, args...)
 }
 
 // startServerEnv is startServer with variables added to the server's
 // environment (after moto's, so they win).
 func startServerEnv(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, env []string, args ...string) *serverProc {
 	t.Helper()
+	return startServerWith(t, kube, moto, nil, env, args...)
+}
+
+// restartServer starts a server as startServer does; with prev, on prev's
+// address and with its PKI, as a server pod restarted behind one Service
+// would be, so that agents connected to prev reconnect to it.
+func restartServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev *serverProc, args ...string) *serverProc {
+	t.Helper()
+	return startServerWith(t, kube, moto, prev, nil, args...)
+}
+
+// startServerWith starts a server, on prev's address and PKI when prev is
+// set, with env added to its environment.
+func startServerWith(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev *serverProc, env []string, args ...string) *serverProc {
+	t.Helper()
 	dir := t.TempDir()
-	pki := testenv.NewPKI(t, dir)
-	port, mport := testenv.FreePort(t), testenv.FreePort(t)
-	sp := &serverProc{
-		Addr:        fmt.Sprintf("127.0.0.1:%d", port),
-		MetricsAddr: fmt.Sprintf("127.0.0.1:%d", mport),
-		PKI:         pki,
+	sp := &serverProc{}
+	if prev != nil {
+		sp.Addr, sp.PKI = prev.Addr, prev.PKI
+	} else {
+		sp.Addr, sp.PKI = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)), testenv.NewPKI(t, dir)
 	}
+	sp.MetricsAddr = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	pki := sp.PKI
 	full := append([]string{"server",
 		"--json-log", "--level=debug",
 		"--bind=" + sp.Addr,

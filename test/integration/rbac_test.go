@@ -51,6 +51,13 @@ func TestServerWithShippedRBAC(t *testing.T) {
 		t.Fatalf("permitted pod: %v", err)
 	}
 
+	// podiam check, run as the server runs (kubectl exec into its pod),
+	// reads the pod and its namespace with the same permissions.
+	if r := podiamCheck(t, moto.Env(), []string{"--kubeconfig=" + kubeconfig, "--assume-role-arn=" + roleARN("podiam-server"),
+		"--role-base-arn-autodetect"}, "--pod=apps/web"); r.Code != 0 || !strings.Contains(r.Stdout, "policy   allowed  pod apps/web") {
+		t.Fatalf("podiam check with the server's RBAC: exit %d", r.Code)
+	}
+
 	kube.CreatePod(t, testenv.PodSpec{Namespace: "closed", Name: "intruder",
 		Annotations: map[string]string{"iam.amazonaws.com/role": "app-web"},
 		PodIPs:      []string{"10.1.0.2"}, HostIPs: []string{node}})

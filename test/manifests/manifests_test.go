@@ -101,6 +101,7 @@ var helmCases = []struct {
 		"server.assumeRoleArn=arn:aws:iam::111122223333:role/podiam-base",
 		"server.roleBaseArnAutodetect=false", "server.roleBaseArn=arn:aws:iam::111122223333:role/",
 		"server.region=eu-west-1", "server.disableStrictNamespaceRegexp=true", "server.disableNodeBinding=true",
+		"server.externalIdFrom=namespace",
 		"server.metrics.enabled=false", "server.log.json=false", "server.log.level=debug",
 		"server.grpc.maxConnectionAge=10m", "server.assumeRoleSecrets.enabled=true",
 		"agent.iptables=false", "agent.iptablesRemove=true", "agent.hostInterface=eni+",

@@ -5,7 +5,9 @@
 // Three things make a cached answer safe to reuse:
 //   - policy is the server's: while a server answers, an entry is only used
 //     until it is due for refresh, and every refusal a server gives drops it
-//     (an address two live pods claim included);
+//     (an address two live pods claim included); pod events (a namespace's
+//     policy or External ID changed) drop it at once, and when the pod
+//     stream resyncs, having perhaps missed some, it is checked again;
 //   - addresses are reused: an entry records the pod UID, and the agent's
 //     watch of its node's pods calls Forget and Retain when a pod leaves;
 //   - an entry is bound to the pod's sandbox as the node sees it (the
@@ -137,6 +139,12 @@ type entry struct {
 	// a sandbox check; until then it is served stale without repeating
 	// both. SDKs ask on every call once credentials near expiry.
 	staleUntil time.Time
+	// recheck: the pod stream resynced after the entry was stored, so pod
+	// events that would have dropped it may have been missed (a namespace's
+	// policy or External ID changed while the stream was down or behind).
+	// It is not fresh: its next request asks a server, and it is served
+	// only as a stale fallback if no server answers.
+	recheck bool
 }
 
 // result is the value of the metrics' result label. For requests: how one
@@ -329,6 +337,9 @@ func (c *Cache) confirmedLocked(e *entry) bool {
 
 // fresh reports whether e may be served without asking a server.
 func (c *Cache) fresh(e *entry, now time.Time) bool {
+	if e.recheck {
+		return false
+	}
 	left := e.pod.Credentials.Remaining(now)
 	return left > c.cfg.Refresh || (left > c.cfg.MinServe && now.Sub(e.fetchedAt) < c.cfg.RefreshInterval)
 }
@@ -506,6 +517,10 @@ func (c *Cache) forgetLocked(ip string) {
 // Retain keeps only the entries whose address maps to the same pod UID in
 // present (address -> UID), the pods a server listed on this node after a
 // resync. Fetches under way are held to the same rule when they finish.
+// The snapshot says who holds an address, not whether the pod's role,
+// External ID or namespace policy changed meanwhile (the events saying so
+// may be among those missed), so a kept entry is checked with a server on
+// its next request.
 func (c *Cache) Retain(present map[string]string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -513,7 +528,9 @@ func (c *Cache) Retain(present map[string]string) {
 	for ip, e := range c.entries {
 		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID {
 			delete(c.entries, ip)
+			continue
 		}
+		e.recheck = true
 	}
 	for ip, fl := range c.flights {
 		uid, ok := present[ip]

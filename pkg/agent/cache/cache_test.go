@@ -589,13 +589,39 @@ func TestRetain(t *testing.T) {
 	if fx.c.Len() != 1 {
 		t.Fatalf("Len %d after Retain, want 1", fx.c.Len())
 	}
+	// A retained entry is checked with a server once: the events missed
+	// before the resync may have changed what the pod gets.
+	if pc := fx.mustGet(t, "10.0.0.1"); fx.f.count("10.0.0.1") != 2 || pc.Credentials.AccessKeyID != "AKIA4" {
+		t.Errorf("retained entry: %d fetches, key %s; want it fetched again, with the answer served", fx.f.count("10.0.0.1"), pc.Credentials.AccessKeyID)
+	}
 	fx.mustGet(t, "10.0.0.1")
-	if fx.f.count("10.0.0.1") != 1 {
-		t.Error("retained entry was fetched again")
+	if fx.f.count("10.0.0.1") != 2 {
+		t.Error("the entry the recheck stored was fetched again")
 	}
 	fx.mustGet(t, "10.0.0.2")
 	if fx.f.count("10.0.0.2") != 2 {
 		t.Error("dropped entry was served from the cache")
+	}
+}
+
+// A retained entry whose recheck the server refuses (its namespace's
+// External ID or policy changed while the stream was down) is dropped,
+// not served; one whose recheck finds no server is still served, as
+// through any outage.
+func TestRetainRecheck(t *testing.T) {
+	fx := newFixture(t, nil)
+	held := fx.mustGet(t, "10.0.0.1")
+	fx.mustGet(t, "10.0.0.2")
+	fx.c.Retain(map[string]string{"10.0.0.1": "uid-10.0.0.1", "10.0.0.2": "uid-10.0.0.2"})
+
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	if pc := fx.mustGet(t, "10.0.0.1"); pc.Credentials.AccessKeyID != held.Credentials.AccessKeyID {
+		t.Fatalf("no server: served %s, want the held %s", pc.Credentials.AccessKeyID, held.Credentials.AccessKeyID)
+	}
+	fx.f.set(failing(http.StatusForbidden, errors.New("external id differs")))
+	fx.mustFail(t, "10.0.0.2", http.StatusForbidden)
+	if fx.c.Len() != 1 {
+		t.Fatalf("Len %d, want the refused entry dropped", fx.c.Len())
 	}
 }
 

@@ -79,9 +79,11 @@ type RoleResolver interface {
 	Resolve(annotation string) (string, error)
 }
 
-// PolicyChecker is the namespace policy's public decision (*policy.Checker).
+// PolicyChecker is the namespace policy's one decision (*policy.Checker):
+// whether the namespace permits the role, and with which External ID the
+// role is assumed, exactly as for the namespace's pods.
 type PolicyChecker interface {
-	Check(expr string, present bool, roleARN string) error
+	Decide(ns policy.Namespace, key creds.Key) (policy.Decision, error)
 }
 
 // ECRTokens gets ECR authorisation tokens as a role (*ECRClient).
@@ -231,12 +233,10 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		UpdateFunc: func(old, obj any) {
 			o, ok1 := old.(*corev1.Namespace)
 			n, ok2 := obj.(*corev1.Namespace)
-			if ok1 && ok2 && o.Annotations[role.AnnotationPermitted] == n.Annotations[role.AnnotationPermitted] {
-				_, had := o.Annotations[role.AnnotationPermitted]
-				_, has := n.Annotations[role.AnnotationPermitted]
-				if had == has {
-					return
-				}
+			// The permitted expression or the External ID: whatever
+			// policy.Decide reads.
+			if ok1 && ok2 && policy.NamespaceOf(o.Name, o.Annotations) == policy.NamespaceOf(n.Name, n.Annotations) {
+				return
 			}
 			c.enqueueNamespace(obj)
 		},
@@ -407,7 +407,8 @@ func (c *Controller) sync(ctx context.Context, key string, obj *v1alpha1.AWSAssu
 		return fail(v1alpha1.ReasonInvalidSpec, err, true), 0, nil
 	}
 	log = log.With("role_arn", roleARN)
-	if err := c.checkPolicy(obj.Namespace, roleARN); err != nil {
+	decision, err := c.decide(obj.Namespace, creds.Key{RoleARN: roleARN, SessionName: role.SessionName("", c.cfg.DefaultSession)})
+	if err != nil {
 		c.deps.InUse.Drop(key)
 		// Denied: nothing is written, and credentials written while the
 		// namespace allowed the role go now rather than at expiry.
@@ -422,7 +423,9 @@ func (c *Controller) sync(ctx context.Context, key string, obj *v1alpha1.AWSAssu
 		return fail(v1alpha1.ReasonSecretError, err, false), 0, err
 	}
 
-	ckey := creds.Key{RoleARN: roleARN, SessionName: role.SessionName("", c.cfg.DefaultSession)}
+	// The namespace's External ID, if it has one: an object cannot name
+	// its own, as a pod cannot under --external-id-from=namespace.
+	ckey := decision.Key
 	// Marked in use before the fetch, so the cache refreshes the key ahead
 	// of expiry and keeps it even when no pod uses the role.
 	c.deps.InUse.Set(key, ckey)
@@ -529,19 +532,19 @@ func (c *Controller) resolve(spec v1alpha1.AWSAssumeRoleSpec) (string, error) {
 	return arn, nil
 }
 
-// checkPolicy applies the namespace's permitted expression, as the pod
-// path does. A namespace the informer does not know denies.
-func (c *Controller) checkPolicy(namespace, roleARN string) error {
+// decide applies the namespace's policy to key, as the pod path does:
+// the permitted expression, and the namespace's External ID. A namespace
+// the informer does not know denies.
+func (c *Controller) decide(namespace string, key creds.Key) (policy.Decision, error) {
 	ns, err := c.namespaces.Get(namespace)
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("namespace %s: %w", namespace, err)
+		return policy.Decision{}, fmt.Errorf("namespace %s: %w", namespace, err)
 	}
-	var expr string
-	var present bool
+	var annotations map[string]string
 	if ns != nil {
-		expr, present = ns.Annotations[role.AnnotationPermitted]
+		annotations = ns.Annotations
 	}
-	return c.deps.Policy.Check(expr, present, roleARN)
+	return c.deps.Policy.Decide(policy.NamespaceOf(namespace, annotations), key)
 }
 
 // deleteOwned deletes the managed Secrets namespace/owner controls, except

@@ -1022,3 +1022,32 @@ func TestRunRefreshesUntilCancelled(t *testing.T) {
 		t.Fatalf("refresh ok = %v, want 1", v)
 	}
 }
+
+// Two namespaces using one role with different External IDs hold two
+// sessions: the External ID is part of the key, so neither namespace is
+// ever given the session assumed with the other's.
+func TestExternalIDSeparatesEntries(t *testing.T) {
+	h := newHarness(t, nil)
+	a, b := key("shared"), key("shared")
+	a.ExternalID, b.ExternalID = "tenant-a", "tenant-b"
+	ca, err := h.c.Get(context.Background(), a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := h.c.Get(context.Background(), b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ca.AccessKeyID == cb.AccessKeyID || h.sts.countKey(a) != 1 || h.sts.countKey(b) != 1 || h.c.Len() != 2 {
+		t.Fatalf("keys %s and %s, calls %d and %d, %d entries; want two sessions from two calls",
+			ca.AccessKeyID, cb.AccessKeyID, h.sts.countKey(a), h.sts.countKey(b), h.c.Len())
+	}
+	for k, want := range map[creds.Key]string{a: ca.AccessKeyID, b: cb.AccessKeyID} {
+		if c, err := h.c.Get(context.Background(), k); err != nil || c.AccessKeyID != want {
+			t.Fatalf("Get(%s) = %s, %v; want its own %s", k.ExternalID, c.AccessKeyID, err, want)
+		}
+	}
+	if h.sts.count() != 2 {
+		t.Fatalf("%d STS calls, want 2", h.sts.count())
+	}
+}

@@ -1,6 +1,8 @@
 // Package policy decides whether a namespace permits a role, from the
 // regular expression in its iam.amazonaws.com/permitted annotation, as KIAM's
-// namespace policy did.
+// namespace policy did, and which External ID the role is assumed with: the
+// namespace's iam.amazonaws.com/external-id, when it has one, is the
+// tenant's, and a pod may not pick another (Decide).
 //
 // The server runs this on every credential request, so compiled expressions
 // are cached: the hot path is an LRU lookup and a match, never a compile. The
@@ -43,6 +45,8 @@ type Config struct {
 	DisableStrictRegexp bool
 	// CacheSize bounds the compiled-expression cache; 0 means 1024.
 	CacheSize int
+	// ExternalIDFrom is --external-id-from; "" means ExternalIDFromPod.
+	ExternalIDFrom ExternalIDFrom
 }
 
 // compiled is a cache entry. Failures are cached too so that a namespace with
@@ -54,7 +58,8 @@ type compiled struct {
 
 // Checker evaluates namespace policies. It is safe for concurrent use.
 type Checker struct {
-	strict bool
+	strict         bool
+	externalIDFrom ExternalIDFrom
 	// The mode is fixed per Checker, so keying by expression alone is keying
 	// by (expression, mode).
 	cache *lru.Cache[string, compiled]
@@ -74,11 +79,18 @@ func New(cfg Config) (*Checker, error) {
 	if size == 0 {
 		size = defaultCacheSize
 	}
+	from := cfg.ExternalIDFrom
+	if from == "" {
+		from = ExternalIDFromPod
+	}
+	if _, err := ParseExternalIDFrom(string(from)); err != nil {
+		return nil, fmt.Errorf("policy external id source: %w", err)
+	}
 	cache, err := lru.New[string, compiled](size)
 	if err != nil {
 		return nil, fmt.Errorf("policy cache: %w", err)
 	}
-	return &Checker{strict: !cfg.DisableStrictRegexp, cache: cache}, nil
+	return &Checker{strict: !cfg.DisableStrictRegexp, externalIDFrom: from, cache: cache}, nil
 }
 
 // Check decides whether a namespace whose iam.amazonaws.com/permitted
@@ -157,8 +169,8 @@ func (c *Checker) compile(expr string) compiled {
 	return compiled{re: re}
 }
 
-// Reason maps a Check error to a bounded label for metrics and Events.
-// Errors that did not come from Check map to "other".
+// Reason maps a Check or Decide error to a bounded label for metrics and
+// Events. Errors that did not come from them map to "other".
 func Reason(err error) string {
 	switch {
 	case err == nil:
@@ -169,6 +181,12 @@ func Reason(err error) string {
 		return "invalid_expression"
 	case errors.Is(err, ErrNotPermitted):
 		return "not_permitted"
+	case errors.Is(err, ErrExternalIDMismatch):
+		return "external_id_mismatch"
+	case errors.Is(err, ErrExternalIDFromPod):
+		return "external_id_from_pod"
+	case errors.Is(err, ErrInvalidNamespaceExternalID):
+		return "invalid_namespace_external_id"
 	default:
 		return "other"
 	}

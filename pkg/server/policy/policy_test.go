@@ -246,6 +246,9 @@ func TestReason(t *testing.T) {
 		{c.Check("", true, roleA), "not_permitted"},
 		{c.Check(".*", true, roleA), ""},
 		{fmt.Errorf("wrapped: %w", ErrNotPermitted), "not_permitted"},
+		{fmt.Errorf("wrapped: %w", ErrExternalIDMismatch), "external_id_mismatch"},
+		{fmt.Errorf("wrapped: %w", ErrExternalIDFromPod), "external_id_from_pod"},
+		{fmt.Errorf("wrapped: %w", ErrInvalidNamespaceExternalID), "invalid_namespace_external_id"},
 		{errors.New("something else"), "other"},
 	}
 	for _, tt := range tests {

@@ -2,8 +2,10 @@
 // role appears or gets its address, the controller asks the cache to fetch
 // that role's credentials, so that the pod's first request costs no STS
 // round trip. It applies the namespace policy first, exactly as a request
-// would, because otherwise creating pods would be a way to make the server
-// assume any role.
+// would (service.Decide), because otherwise creating pods would be a way to
+// make the server assume any role, or a role with any External ID. When a
+// namespace's policy changes (its permitted expression or External ID), its
+// pods are prefetched again under the new decision.
 //
 // It follows kubernetes/sample-controller: informer handlers only enqueue
 // pod keys, Run waits for the informers to sync and then works the queue.
@@ -17,6 +19,7 @@ import (
 	"slices"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
@@ -56,7 +59,7 @@ type Deps struct {
 	// Namespaces is the server's namespace informer.
 	Namespaces coreinformers.NamespaceInformer
 	Keys       service.KeyResolver
-	Policy     service.PolicyChecker
+	Policy     service.Policy
 	Cache      Prefetcher
 	Log        *slog.Logger
 }
@@ -67,7 +70,7 @@ type Controller struct {
 	namespaces corelisters.NamespaceLister
 	synced     []cache.InformerSynced
 	keys       service.KeyResolver
-	policy     service.PolicyChecker
+	policy     service.Policy
 	cache      Prefetcher
 	session    string
 	workers    int
@@ -107,7 +110,32 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("add prefetch handler: %w", err)
 	}
+	if _, err := deps.Namespaces.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, obj any) { c.namespaceChanged(old, obj) },
+	}); err != nil {
+		return nil, fmt.Errorf("add prefetch namespace handler: %w", err)
+	}
 	return c, nil
+}
+
+// namespaceChanged queues every pod of a namespace whose policy changed:
+// a new External ID means new sessions, which are warmed as a new pod's are.
+func (c *Controller) namespaceChanged(oldObj, curObj any) {
+	old, ok1 := oldObj.(*corev1.Namespace)
+	cur, ok2 := curObj.(*corev1.Namespace)
+	if !ok1 || !ok2 || !service.NamespacePolicyChanged(old, cur) {
+		return
+	}
+	objs, err := c.pods.ByIndex(cache.NamespaceIndex, cur.Name)
+	if err != nil {
+		c.log.Error("list pods of changed namespace", "namespace", cur.Name, "error", err)
+		return
+	}
+	for _, obj := range objs {
+		if pod := asPod(obj); pod != nil {
+			c.enqueue(nil, pod)
+		}
+	}
 }
 
 // enqueue reacts only to a pod gaining an address or changing its role
@@ -184,16 +212,13 @@ func (c *Controller) prefetch(podKey string) {
 	if err != nil {
 		return
 	}
-	ns, err := c.namespaces.Get(pod.Namespace)
+	decision, err := service.Decide(c.namespaces, c.policy, pod.Namespace, key)
 	if err != nil {
 		return
 	}
-	expr, present := ns.Annotations[role.AnnotationPermitted]
-	if c.policy.Check(expr, present, key.RoleARN) != nil {
-		return
-	}
-	c.log.Debug("prefetching credentials", "namespace", pod.Namespace, "pod", pod.Name, "role_arn", key.RoleARN)
-	c.cache.Prefetch(key)
+	c.log.Debug("prefetching credentials", "namespace", pod.Namespace, "pod", pod.Name, "role_arn", decision.Key.RoleARN,
+		"external_id_set", decision.Key.ExternalID != "")
+	c.cache.Prefetch(decision.Key)
 }
 
 // asPod returns the *podindex.Pod an informer handler was given, or nil.

@@ -2,6 +2,7 @@ package prefetch
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"testing"
@@ -272,5 +273,100 @@ func TestEnqueueOnlyRelevantChanges(t *testing.T) {
 	c.enqueue(nil, noIP)
 	if c.queue.Len() != 1 {
 		t.Fatal("a pod without a role or without an address was queued")
+	}
+}
+
+// Prefetch decides the External ID as a request does: the namespace's
+// applies, a pod naming another is never prefetched (the server would
+// otherwise assume a role with an External ID the namespace does not
+// own), and a changed namespace External ID warms the new sessions.
+func TestPrefetchNamespaceExternalID(t *testing.T) {
+	owned := namespace("owned", "^"+base+"app-.*$")
+	owned.Annotations[role.AnnotationExternalID] = "tenant-1"
+	other := pod("owned", "other-id", "10.2.0.1", "app-other")
+	other.Annotations[role.AnnotationExternalID] = "tenant-9"
+	same := pod("owned", "same-id", "10.2.0.2", "app-same")
+	same.Annotations[role.AnnotationExternalID] = "tenant-1"
+	c, factory, client, rec := setup(t, owned, other, same, pod("owned", "none", "10.2.0.3", "app-none"))
+	stop := run(t, c)
+	ctx := startInformers(t, factory)
+
+	got := map[string]string{}
+	for range 2 {
+		k := waitKey(t, rec)
+		got[k.RoleARN] = k.ExternalID
+	}
+	want := map[string]string{base + "app-same": "tenant-1", base + "app-none": "tenant-1"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("prefetched %v, want %v", got, want)
+	}
+
+	// The namespace's External ID changes: its pods are prefetched again
+	// with the new one (and the mismatched pod still not: it now matches
+	// neither).
+	changed := owned.DeepCopy()
+	changed.Annotations[role.AnnotationExternalID] = "tenant-2"
+	if _, err := client.CoreV1().Namespaces().Update(ctx, changed, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// app-same now mismatches (the pod says tenant-1); app-none follows.
+	if k := waitKey(t, rec); k.RoleARN != base+"app-none" || k.ExternalID != "tenant-2" {
+		t.Fatalf("after the change prefetched %+v, want app-none with tenant-2", k)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range rec.all() {
+		if k.RoleARN == base+"app-other" || (k.RoleARN == base+"app-same" && k.ExternalID != "tenant-1") {
+			t.Errorf("prefetched %+v, which a request would be denied", k)
+		}
+	}
+}
+
+// --external-id-from=namespace: a pod naming an External ID is never
+// prefetched, even the namespace's own.
+func TestPrefetchExternalIDFromNamespace(t *testing.T) {
+	owned := namespace("owned", "^"+base+"app-.*$")
+	owned.Annotations[role.AnnotationExternalID] = "tenant-1"
+	named := pod("owned", "named", "10.2.0.1", "app-named")
+	named.Annotations[role.AnnotationExternalID] = "tenant-1"
+	client := fake.NewClientset(owned, named, pod("owned", "plain", "10.2.0.2", "app-plain"))
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(podindex.Transform))
+	resolver, err := role.NewResolver(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checker, err := policy.New(policy.Config{ExternalIDFrom: policy.ExternalIDFromNamespace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	c, err := New(Config{DefaultSession: "kiam", Workers: 1}, Deps{
+		Pods: factory.Core().V1().Pods().Informer(), Namespaces: factory.Core().V1().Namespaces(),
+		Keys: resolver, Policy: checker, Cache: rec, Log: slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, c)
+	ctx := startInformers(t, factory)
+	if k := waitKey(t, rec); k.RoleARN != base+"app-plain" || k.ExternalID != "tenant-1" {
+		t.Fatalf("prefetched %+v, want app-plain with the namespace's External ID", k)
+	}
+	// One worker handles the queue in order: once a pod created now is
+	// prefetched, the named pod, queued before it, has been handled.
+	if _, err := client.CoreV1().Pods("owned").Create(ctx, pod("owned", "later", "10.2.0.3", "app-later"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if k := waitKey(t, rec); k.RoleARN != base+"app-later" {
+		t.Fatalf("prefetched %+v, want app-later", k)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range rec.all() {
+		if k.RoleARN == base+"app-named" {
+			t.Errorf("prefetched %+v for a pod that names an External ID", k)
+		}
 	}
 }

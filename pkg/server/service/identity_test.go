@@ -27,6 +27,7 @@ import (
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/refusal"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
@@ -38,7 +39,9 @@ func (l podAt) Lookup(context.Context, string) (*podindex.Pod, error) { return l
 
 type allowAll struct{}
 
-func (allowAll) Check(string, bool, string) error { return nil }
+func (allowAll) Decide(_ policy.Namespace, key creds.Key) (policy.Decision, error) {
+	return policy.Decision{Key: key, ExternalIDFrom: policy.SourceNone}, nil
+}
 
 type namespaces map[string]*corev1.Namespace
 

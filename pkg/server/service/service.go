@@ -1,9 +1,10 @@
 // Package service answers agents over gRPC. It is where identity, policy and
 // credentials meet: an agent names a source IP, the server finds the pod
 // there, checks that the agent runs on that pod's node, resolves the pod's
-// role, applies the namespace policy and only then asks the credential cache.
-// Policy lives here and nowhere else, so a compromised or outdated agent
-// cannot widen what a pod may assume.
+// role, asks the namespace policy (package policy) whether it may have it
+// and with which External ID, and only then asks the credential cache.
+// Policy is applied on the server and nowhere else, so a compromised or
+// outdated agent cannot widen what a pod may assume.
 package service
 
 import (
@@ -46,10 +47,10 @@ type KeyResolver interface {
 	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
 }
 
-// PolicyChecker decides whether a namespace's permitted expression allows a
-// role ARN.
-type PolicyChecker interface {
-	Check(expr string, present bool, roleARN string) error
+// Policy decides whether a pod in a namespace may have the session its
+// annotations name, and with which External ID (policy.Checker.Decide).
+type Policy interface {
+	Decide(ns policy.Namespace, key creds.Key) (policy.Decision, error)
 }
 
 // CredentialSource returns credentials for a session key.
@@ -80,7 +81,7 @@ type Deps struct {
 	Pods        PodLookup
 	Namespaces  NamespaceGetter
 	Keys        KeyResolver
-	Policy      PolicyChecker
+	Policy      Policy
 	Credentials CredentialSource
 	Events      record.EventRecorder
 	Watcher     *NodeWatcher
@@ -224,10 +225,12 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	}
 	log = log.With("role_arn", key.RoleARN)
 
-	if err := s.checkPolicy(pod.Namespace, key.RoleARN); err != nil {
+	decision, err := Decide(s.deps.Namespaces, s.deps.Policy, pod.Namespace, key)
+	if err != nil {
 		s.denied(log, pod, policy.Reason(err), err)
 		return nil, deny(resultPolicyDenied, pb.Reason_REASON_POLICY_DENIED, err)
 	}
+	key = decision.Key
 
 	c, err := s.deps.Credentials.Get(ctx, key)
 	switch {
@@ -246,6 +249,8 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		"service_account", pod.ServiceAccountName,
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
+		"external_id_set", key.ExternalID != "",
+		"external_id_from", string(decision.ExternalIDFrom),
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
 		"decision", "allow")
 	return &pb.GetPodCredentialsResponse{
@@ -266,19 +271,21 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	}, nil
 }
 
-// checkPolicy applies the namespace's permitted expression. A namespace the
-// informer does not know is treated as one without the annotation: deny.
-func (s *Service) checkPolicy(namespace, roleARN string) error {
-	ns, err := s.deps.Namespaces.Get(namespace)
+// Decide reads a pod's namespace from namespaces and asks p which session
+// the pod may use in place of key (its annotations' own). The service, the
+// prefetch controller and the credential cache's "in use" all come here,
+// so none of them can decide differently. A namespace the informer does
+// not know is decided as one without annotations: deny.
+func Decide(namespaces NamespaceGetter, p Policy, namespace string, key creds.Key) (policy.Decision, error) {
+	ns, err := namespaces.Get(namespace)
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("namespace %s: %w", namespace, err)
+		return policy.Decision{}, fmt.Errorf("namespace %s: %w", namespace, err)
 	}
-	var expr string
-	var present bool
+	var annotations map[string]string
 	if ns != nil {
-		expr, present = ns.Annotations[role.AnnotationPermitted]
+		annotations = ns.Annotations
 	}
-	return s.deps.Policy.Check(expr, present, roleARN)
+	return p.Decide(policy.NamespaceOf(namespace, annotations), key)
 }
 
 // denied records a policy or validation denial: a metric, a Kubernetes Event

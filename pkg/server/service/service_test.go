@@ -47,9 +47,9 @@ func (u unused) Key(map[string]string, string) (creds.Key, error) {
 	u.t.Error("key resolved after a failed lookup")
 	return creds.Key{}, errors.New("unused")
 }
-func (u unused) Check(string, bool, string) error {
+func (u unused) Decide(policy.Namespace, creds.Key) (policy.Decision, error) {
 	u.t.Error("policy checked after a failed lookup")
-	return errors.New("unused")
+	return policy.Decision{}, errors.New("unused")
 }
 func (u unused) CredentialsGet(context.Context, creds.Key) (creds.Credentials, error) {
 	u.t.Error("credentials fetched after a failed lookup")
@@ -162,19 +162,27 @@ func (f *fakeKeys) Key(annotations map[string]string, defaultSession string) (cr
 	return f.key, f.err
 }
 
-// fakePolicy answers every check with err, recording the last one.
+// fakePolicy answers every decision with err, or allows with the key it
+// was given (and externalID, when set), recording the last one.
 type fakePolicy struct {
-	err     error
-	calls   int
-	expr    string
-	present bool
-	roleARN string
+	err        error
+	externalID string
+	calls      int
+	ns         policy.Namespace
+	key        creds.Key
 }
 
-func (f *fakePolicy) Check(expr string, present bool, roleARN string) error {
+func (f *fakePolicy) Decide(ns policy.Namespace, key creds.Key) (policy.Decision, error) {
 	f.calls++
-	f.expr, f.present, f.roleARN = expr, present, roleARN
-	return f.err
+	f.ns, f.key = ns, key
+	if f.err != nil {
+		return policy.Decision{}, f.err
+	}
+	src := policy.SourceNone
+	if f.externalID != "" {
+		key.ExternalID, src = f.externalID, policy.SourceNamespace
+	}
+	return policy.Decision{Key: key, ExternalIDFrom: src}, nil
 }
 
 // fakeCreds answers every key with answer, counting the calls.
@@ -454,8 +462,8 @@ func checkIssued(t *testing.T, fx *svcFixture, resp *pb.GetPodCredentialsRespons
 	if fx.keys.asked["iam.amazonaws.com/role"] != "app" || fx.keys.session != "kiam" {
 		t.Errorf("keys asked with %v and session %q", fx.keys.asked, fx.keys.session)
 	}
-	if fx.policy.expr != ".*" || !fx.policy.present || fx.policy.roleARN != roleARN {
-		t.Errorf("policy asked (%q, %v, %q)", fx.policy.expr, fx.policy.present, fx.policy.roleARN)
+	if fx.policy.ns != (policy.Namespace{Name: "ns", Permitted: ".*", HasPermitted: true}) || fx.policy.key != testKey {
+		t.Errorf("policy asked (%+v, %+v)", fx.policy.ns, fx.policy.key)
 	}
 	if fx.creds.key != testKey {
 		t.Errorf("credentials asked for %+v, want %+v", fx.creds.key, testKey)
@@ -475,8 +483,8 @@ func TestUnknownNamespaceCheckedWithoutAnnotation(t *testing.T) {
 	if _, err := fx.svc.GetPodCredentials(fromAgent(context.Background(), nodeIP), &pb.GetPodCredentialsRequest{Ip: podIP}); err != nil {
 		t.Fatal(err)
 	}
-	if fx.policy.calls != 1 || fx.policy.present || fx.policy.expr != "" {
-		t.Fatalf("policy asked %d times with (%q, present %v), want once without an expression", fx.policy.calls, fx.policy.expr, fx.policy.present)
+	if fx.policy.calls != 1 || fx.policy.ns != (policy.Namespace{Name: "ns"}) {
+		t.Fatalf("policy asked %d times with %+v, want once without annotations", fx.policy.calls, fx.policy.ns)
 	}
 }
 
@@ -504,5 +512,78 @@ func TestDenialLogsRateLimited(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(fx.svc.denials.WithLabelValues("wrong_node")); got != 3 {
 		t.Fatalf("denials{wrong_node} = %v, want 3", got)
+	}
+}
+
+// The namespace's External ID is what the credential cache is asked for;
+// a pod naming another is refused before any credentials are fetched, with
+// an Event and its own denial reason. The External ID itself is in no log
+// line, Event or error.
+func TestNamespaceExternalID(t *testing.T) {
+	const nsID = "tenant-42-secretless"
+	tests := []struct {
+		name   string
+		mode   policy.ExternalIDFrom
+		podID  string
+		wantID string // "" with a denial
+		denial string
+	}{
+		{name: "namespace's applies to a pod without one", podID: "", wantID: nsID},
+		{name: "pod naming the same one", podID: nsID, wantID: nsID},
+		{name: "pod naming another is denied", podID: "tenant-7", denial: "external_id_mismatch"},
+		{name: "namespace mode: pod naming any is denied", mode: policy.ExternalIDFromNamespace, podID: nsID, denial: "external_id_from_pod"},
+		{name: "namespace mode: pod without one", mode: policy.ExternalIDFromNamespace, wantID: nsID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fx := newSvcFixture(t, Config{}, true)
+			checker, err := policy.New(policy.Config{ExternalIDFrom: tt.mode})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fx.svc.deps.Policy = checker
+			fx.svc.deps.Namespaces = fakeNamespaces{ns: map[string]*corev1.Namespace{
+				"ns": {ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{
+					role.AnnotationPermitted: ".*", role.AnnotationExternalID: nsID}}},
+			}}
+			fx.keys.key.ExternalID = tt.podID
+
+			resp, err := fx.svc.GetPodCredentials(fromAgent(context.Background(), nodeIP), &pb.GetPodCredentialsRequest{Ip: podIP})
+			logs := fx.logs.String()
+			ev := fx.event()
+			if strings.Contains(logs, nsID) || strings.Contains(ev, nsID) || (err != nil && strings.Contains(err.Error(), nsID)) {
+				t.Errorf("the External ID was written out:\nlogs %s\nevent %q\nerror %v", logs, ev, err)
+			}
+			if tt.denial != "" {
+				if status.Code(err) != codes.PermissionDenied || refusal.Reason(err) != pb.Reason_REASON_POLICY_DENIED {
+					t.Fatalf("got %v (reason %v), want PermissionDenied, policy denied", err, refusal.Reason(err))
+				}
+				if fx.creds.calls != 0 {
+					t.Errorf("credentials fetched for a denied pod")
+				}
+				if got := testutil.ToFloat64(fx.svc.denials.WithLabelValues(tt.denial)); got != 1 {
+					t.Errorf("denials{reason=%q} = %v, want 1", tt.denial, got)
+				}
+				if !strings.HasPrefix(ev, "Warning IAMRoleDenied podiam refused credentials: ") || !strings.Contains(ev, role.AnnotationExternalID) {
+					t.Errorf("event %q", ev)
+				}
+				if !strings.Contains(logs, `"reason":"`+tt.denial+`"`) {
+					t.Errorf("denial not logged with its reason:\n%s", logs)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fx.creds.key.ExternalID != tt.wantID || fx.creds.key.RoleARN != roleARN {
+				t.Fatalf("credentials asked for %+v, want External ID %q", fx.creds.key, tt.wantID)
+			}
+			if resp.GetPod().GetRoleArn() != roleARN {
+				t.Fatalf("pod %v", resp.GetPod())
+			}
+			if !strings.Contains(logs, `"external_id_set":true`) || !strings.Contains(logs, `"external_id_from":"namespace"`) {
+				t.Errorf("issue log lacks the External ID's source:\n%s", logs)
+			}
+		})
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
@@ -151,18 +152,15 @@ func (w *NodeWatcher) podChanged(old, cur *podindex.Pod) {
 }
 
 // namespaceChanged tells agents about every pod in a namespace whose
-// permitted expression changed, so none keeps serving credentials the new
-// policy would refuse.
+// policy changed (permitted expression or External ID), so none keeps
+// serving credentials the new policy would refuse, or that were assumed
+// with the old External ID.
 func (w *NodeWatcher) namespaceChanged(old, cur *corev1.Namespace) {
 	if old == nil {
 		return
 	}
-	if cur != nil {
-		o, oOK := old.Annotations[role.AnnotationPermitted]
-		c, cOK := cur.Annotations[role.AnnotationPermitted]
-		if o == c && oOK == cOK {
-			return
-		}
+	if cur != nil && !NamespacePolicyChanged(old, cur) {
+		return
 	}
 	objs, err := w.pods.ByIndex(cache.NamespaceIndex, old.Name)
 	if err != nil {
@@ -200,6 +198,13 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 			}
 		}
 	}
+}
+
+// NamespacePolicyChanged reports whether a namespace update can change
+// what Decide answers for its pods. The prefetch controller asks the same
+// question.
+func NamespacePolicyChanged(old, cur *corev1.Namespace) bool {
+	return policy.NamespaceOf(old.Name, old.Annotations) != policy.NamespaceOf(cur.Name, cur.Annotations)
 }
 
 // RelevantChange reports whether an update can change which credentials

@@ -148,6 +148,28 @@ func TestNodeWatcher(t *testing.T) {
 	if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_CHANGED || ev.GetIp() != "10.0.0.1" {
 		t.Fatalf("namespace change = %v", ev)
 	}
+
+	// So does an External ID set, changed or removed: credentials assumed
+	// with the old one must not stay in the agents' caches.
+	for _, step := range []struct{ from, to string }{{"", "tenant-1"}, {"tenant-1", "tenant-2"}, {"tenant-2", ""}} {
+		from, to := nsOld.DeepCopy(), nsOld.DeepCopy()
+		if step.from != "" {
+			from.Annotations["iam.amazonaws.com/external-id"] = step.from
+		}
+		if step.to != "" {
+			to.Annotations["iam.amazonaws.com/external-id"] = step.to
+		}
+		w.namespaceChanged(from, to)
+		if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_CHANGED || ev.GetIp() != "10.0.0.1" {
+			t.Fatalf("External ID %q -> %q: %v", step.from, step.to, ev)
+		}
+	}
+	// Annotations that decide nothing change nothing.
+	other := nsOld.DeepCopy()
+	other.Annotations["iam.amazonaws.com/unrelated"] = "x"
+	other.Annotations["team"] = "y"
+	w.namespaceChanged(nsOld, other)
+	expectNone(t, ch)
 }
 
 func TestNodeWatcherOverflowEndsStream(t *testing.T) {

@@ -309,6 +309,11 @@ func TestAgainstMoto(t *testing.T) {
 		if want := "arn:aws:sts::" + account + ":assumed-role/kiam-server/kiam-server"; caller != want {
 			t.Errorf("CallerARN = %q, want the base role %q", caller, want)
 		}
+		// The first hop is the process's own identity, not the base role.
+		source, err := a.SourceIdentity(t.Context())
+		if err != nil || source != "arn:aws:sts::"+account+":user/moto" {
+			t.Errorf("SourceIdentity = %q, %v; want moto's root user", source, err)
+		}
 
 		for _, name := range []string{"app-a", "app-b"} {
 			key := creds.Key{RoleARN: "arn:aws:iam::" + account + ":role/" + name, SessionName: "kiam-" + name}

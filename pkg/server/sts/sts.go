@@ -88,6 +88,7 @@ type Config struct {
 type Assumer struct {
 	cfg       Config
 	client    *sts.Client // signs with baseCreds
+	source    *sts.Client // signs with the process's own credentials
 	baseCreds aws.CredentialsProvider
 	log       *slog.Logger
 	now       func() time.Time
@@ -166,9 +167,9 @@ func New(ctx context.Context, cfg Config, reg prometheus.Registerer, log *slog.L
 	}
 
 	a.baseCreds = awsCfg.Credentials
+	a.source = sts.NewFromConfig(awsCfg, stsOpts)
 	if cfg.BaseRoleARN != "" {
-		baseClient := sts.NewFromConfig(awsCfg, stsOpts)
-		provider := stscreds.NewAssumeRoleProvider(baseClient, cfg.BaseRoleARN, func(o *stscreds.AssumeRoleOptions) {
+		provider := stscreds.NewAssumeRoleProvider(a.source, cfg.BaseRoleARN, func(o *stscreds.AssumeRoleOptions) {
 			o.RoleSessionName = cfg.BaseSessionName
 		})
 		// The cache refreshes the base role on its own before expiry and
@@ -246,6 +247,22 @@ func (a *Assumer) CallerARN(ctx context.Context) (string, error) {
 	arn := aws.ToString(out.Arn)
 	a.log.Debug("sts get caller identity", "arn", arn, "duration", a.now().Sub(start))
 	return arn, nil
+}
+
+// SourceIdentity returns the identity of the process's own credentials,
+// the first hop: the one that assumes the base role (or, without one, the
+// target roles). podiam check reports it.
+func (a *Assumer) SourceIdentity(ctx context.Context) (string, error) {
+	start := a.now()
+	out, err := a.source.GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err == nil && out.Arn == nil {
+		err = fmt.Errorf("%w: get caller identity: response without arn", creds.ErrUnavailable)
+	}
+	err = a.observe(opGetCallerIdentity, start, err)
+	if err != nil {
+		return "", err
+	}
+	return aws.ToString(out.Arn), nil
 }
 
 // CheckBase reports whether base credentials can be retrieved, for the

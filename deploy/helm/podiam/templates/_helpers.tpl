@@ -60,6 +60,7 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $a = append $a (printf "--sync=%s" $s.sync) -}}
 {{- $a = append $a (printf "--pod-wait=%s" $s.podWait) -}}
 {{- if $s.disableStrictNamespaceRegexp }}{{ $a = append $a "--disable-strict-namespace-regexp" }}{{ end -}}
+{{- with $s.externalIdFrom }}{{ $a = append $a (printf "--external-id-from=%s" .) }}{{ end -}}
 {{- if $s.disableNodeBinding }}{{ $a = append $a "--disable-node-binding" }}{{ end -}}
 {{- $a = append $a (printf "--sts-rate=%v" $s.stsRate) -}}
 {{- $a = append $a (printf "--sts-burst=%d" (int64 $s.stsBurst)) -}}
