@@ -161,6 +161,31 @@ func TestAssumeRoleSecrets(t *testing.T) {
 		}
 	})
 
+	t.Run("the namespace's External ID is used for its objects", func(t *testing.T) {
+		kube.CreateNamespace(t, "tenant", map[string]string{
+			"iam.amazonaws.com/permitted":   roleARN("app-tenant"),
+			"iam.amazonaws.com/external-id": "tenant-7f3c",
+		})
+		env.create(t, "tenant", "tenant", v1alpha1.AWSAssumeRoleSpec{RoleName: "app-tenant", SecretName: "tenant", SecretType: "Map"})
+		env.waitSecret(t, "tenant", "tenant")
+		// The server's STS audit line says whether an External ID went
+		// with the call (never the ID itself).
+		var lines []string
+		for _, l := range strings.Split(sp.Logs(), "\n") {
+			if strings.Contains(l, `"msg":"sts assume role"`) && strings.Contains(l, roleARN("app-tenant")) {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) == 0 {
+			t.Fatal("no STS call for app-tenant in the server log")
+		}
+		for _, l := range lines {
+			if !strings.Contains(l, `"external_id_set":true`) || strings.Contains(l, "tenant-7f3c") {
+				t.Errorf("STS call for the tenant's object: %s, want the namespace's External ID set and not logged", l)
+			}
+		}
+	})
+
 	t.Run("a policy change that denies the role removes the credentials", func(t *testing.T) {
 		kube.CreateNamespace(t, "flip", map[string]string{"iam.amazonaws.com/permitted": roleARN("app-flip")})
 		env.create(t, "flip", "flip", v1alpha1.AWSAssumeRoleSpec{RoleName: "app-flip", SecretName: "flip", SecretType: "File"})
