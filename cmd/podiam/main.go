@@ -22,7 +22,8 @@ const usage = `usage: podiam <command> [flags]
 commands:
   server   run the credential server (control plane)
   agent    run the metadata agent (every node)
-  health   check a server's health over mutual TLS
+  health   check a server's health over mutual TLS (with a client
+           certificate, e.g. an agent's)
 
 Run "podiam <command> --help" for the command's flags.
 `
