@@ -46,7 +46,10 @@ const (
 // to agents through the gRPC health service (setServing), and to the
 // kubelet through /readyz, which needs no client certificate, so that the
 // server's certificate can be issued for server auth only. One decision,
-// two views: they cannot disagree.
+// two views: they cannot disagree. (On shutdown the gRPC server reports
+// NOT_SERVING on its own while it drains; /readyz is gone by then, its
+// listener closed with the same context, which the kubelet also counts as
+// not ready.)
 type readyState struct {
 	setServing func(bool)
 

@@ -357,10 +357,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 // Run listens on Bind and runs every part of the server until ctx is done
 // or one of them fails or stops: the gRPC server (which, when ctx ends,
 // reports NOT_SERVING, drains for DrainTime and stops gracefully), the
-// metrics server (which also answers /readyz and /healthz), the credential
-// cache's refresh loop, the prefetch controller and the readiness loop. It returns the first failure, or nil
-// when ctx ended, once every part has returned. The informers must have
-// been started; Run waits for them to sync before it reports SERVING.
+// metrics server (which also answers /readyz and /healthz), the
+// credential cache's refresh loop, the prefetch controller and the
+// readiness loop. It returns the first failure, or nil when ctx ended,
+// once every part has returned. The informers must have been started; Run
+// waits for them to sync before it reports SERVING.
 func (s *Server) Run(ctx context.Context) error {
 	return s.run(ctx, nil)
 }
