@@ -5,11 +5,14 @@
 # (tls.crt, tls.key, ca.crt), then prints the kubectl commands that create the
 # Secrets the manifests and the Helm chart mount.
 #
-# The server certificate carries both serverAuth and clientAuth: the server's
-# own probes run `podiam health` with it as their client certificate, and the
-# server requires client certificates signed by the CA.
+# The server certificate is for serverAuth only, so it cannot act as an agent
+# or as any other client: the server's readiness probe is plain HTTP
+# (/readyz) and needs no client certificate. The agent certificate is for
+# clientAuth only. -k adds clientAuth to the server certificate for KIAM's own
+# manifests, whose probes run `health` with the server's certificate; run
+# podiam's manifests or chart without it.
 #
-# usage: hack/gen-certs.sh [-o DIR] [-n NAMESPACE] [-p PREFIX] [-d CLUSTER_DOMAIN] [-D DAYS] [-f]
+# usage: hack/gen-certs.sh [-o DIR] [-n NAMESPACE] [-p PREFIX] [-d CLUSTER_DOMAIN] [-D DAYS] [-k] [-f]
 set -euo pipefail
 
 out=podiam-certs
@@ -17,29 +20,33 @@ namespace=kube-system
 prefix=podiam
 domain=cluster.local
 days=365
+kiam=false
 force=false
 
 usage() {
   cat >&2 <<EOF
-usage: $0 [-o DIR] [-n NAMESPACE] [-p PREFIX] [-d CLUSTER_DOMAIN] [-D DAYS] [-f]
+usage: $0 [-o DIR] [-n NAMESPACE] [-p PREFIX] [-d CLUSTER_DOMAIN] [-D DAYS] [-k] [-f]
   -o DIR             output directory (default: $out)
   -n NAMESPACE       namespace of the server Service and the Secrets (default: $namespace)
   -p PREFIX          name prefix of the Service and Secrets: PREFIX-server, PREFIX-server-tls,
                      PREFIX-agent-tls; for Helm, the release's full name (default: $prefix)
   -d CLUSTER_DOMAIN  cluster DNS domain (default: $domain)
   -D DAYS            validity of the server and agent certificates; the CA gets ten times as long (default: $days)
+  -k                 for KIAM's manifests: the server certificate also gets clientAuth, which their
+                     probes need; it can then act as a client (as an agent without --agent-identity)
   -f                 overwrite an existing CA in DIR
 EOF
   exit 2
 }
 
-while getopts "o:n:p:d:D:fh" opt; do
+while getopts "o:n:p:d:D:kfh" opt; do
   case $opt in
     o) out=$OPTARG ;;
     n) namespace=$OPTARG ;;
     p) prefix=$OPTARG ;;
     d) domain=$OPTARG ;;
     D) days=$OPTARG ;;
+    k) kiam=true ;;
     f) force=true ;;
     *) usage ;;
   esac
@@ -84,9 +91,13 @@ issue() {
 
 service=$prefix-server
 svc=$service.$namespace
+server_usage=serverAuth
+if $kiam; then
+  server_usage=serverAuth,clientAuth
+fi
 issue server "$service" "basicConstraints=critical,CA:FALSE
 keyUsage=critical,digitalSignature
-extendedKeyUsage=serverAuth,clientAuth
+extendedKeyUsage=$server_usage
 subjectAltName=DNS:$service,DNS:$svc,DNS:$svc.svc,DNS:$svc.svc.$domain,DNS:localhost,IP:127.0.0.1,IP:::1"
 
 # The agent certificate's common name is the identity the server's

@@ -15,7 +15,11 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
-// healthConfig is `podiam health`, KIAM's liveness probe for the server.
+// healthConfig is `podiam health`, KIAM's probe for the server: it asks the
+// server's gRPC health service over mutual TLS, so it needs a client
+// certificate from the server's CA, an agent's for instance. The server's
+// own certificate is issued for server auth only and is refused; the
+// manifests here probe the server's plain-HTTP /readyz instead.
 type healthConfig struct {
 	TLS                    tlsFlags
 	ServerAddress          string

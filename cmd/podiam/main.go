@@ -22,7 +22,8 @@ const usage = `usage: podiam <command> [flags]
 commands:
   server      run the credential server (control plane)
   agent       run the metadata agent (every node)
-  health      check a server's health over mutual TLS
+  health      check a server's health over mutual TLS (with a client
+              certificate, e.g. an agent's)
   check       verify a role chain as the server would use it (the server's flags, plus --role, --pod, --namespace)
   iam-policy  print the base role's permission policy and a target role's trust policy for exact ARNs
 

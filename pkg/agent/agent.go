@@ -425,7 +425,7 @@ func (a *Agent) parts(lis net.Listener) []supervise.Part {
 		// rolling update both run, and a new agent that cannot bind
 		// would exit.
 		parts = append(parts, supervise.Part{Name: "metrics server", Run: func(ctx context.Context) error {
-			return metricsserver.Serve(ctx, a.listen, a.cfg.PrometheusListenAddr, a.reg, a.log)
+			return metricsserver.Serve(ctx, a.listen, a.cfg.PrometheusListenAddr, a.reg, nil, a.log)
 		}})
 	}
 	if a.cfg.WatchPods {

@@ -32,7 +32,9 @@ func TestAgentMetricsPortShared(t *testing.T) {
 	for _, name := range []string{"old", "new"} {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "agent_" + name, Help: "which agent answered"}, func() float64 { return 1 }))
-		go func() { errc <- metricsserver.Serve(ctx, listenReusePort, addr, reg, slog.New(slog.DiscardHandler)) }()
+		go func() {
+			errc <- metricsserver.Serve(ctx, listenReusePort, addr, reg, nil, slog.New(slog.DiscardHandler))
+		}()
 	}
 	running := 2
 	defer func() {

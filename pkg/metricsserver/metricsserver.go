@@ -1,7 +1,9 @@
 // Package metricsserver serves a Prometheus registry over HTTP for the
-// agent and the server alike. Each side opens its listener its own way: the
-// agent with SO_REUSEPORT, so that old and new agents overlap in a rolling
-// update, the server with a plain listener.
+// agent and the server alike, and beside it whatever else a side wants
+// answered in plain HTTP (the server's /readyz and /healthz, which the
+// kubelet probes without a client certificate). Each side opens its
+// listener its own way: the agent with SO_REUSEPORT, so that old and new
+// agents overlap in a rolling update, the server with a plain listener.
 //
 // The agent links this package, so it must not import client-go or the AWS
 // SDK.
@@ -32,16 +34,20 @@ func ListenTCP(ctx context.Context, addr string) (net.Listener, error) {
 // shutdownTimeout bounds how long a scrape in progress may hold up exit.
 const shutdownTimeout = 5 * time.Second
 
-// Serve serves /metrics from reg on a listener from listen until ctx is
-// done, then shuts down (waiting up to shutdownTimeout for scrapes in
-// progress) and returns nil. It returns an error when it cannot listen or
-// when serving fails.
-func Serve(ctx context.Context, listen ListenFunc, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+// Serve serves /metrics from reg, and each of extra's handlers on its
+// http.ServeMux pattern, on a listener from listen until ctx is done, then
+// shuts down (waiting up to shutdownTimeout for requests in progress) and
+// returns nil. It returns an error when it cannot listen or when serving
+// fails. extra may be nil.
+func Serve(ctx context.Context, listen ListenFunc, addr string, reg *prometheus.Registry, extra map[string]http.Handler, log *slog.Logger) error {
 	if addr == "" {
 		return errors.New("metrics: no listen address")
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	for pattern, h := range extra {
+		mux.Handle(pattern, h)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 	lis, err := listen(ctx, addr)
 	if err != nil {

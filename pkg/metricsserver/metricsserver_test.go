@@ -26,16 +26,30 @@ func TestServeUntilCtxDone(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, listen, "127.0.0.1:0", reg, slog.New(slog.DiscardHandler)) }()
+	extra := map[string]http.Handler{"GET /extra": http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "extra here")
+	})}
+	go func() { done <- Serve(ctx, listen, "127.0.0.1:0", reg, extra, slog.New(slog.DiscardHandler)) }()
 	addr := <-addrc
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(b), "up_here 1") {
-		t.Fatalf("scrape: %s", b)
+	if code, b := get("/metrics"); code != http.StatusOK || !strings.Contains(b, "up_here 1") {
+		t.Fatalf("scrape: %d %s", code, b)
+	}
+	// The extra handlers are served beside /metrics, and nothing else is.
+	if code, b := get("/extra"); code != http.StatusOK || b != "extra here" {
+		t.Fatalf("/extra: %d %q", code, b)
+	}
+	if code, _ := get("/other"); code != http.StatusNotFound {
+		t.Fatalf("/other: %d, want 404", code)
 	}
 	cancel()
 	select {
@@ -54,11 +68,11 @@ func TestServeListenError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	err = Serve(context.Background(), ListenTCP, l.Addr().String(), prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
+	err = Serve(context.Background(), ListenTCP, l.Addr().String(), prometheus.NewRegistry(), nil, slog.New(slog.DiscardHandler))
 	if err == nil || !strings.Contains(err.Error(), "metrics listen "+l.Addr().String()) {
 		t.Fatalf("Serve on a taken port = %v, want a listen error", err)
 	}
-	if err := Serve(context.Background(), ListenTCP, "", prometheus.NewRegistry(), slog.New(slog.DiscardHandler)); err == nil {
+	if err := Serve(context.Background(), ListenTCP, "", prometheus.NewRegistry(), nil, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("Serve without an address must fail, not block")
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 
@@ -98,8 +99,8 @@ type Config struct {
 	// Prefetch is --prefetch.
 	Prefetch bool
 
-	// PrometheusListenAddr (--prometheus-listen-addr) serves metrics;
-	// empty disables them.
+	// PrometheusListenAddr (--prometheus-listen-addr) serves metrics and
+	// the plain-HTTP probes /readyz and /healthz; empty disables them all.
 	PrometheusListenAddr string
 
 	// The gRPC server's --grpc-* flags, and --drain-time.
@@ -256,6 +257,9 @@ type Server struct {
 	broadcaster record.EventBroadcaster
 	synced      []cache.InformerSynced
 	ready       readinessTiming
+	// state is the readiness decision, served by the gRPC health service
+	// and /readyz.
+	state *readyState
 }
 
 // New checks cfg and builds the server: it finds the role base ARN (asking
@@ -418,6 +422,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.state = newReadyState(s.grpc.SetServing)
 	ok = true
 	return s, nil
 }
@@ -425,10 +430,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 // Run listens on Bind and runs every part of the server until ctx is done
 // or one of them fails or stops: the gRPC server (which, when ctx ends,
 // reports NOT_SERVING, drains for DrainTime and stops gracefully), the
-// metrics server, the credential cache's refresh loop, the prefetch
-// controller and the readiness loop. It returns the first failure, or nil
-// when ctx ended, once every part has returned. The informers must have
-// been started; Run waits for them to sync before it reports SERVING.
+// metrics server (which also answers /readyz and /healthz), the
+// credential cache's refresh loop, the prefetch controller and the
+// readiness loop. It returns the first failure, or nil when ctx ended,
+// once every part has returned. The informers must have been started; Run
+// waits for them to sync before it reports SERVING.
 func (s *Server) Run(ctx context.Context) error {
 	return s.run(ctx, nil)
 }
@@ -447,12 +453,19 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 		{Name: "grpc server", Run: func(ctx context.Context) error { return s.grpc.Serve(ctx, lis) }},
 		{Name: "credential cache", Run: s.credentials.Run},
 		{Name: "readiness", Run: func(ctx context.Context) error {
-			return readiness(ctx, s.ready, s.grpc.SetServing, s.sts.CheckBase, s.synced, s.log)
+			return readiness(ctx, s.ready, s.state.set, s.sts.CheckBase, s.synced, s.log)
 		}},
 	}
 	if s.cfg.PrometheusListenAddr != "" {
+		// The probes share the metrics listener: plain HTTP, so the
+		// kubelet needs no client certificate and the server's own
+		// certificate can be for server auth only.
+		probes := map[string]http.Handler{
+			"GET /readyz":  s.state,
+			"GET /healthz": http.HandlerFunc(healthz),
+		}
 		parts = append(parts, supervise.Part{Name: "metrics server", Run: func(ctx context.Context) error {
-			return metricsserver.Serve(ctx, metricsserver.ListenTCP, s.cfg.PrometheusListenAddr, s.reg, s.log)
+			return metricsserver.Serve(ctx, metricsserver.ListenTCP, s.cfg.PrometheusListenAddr, s.reg, probes, s.log)
 		}})
 	}
 	if s.prefetch != nil {

@@ -4,8 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -304,51 +308,49 @@ func TestReadiness(t *testing.T) {
 	timing := readinessTiming{serving: 20 * time.Millisecond, failing: 5 * time.Millisecond, timeout: time.Second}
 	var (
 		mu      sync.Mutex
-		states  []bool
+		reasons []string
 		synced  bool
 		baseErr error = errors.New("no base credentials")
 	)
-	set := func(ok bool) { mu.Lock(); states = append(states, ok); mu.Unlock() }
+	set := func(reason string) { mu.Lock(); reasons = append(reasons, reason); mu.Unlock() }
 	check := func(context.Context) error { mu.Lock(); defer mu.Unlock(); return baseErr }
 	hasSynced := func() bool { mu.Lock(); defer mu.Unlock(); return synced }
-	snapshot := func() []bool { mu.Lock(); defer mu.Unlock(); return append([]bool(nil), states...) }
+	snapshot := func() []string { mu.Lock(); defer mu.Unlock(); return append([]string(nil), reasons...) }
+	waitReasons := func(want ...string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(snapshot()) < len(want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("reasons %q, want %q", snapshot(), want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := snapshot(); !slices.Equal(got, want) {
+			t.Fatalf("reasons %q, want %q", got, want)
+		}
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := runAsync(ctx, func(ctx context.Context) error {
 		return readiness(ctx, timing, set, check, []cache.InformerSynced{hasSynced}, slog.New(slog.DiscardHandler))
 	})
 	time.Sleep(200 * time.Millisecond)
-	if got := snapshot(); len(got) != 0 {
-		t.Fatalf("states %v before the informers synced", got)
-	}
+	waitReasons(reasonNotSynced)
 	mu.Lock()
 	synced = true
 	mu.Unlock()
+	waitReasons(reasonNotSynced, reasonNoBase)
 	time.Sleep(100 * time.Millisecond)
-	if got := snapshot(); len(got) != 0 {
-		t.Fatalf("states %v while the base credentials fail; want still NOT_SERVING, unchanged", got)
-	}
+	// Still failing: reported once, not at every check.
+	waitReasons(reasonNotSynced, reasonNoBase)
 	mu.Lock()
 	baseErr = nil
 	mu.Unlock()
-	waitStates := func(want ...bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for len(snapshot()) < len(want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("states %v, want %v", snapshot(), want)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-		if got := snapshot(); len(got) != len(want) || got[len(got)-1] != want[len(want)-1] {
-			t.Fatalf("states %v, want %v", got, want)
-		}
-	}
-	waitStates(true)
+	waitReasons(reasonNotSynced, reasonNoBase, "")
 	mu.Lock()
 	baseErr = errors.New("credentials revoked")
 	mu.Unlock()
-	waitStates(true, false)
+	waitReasons(reasonNotSynced, reasonNoBase, "", reasonNoBase)
 	cancel()
 	if err := wait(t, done); err != nil {
 		t.Fatal(err)
@@ -369,6 +371,110 @@ func (l nsLister) Get(name string) (*corev1.Namespace, error) {
 		return ns, nil
 	}
 	return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
+}
+
+// /readyz follows the readiness decision, and the gRPC health service is
+// told exactly when serving changes; neither says more than the reason.
+func TestReadyState(t *testing.T) {
+	var grpcStates []bool
+	st := newReadyState(func(ok bool) { grpcStates = append(grpcStates, ok) })
+	readyz := func() (int, string) {
+		t.Helper()
+		rec := httptest.NewRecorder()
+		st.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		if cc := rec.Header().Get("Cache-Control"); cc != "no-store" {
+			t.Errorf("Cache-Control %q", cc)
+		}
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := readyz(); code != http.StatusServiceUnavailable || body != "not ready: informers not synced\n" {
+		t.Fatalf("before any decision: %d %q", code, body)
+	}
+	st.set(reasonNoBase)
+	if code, body := readyz(); code != http.StatusServiceUnavailable || body != "not ready: base credentials unavailable\n" {
+		t.Fatalf("without base credentials: %d %q", code, body)
+	}
+	if len(grpcStates) != 0 {
+		t.Fatalf("gRPC health told %v while it stayed NOT_SERVING", grpcStates)
+	}
+	st.set("")
+	if code, body := readyz(); code != http.StatusOK || body != "ok\n" {
+		t.Fatalf("serving: %d %q", code, body)
+	}
+	st.set(reasonNoBase)
+	st.set(reasonNoBase)
+	if code, _ := readyz(); code != http.StatusServiceUnavailable {
+		t.Fatalf("after losing the base credentials: %d", code)
+	}
+	if !slices.Equal(grpcStates, []bool{true, false}) {
+		t.Fatalf("gRPC health told %v, want [true false]", grpcStates)
+	}
+}
+
+// The running server answers /readyz (503 until SERVING, then 200) and
+// /healthz on its metrics listener, from the same decision as its gRPC
+// health service; nothing of the STS error reaches the body.
+func TestRunServesProbes(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cfg := validConfig()
+	cfg.PrometheusListenAddr = addr
+	const secret = "AccessDenied for arn:aws:iam::123456789012:role/podiam-server"
+	sts := &fakeSTS{baseErr: errors.New(secret)}
+	logs := &syncbuf.Buffer{}
+	s, _ := testServer(t, cfg, sts, logs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := runAsync(ctx, s.Run)
+	defer func() {
+		cancel()
+		if err := wait(t, done); err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+
+	client := &http.Client{Timeout: 2 * time.Second}
+	get := func(path string) (int, string, error) {
+		resp, err := client.Get("http://" + addr + path)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+	waitFor := func(path string, wantCode int, wantBody string) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			code, body, err := get(path)
+			if err == nil && code == wantCode && body == wantBody {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d %q %v, want %d %q", path, code, body, err, wantCode, wantBody)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("/readyz", http.StatusServiceUnavailable, "not ready: base credentials unavailable\n")
+	waitFor("/healthz", http.StatusOK, "ok\n")
+	waitLog(t, logs, secret) // the reason is in the log, not in the body
+	if code, _, err := get("/metrics"); err != nil || code != http.StatusOK {
+		t.Fatalf("/metrics beside the probes: %d %v", code, err)
+	}
+	if code, _, err := get("/readyz/more"); err != nil || code != http.StatusNotFound {
+		t.Fatalf("/readyz/more: %d %v, want 404", code, err)
+	}
+
+	sts.mu.Lock()
+	sts.baseErr = nil
+	sts.mu.Unlock()
+	waitFor("/readyz", http.StatusOK, "ok\n")
+	waitLog(t, logs, "msg=serving")
 }
 
 // The credential cache keeps refreshing a key exactly while a live pod

@@ -7,7 +7,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -77,9 +79,43 @@ func restartServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev *s
 	return startServerWith(t, kube, moto, prev, nil, args...)
 }
 
-// startServerWith starts a server, on prev's address and PKI when prev is
-// set, with env added to its environment.
+// startServerWith spawns a server (spawnServerWith) and waits until its
+// health service reports SERVING.
 func startServerWith(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev *serverProc, env []string, args ...string) *serverProc {
+	t.Helper()
+	sp := spawnServerWith(t, kube, moto, prev, env, args...)
+	conn := dial(t, sp, sp.PKI.AgentCert, sp.PKI.AgentKey, "")
+	testenv.Ready(t, 60*time.Second, "server SERVING", func(ctx context.Context) error {
+		return wantHealth(ctx, conn, healthpb.HealthCheckResponse_SERVING)
+	}, sp.Proc)
+	return sp
+}
+
+// wantHealth asks the server's gRPC health service, as agents do, and
+// fails unless it answers want.
+func wantHealth(ctx context.Context, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != want {
+		return fmt.Errorf("health: %v, want %v", resp.GetStatus(), want)
+	}
+	return nil
+}
+
+// spawnServer runs the podiam server against kube and moto, and stops it
+// when the test ends, without waiting for anything.
+func spawnServer(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, args ...string) *serverProc {
+	t.Helper()
+	return spawnServerWith(t, kube, moto, nil, nil, args...)
+}
+
+// spawnServerWith is spawnServer on prev's address and with its PKI when
+// prev is set, with env added to the server's environment.
+func spawnServerWith(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev *serverProc, env []string, args ...string) *serverProc {
 	t.Helper()
 	dir := t.TempDir()
 	sp := &serverProc{}
@@ -116,21 +152,25 @@ func startServerWith(t testing.TB, kube *testenv.Kube, moto *testenv.Moto, prev 
 		}
 		testenv.LogTails(t, p)
 	})
-
-	conn := dial(t, sp, pki.AgentCert, pki.AgentKey, "")
-	testenv.Ready(t, 60*time.Second, "server SERVING", func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-		if err != nil {
-			return err
-		}
-		if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-			return fmt.Errorf("health: %v", resp.GetStatus())
-		}
-		return nil
-	}, p)
 	return sp
+}
+
+// probe GETs path from the server's plain-HTTP listener (metrics and
+// probes), as the kubelet does, and returns the status code and body.
+func probe(ctx context.Context, sp *serverProc, path string) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+sp.MetricsAddr+path, nil)
+	if err != nil {
+		return 0, "", err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // dial connects as an agent with the given client certificate, optionally

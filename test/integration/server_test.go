@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -15,12 +17,14 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/refusal"
+	"github.com/podiam/podiam/pkg/tlsconfig"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -317,6 +321,55 @@ func TestServer(t *testing.T) {
 		}
 	})
 
+	// The server's certificate is issued for server auth only (testenv's
+	// PKI as deploy/ and hack/gen-certs.sh issue it), so whoever holds the
+	// server's key still cannot be an agent, or any client: the TLS
+	// handshake refuses it before a single RPC, the health service too.
+	t.Run("the server's own certificate cannot act as an agent", func(t *testing.T) {
+		tlsCfg, err := tlsconfig.Client(tlsconfig.Config{
+			Files:      tlsconfig.Files{Cert: sp.PKI.ServerCert, Key: sp.PKI.ServerKey, CA: sp.PKI.CA},
+			ServerName: "127.0.0.1",
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tlsCfg.NextProtos = []string{"h2"} // as a gRPC client offers
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", sp.Addr, tlsCfg)
+		if err == nil {
+			// TLS 1.3: the client finishes first; the server's verdict on
+			// its certificate is what the first read returns.
+			_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "bad certificate") {
+			t.Fatalf("TLS handshake with the server's certificate as the client's: %v, want the server's bad certificate alert", err)
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		asServer := dial(t, sp, sp.PKI.ServerCert, sp.PKI.ServerKey, "")
+		_, err = pb.NewCredentialsClient(asServer).GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: "10.0.0.10"})
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "bad certificate") {
+			t.Fatalf("GetPodCredentials with the server's certificate: %v, want Unavailable from the refused handshake", err)
+		}
+		stream, err := pb.NewCredentialsClient(asServer).WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: node})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("WatchNodePods with the server's certificate: %v, want Unavailable", err)
+		}
+		if err := wantHealth(ctx, asServer, healthpb.HealthCheckResponse_SERVING); status.Code(err) != codes.Unavailable {
+			t.Fatalf("health check with the server's certificate: %v, want Unavailable", err)
+		}
+		// Refused at the handshake, the calls never reach the service:
+		// the access log shows no decision for them.
+		if strings.Contains(sp.Logs(), `"certificate_names":["podiam-server"`) {
+			t.Error("a call with the server's certificate got past the handshake")
+		}
+	})
+
 	t.Run("a static (mirror) pod gets no role, with an Event", func(t *testing.T) {
 		kube.CreatePod(t, testenv.PodSpec{Namespace: "allowed", Name: "static-web-n1",
 			Annotations: map[string]string{"iam.amazonaws.com/role": "app-web", corev1.MirrorPodAnnotationKey: "d41d8cd98f00b204e9800998ecf8427e"},
@@ -414,13 +467,19 @@ func TestServer(t *testing.T) {
 		if out, err := health(sp.PKI.AgentCert, sp.PKI.AgentKey); err != nil || !strings.Contains(out, "healthy") {
 			t.Fatalf("health: %v %s", err, out)
 		}
-		// The health service stays open to every certificate the CA
-		// signed (the server's probes use its own), agent or not.
+		// The health service stays open to every client certificate the
+		// CA signed, agent or not.
 		if out, err := health(sp.PKI.StrangerCert, sp.PKI.StrangerKey); err != nil || !strings.Contains(out, "healthy") {
 			t.Fatalf("health with a non-agent certificate from the CA: %v %s", err, out)
 		}
 		if out, err := health(sp.PKI.OtherCert, sp.PKI.OtherKey); err == nil {
 			t.Fatalf("health with a certificate from another CA succeeded: %s", out)
+		}
+		// The server's own certificate is no client certificate: KIAM's
+		// way of probing (health with the server's files) needs one
+		// issued for client auth too; podiam's manifests probe /readyz.
+		if out, err := health(sp.PKI.ServerCert, sp.PKI.ServerKey); err == nil {
+			t.Fatalf("health with the server's own certificate succeeded: %s", out)
 		}
 	})
 
@@ -432,4 +491,75 @@ func TestServer(t *testing.T) {
 			t.Fatalf("not_permitted denials = %v", n)
 		}
 	})
+}
+
+// TestServerReadyz checks the server's readiness probe, plain HTTP on the
+// metrics listener so that the kubelet needs no client certificate: 503
+// while the server is not SERVING (here its base role cannot be assumed,
+// so it never becomes ready until STS recovers), 200 once it is, in step
+// with the gRPC health service agents use. Nothing of the STS error is in
+// the body.
+func TestServerReadyz(t *testing.T) {
+	t.Parallel()
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy.SetFaulting(true) // every AssumeRole fails, the base role's too
+	viaProxy := *moto
+	viaProxy.Endpoint = proxy.URL
+	sp := spawnServer(t, kube, &viaProxy,
+		"--assume-role-arn="+roleARN("podiam-server"),
+		"--role-base-arn="+roleARN(""),
+		"--agent-identity=podiam-agent")
+	conn := dial(t, sp, sp.PKI.AgentCert, sp.PKI.AgentKey, "")
+
+	var seen []string
+	testenv.Ready(t, 60*time.Second, "/readyz 503 for the base credentials", func(ctx context.Context) error {
+		code, body, err := probe(ctx, sp, "/readyz")
+		if err != nil {
+			return err
+		}
+		if len(seen) == 0 || seen[len(seen)-1] != body {
+			seen = append(seen, body)
+		}
+		if code != http.StatusServiceUnavailable || body != "not ready: base credentials unavailable\n" {
+			return fmt.Errorf("/readyz: %d %q", code, body)
+		}
+		return nil
+	}, sp.Proc)
+	for _, b := range seen {
+		if b != "not ready: informers not synced\n" && b != "not ready: base credentials unavailable\n" {
+			t.Errorf("/readyz said %q before the server was SERVING", b)
+		}
+	}
+	ctx := context.Background()
+	if err := wantHealth(ctx, conn, healthpb.HealthCheckResponse_NOT_SERVING); err != nil {
+		t.Errorf("gRPC health while /readyz is 503: %v", err)
+	}
+	if code, body, err := probe(ctx, sp, "/healthz"); err != nil || code != http.StatusOK || body != "ok\n" {
+		t.Errorf("/healthz while not ready: %d %q %v, want 200: the process is alive", code, body, err)
+	}
+	// The reason's details (the STS error, or the timeout its retries
+	// ran into) are in the log instead.
+	if !strings.Contains(sp.Logs(), `"msg":"base credentials unavailable; reporting not serving","error":"base credentials: `) {
+		t.Error("the error behind the 503 is not in the server's log")
+	}
+	if n := len(proxy.Attempts()); n == 0 {
+		t.Fatal("the server never asked STS for its base role")
+	}
+
+	proxy.SetFaulting(false)
+	testenv.Ready(t, 60*time.Second, "/readyz 200 once SERVING", func(ctx context.Context) error {
+		code, body, err := probe(ctx, sp, "/readyz")
+		if err != nil {
+			return err
+		}
+		if code != http.StatusOK || body != "ok\n" {
+			return fmt.Errorf("/readyz: %d %q", code, body)
+		}
+		return nil
+	}, sp.Proc)
+	if err := wantHealth(ctx, conn, healthpb.HealthCheckResponse_SERVING); err != nil {
+		t.Errorf("gRPC health while /readyz is 200: %v", err)
+	}
 }

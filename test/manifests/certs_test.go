@@ -2,12 +2,15 @@ package manifests
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,9 +62,17 @@ func TestGenCerts(t *testing.T) {
 	if err := handshake(t, files("server"), files("agent"), svc); err != nil {
 		t.Errorf("agent to server at %s: %v", svc, err)
 	}
-	// The server's probes run `podiam health` with the server's own files.
-	if err := handshake(t, files("server"), files("server"), "127.0.0.1"); err != nil {
-		t.Errorf("server's health probe to 127.0.0.1: %v", err)
+	// The server's certificate is for server auth only: presented as a
+	// client, to the server itself, the handshake refuses it, so it can
+	// never act as an agent. (Its readiness probe is plain HTTP.)
+	if got := extKeyUsages(t, files("server").Cert); !slices.Equal(got, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		t.Errorf("server certificate extended key usages %v, want server auth only", got)
+	}
+	if got := extKeyUsages(t, files("agent").Cert); !slices.Equal(got, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}) {
+		t.Errorf("agent certificate extended key usages %v, want client auth only", got)
+	}
+	if err := handshake(t, files("server"), files("server"), "127.0.0.1"); err == nil {
+		t.Error("the server certificate was accepted as a client certificate")
 	}
 	if err := handshake(t, files("server"), files("agent"), "podiam-server.other-namespace.svc"); err == nil {
 		t.Error("the server certificate is valid for a namespace it was not made for")
@@ -84,6 +95,45 @@ func TestGenCerts(t *testing.T) {
 	if err := handshake(t, files("server"), foreign, svc); err == nil {
 		t.Error("an agent certificate from another CA was accepted")
 	}
+}
+
+// TestGenCertsKIAM: -k is for KIAM's own manifests, whose probes run
+// `health` with the server's files against 127.0.0.1; only then does the
+// server certificate carry client auth.
+func TestGenCertsKIAM(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := genCerts(t, dir, "-n", "kube-system", "-p", "kiam", "-k"); err != nil {
+		t.Fatalf("gen-certs.sh -k: %v\n%s", err, out)
+	}
+	server := tlsconfig.Files{Cert: filepath.Join(dir, "server/tls.crt"), Key: filepath.Join(dir, "server/tls.key"), CA: filepath.Join(dir, "server/ca.crt")}
+	if got := extKeyUsages(t, server.Cert); !slices.Equal(got, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}) {
+		t.Errorf("server certificate with -k: extended key usages %v, want server and client auth", got)
+	}
+	if err := handshake(t, server, server, "127.0.0.1"); err != nil {
+		t.Errorf("KIAM's server probe (its own files, to 127.0.0.1): %v", err)
+	}
+	if err := handshake(t, server, server, "kiam-server.kube-system.svc"); err != nil {
+		t.Errorf("server certificate for kiam-server.kube-system.svc: %v", err)
+	}
+}
+
+// extKeyUsages returns the extended key usages of the PEM certificate at
+// path.
+func extKeyUsages(t *testing.T, path string) []x509.ExtKeyUsage {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", path)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return c.ExtKeyUsage
 }
 
 // handshake runs one TLS handshake between podiam's server and client
@@ -118,7 +168,10 @@ func handshake(t *testing.T, server, client tlsconfig.Files, serverName string) 
 		return err
 	}
 	// TLS 1.3 clients finish before the server has checked their
-	// certificate: a read makes the server's verdict visible.
-	go func() { _, _ = c.Write([]byte{0}) }()
+	// certificate: a read takes the server's verdict, an alert when it
+	// refuses the certificate (the pipe is synchronous, so without a
+	// reader that alert could never be sent), and the deferred Close
+	// ends it when the server accepts.
+	go func() { _, _ = c.Read(make([]byte, 1)) }()
 	return <-serverErr
 }

@@ -239,6 +239,50 @@ func TestManifests(t *testing.T) {
 		}
 	})
 
+	t.Run("server readiness probe is plain HTTP", func(t *testing.T) {
+		for _, src := range []string{"deploy/manifests", "helm/defaults", "helm/server-deployment", "helm/everything-set"} {
+			n := 0
+			for _, o := range sources[src] {
+				if (o.GetKind() == "DaemonSet" || o.GetKind() == "Deployment") && strings.HasSuffix(o.GetName(), "-server") {
+					n++
+					checkServerProbes(t, src+" "+o.GetKind()+"/"+o.GetName(), o)
+				}
+			}
+			if n == 0 {
+				t.Errorf("%s: no server workload", src)
+			}
+		}
+	})
+
+	// The server's certificate must not be able to act as an agent, or
+	// as any client; agents' certificates are client certificates.
+	t.Run("server certificates are for server auth only", func(t *testing.T) {
+		for _, src := range []string{"deploy/cert-manager", "helm/cert-manager-own-ca", "helm/cert-manager-issuer"} {
+			var servers, agents int
+			for _, o := range sources[src] {
+				if o.GetKind() != "Certificate" {
+					continue
+				}
+				usages, _, _ := unstructured.NestedStringSlice(o.Object, "spec", "usages")
+				switch {
+				case strings.HasSuffix(o.GetName(), "-server"):
+					servers++
+					if !slices.Contains(usages, "server auth") || slices.Contains(usages, "client auth") {
+						t.Errorf("%s: server Certificate %s has usages %q, want server auth and no client auth", src, o.GetName(), usages)
+					}
+				case strings.HasSuffix(o.GetName(), "-agent"):
+					agents++
+					if !slices.Contains(usages, "client auth") || slices.Contains(usages, "server auth") {
+						t.Errorf("%s: agent Certificate %s has usages %q, want client auth only", src, o.GetName(), usages)
+					}
+				}
+			}
+			if servers != 1 || agents != 1 {
+				t.Errorf("%s: %d server and %d agent Certificates, want 1 and 1", src, servers, agents)
+			}
+		}
+	})
+
 	t.Run("rbac is least privilege", func(t *testing.T) { checkRBAC(t, kube.RESTConfig, dyn, mapper, root) })
 
 	// cert-manager must write the Secrets the workloads mount.
@@ -535,5 +579,56 @@ func checkAgentShape(t *testing.T, src string, o *unstructured.Unstructured) {
 	}
 	if !lock {
 		t.Errorf("%s: /run/xtables.lock not mounted", src)
+	}
+}
+
+// checkServerProbes holds a server workload to probes that need no client
+// certificate, which is what lets the server's own certificate be for
+// server auth only: readiness is GET /readyz on the port the server's
+// --prometheus-listen-addr listens on, and no probe runs a command (such
+// as `podiam health`, which needs one).
+func checkServerProbes(t *testing.T, what string, o *unstructured.Unstructured) {
+	t.Helper()
+	containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+	if len(containers) != 1 {
+		t.Fatalf("%s: %d containers", what, len(containers))
+	}
+	c := containers[0].(map[string]any)
+	listen := ""
+	for _, a := range stringSlice(c["args"]) {
+		if v, ok := strings.CutPrefix(a, "--prometheus-listen-addr="); ok {
+			listen = v
+		}
+	}
+	_, listenPort, _ := strings.Cut(listen, ":")
+	if listenPort == "" {
+		t.Errorf("%s: --prometheus-listen-addr=%q: /readyz would not be served", what, listen)
+	}
+	for _, probe := range []string{"livenessProbe", "readinessProbe", "startupProbe"} {
+		if _, ok, _ := unstructured.NestedFieldNoCopy(c, probe, "exec"); ok {
+			t.Errorf("%s: %s runs a command; server probes must need no client certificate", what, probe)
+		}
+	}
+	path, _, _ := unstructured.NestedString(c, "readinessProbe", "httpGet", "path")
+	if path != "/readyz" {
+		t.Errorf("%s: readinessProbe httpGet path %q, want /readyz", what, path)
+	}
+	if scheme, _, _ := unstructured.NestedString(c, "readinessProbe", "httpGet", "scheme"); scheme != "" && scheme != "HTTP" {
+		t.Errorf("%s: readinessProbe scheme %q, want HTTP", what, scheme)
+	}
+	// The probe's port, by name or number, must be the listener's.
+	port, _, _ := unstructured.NestedFieldNoCopy(c, "readinessProbe", "httpGet", "port")
+	resolved := fmt.Sprint(port)
+	if name, ok := port.(string); ok {
+		resolved = ""
+		ports, _, _ := unstructured.NestedSlice(c, "ports")
+		for _, p := range ports {
+			if m := p.(map[string]any); m["name"] == name {
+				resolved = fmt.Sprint(m["containerPort"])
+			}
+		}
+	}
+	if resolved != listenPort {
+		t.Errorf("%s: readinessProbe port %v (%q) is not the --prometheus-listen-addr port %q", what, port, resolved, listenPort)
 	}
 }

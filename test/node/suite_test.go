@@ -583,7 +583,9 @@ func (n *node) kiam(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
 	certs := filepath.Join(n.dir, "kiam-certs")
-	if _, err := run(ctx, filepath.Join(n.root, "hack", "gen-certs.sh"), "-o", certs, "-n", "kube-system", "-p", "kiam"); err != nil {
+	// -k: KIAM's probes run `health` with the server's certificate, which
+	// therefore needs client auth (podiam's own is for server auth only).
+	if _, err := run(ctx, filepath.Join(n.root, "hack", "gen-certs.sh"), "-o", certs, "-n", "kube-system", "-p", "kiam", "-k"); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []struct{ name, dir, prefix string }{{"kiam-server-tls", "server", "server"}, {"kiam-agent-tls", "agent", "agent"}} {

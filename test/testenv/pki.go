@@ -77,7 +77,9 @@ func NewPKI(t testing.TB, dir string, serverSANs ...string) *PKI {
 }
 
 // serverTemplate is the server certificate: localhost, podiam-server,
-// 127.0.0.1 and ::1 plus sans.
+// 127.0.0.1 and ::1 plus sans. Server auth only, as deploy/ and
+// hack/gen-certs.sh issue it, so that tests see the server's certificate
+// refused as a client.
 func serverTemplate(sans []string) *x509.Certificate {
 	dnsNames := []string{"localhost", "podiam-server"}
 	ips := []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1")}

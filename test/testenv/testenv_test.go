@@ -304,6 +304,13 @@ func TestPKIMutualTLS(t *testing.T) {
 	if err := dial(p.OtherCert, p.OtherKey); err == nil {
 		t.Error("certificate from another CA was accepted")
 	}
+	// As deploy/ issues it: server auth only, refused as a client.
+	if !slices.Equal(leaf.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}) {
+		t.Errorf("server certificate extended key usages %v, want server auth only", leaf.ExtKeyUsage)
+	}
+	if err := dial(p.ServerCert, p.ServerKey); err == nil {
+		t.Error("the server certificate was accepted as a client certificate")
+	}
 	otherPool := loadPool(t, p.OtherCA)
 	otherLeaf := loadLeaf(t, p.OtherCert)
 	if _, err := otherLeaf.Verify(x509.VerifyOptions{Roots: otherPool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {

@@ -42,9 +42,11 @@ type GRPCConfig struct {
 	// that may call the Credentials service: the client certificate's
 	// subject common name, a DNS SAN or a URI SAN must equal one. Without
 	// it any certificate the CA signed for client auth is an agent. The
-	// health service stays open to every certificate the CA signed, so
-	// the server's own probes (podiam health with the server's
-	// certificate) work while that certificate cannot act as an agent.
+	// health service stays open to every certificate the CA signed for
+	// client auth, so `podiam health` works with any of them (an agent's,
+	// an operator's). The server's own certificate is for server auth
+	// only: the TLS handshake refuses it as a client, and the kubelet
+	// probes /readyz over plain HTTP instead.
 	AgentIdentities []string
 }
 

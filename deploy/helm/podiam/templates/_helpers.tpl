@@ -73,8 +73,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $a = append $a (printf "--grpc-max-connection-idle-duration=%s" $s.grpc.maxConnectionIdle) -}}
 {{- $a = append $a (printf "--grpc-max-connection-age-duration=%s" $s.grpc.maxConnectionAge) -}}
 {{- $a = append $a (printf "--grpc-max-connection-age-grace-duration=%s" $s.grpc.maxConnectionAgeGrace) -}}
-{{- if $s.metrics.enabled }}{{ $a = append $a (printf "--prometheus-listen-addr=0.0.0.0:%d" (int64 $s.metrics.port)) }}
-{{- else }}{{ $a = append $a "--prometheus-listen-addr=" }}{{ end -}}
+{{- /* Always set, metrics enabled or not: the listener also serves /readyz,
+the readiness probe; server.metrics.enabled only decides the scrape
+annotations. */ -}}
+{{- $a = append $a (printf "--prometheus-listen-addr=0.0.0.0:%d" (int64 $s.metrics.port)) -}}
 {{- toYaml (concat $a $s.extraArgs) -}}
 {{- end -}}
 
