@@ -73,10 +73,12 @@ func benchHandler(b *testing.B, h http.Handler) {
 			w := discardWriter{h: http.Header{}}
 			h.ServeHTTP(w, r)
 			b.ReportAllocs()
+			cpu := startCPU(b)
 			for b.Loop() {
 				clear(w.h)
 				h.ServeHTTP(w, r)
 			}
+			cpu.report(b)
 		})
 	}
 }
