@@ -66,6 +66,8 @@ func BenchmarkE2E(b *testing.B) {
 type wrkCase struct {
 	Conns     int
 	KeepAlive bool
+	// Threads is wrk's -t; 0 means one per connection, at most two.
+	Threads int
 }
 
 func (c wrkCase) String() string {
@@ -79,7 +81,10 @@ func (c wrkCase) String() string {
 // runWrk runs wrk in pod p against url and measures the CPU pid used.
 func (e *env) runWrk(b *testing.B, p *podNet, script, url string, c wrkCase, d time.Duration, pid int) testenv.WrkResult {
 	b.Helper()
-	threads := min(c.Conns, 2)
+	threads := c.Threads
+	if threads == 0 {
+		threads = min(c.Conns, 2)
+	}
 	args := []string{"wrk", "-t", strconv.Itoa(threads), "-c", strconv.Itoa(c.Conns),
 		"-d", fmt.Sprintf("%ds", int(d.Seconds())), "--timeout", "5s", "-s", script}
 	if !c.KeepAlive {
@@ -171,23 +176,24 @@ func benchHotPath(b *testing.B, e *env) {
 		url string
 		pid int
 	}{{ceilingURL, ceilingPid}, {agentURL, agentPid}} {
-		e.runWrk(b, e.web, script, t.url, wrkCase{Conns: 32, KeepAlive: true}, time.Second, t.pid)
+		e.runWrk(b, e.web, script, t.url, wrkCase{Conns: 32, KeepAlive: true, Threads: 1}, time.Second, t.pid)
 	}
 
 	table := testenv.Table{
-		Title: fmt.Sprintf("Agent hot path: warm-cache GET %s from a pod through the DNAT rule, wrk %d x %s per target and row", path, rounds, dur),
+		Title: fmt.Sprintf("Agent hot path: warm-cache GET %s from a pod through the DNAT rule, wrk -t1, %d x %s per target and row", path, rounds, dur),
 		Header: []string{"connections", "agent req/s", "p50", "p99", "CPU/req",
-			"ceiling req/s", "p50", "p99", "CPU/req", "agent/ceiling"},
+			"ceiling req/s", "p50", "p99", "CPU/req", "req/s ratio", "CPU ratio", "p99 ratio"},
 		Notes: []string{
 			fmt.Sprintf("ceiling: a minimal Go net/http server in the node namespace serving the same %d header + %d body bytes, through its own DNAT rule from the same pod",
 				agentResp.headerBytes, agentResp.bodyBytes),
-			"runs alternate between agent and ceiling; req/s and CPU/req are totals over the runs, p50/p99 the median of the runs' percentiles",
-			"CPU/req: user+system CPU of the serving process (agent or ceiling) per request; wrk runs on the same cores",
-			"targets (issue; reported, not asserted): agent >= 0.8 x ceiling req/s, p99 < 2 ms at 32 connections on 2 cores",
+			"runs alternate between agent and ceiling, the order swapped each round; each cell is the median over the runs, with (min-max) but for p50;" +
+				" the ratios are agent/ceiling of the runs of one round, median (min-max) over the rounds",
+			"CPU/req: user+system CPU of the serving process (agent or ceiling) per request; wrk (one thread) runs on the same cores",
+			"targets (reported, not asserted): keepalive/c32 req/s ratio >= 0.9, keepalive/c1 >= 0.97, CPU ratio <= 1.15, p99 ratio <= 1.2",
 		},
 	}
-	cases := []wrkCase{{1, true}, {32, true}, {1, false}, {32, false}}
-	var spread []string   // req/s of each run, to judge the noise
+	cases := []wrkCase{{1, true, 1}, {32, true, 1}, {1, false, 1}, {32, false, 1}}
+	var runLines []string // req/s of each run, to judge the noise
 	var profiles []string // perf summaries, with PODIAM_BENCH_PERF
 	for _, c := range cases {
 		b.Run(c.String(), func(b *testing.B) {
@@ -224,7 +230,6 @@ func benchHotPath(b *testing.B, e *env) {
 					runCeiling()
 				}
 			}
-			agent, ceil := testenv.CombineWrk(agentRuns), testenv.CombineWrk(ceilRuns)
 			runsRPS := func(runs []testenv.WrkResult) string {
 				var out []string
 				for _, r := range runs {
@@ -232,26 +237,39 @@ func benchHotPath(b *testing.B, e *env) {
 				}
 				return strings.Join(out, " ")
 			}
-			spread = append(spread, fmt.Sprintf("%s: agent %s, ceiling %s", c, runsRPS(agentRuns), runsRPS(ceilRuns)))
-			for name, r := range map[string]testenv.WrkResult{"agent": agent, "ceiling": ceil} {
-				if n := r.ErrorCount(); n > 0 {
-					b.Errorf("%s %s: %d errors %v over %d requests", name, c, n, r.Errors, r.Requests)
+			runLines = append(runLines, fmt.Sprintf("%s: agent %s, ceiling %s", c, runsRPS(agentRuns), runsRPS(ceilRuns)))
+			for name, runs := range map[string][]testenv.WrkResult{"agent": agentRuns, "ceiling": ceilRuns} {
+				if r := testenv.CombineWrk(runs); r.ErrorCount() > 0 {
+					b.Errorf("%s %s: %d errors %v over %d requests", name, c, r.ErrorCount(), r.Errors, r.Requests)
 				}
 			}
-			ratio := agent.RPS() / ceil.RPS()
+			agent, ceil := summarize(agentRuns), summarize(ceilRuns)
+			var rpsRatio, cpuRatio, p99Ratio []float64
+			for i := range agentRuns {
+				a, cl := agentRuns[i], ceilRuns[i]
+				rpsRatio = append(rpsRatio, a.RPS()/cl.RPS())
+				cpuRatio = append(cpuRatio, float64(a.CPUPerRequest())/float64(cl.CPUPerRequest()))
+				p99Ratio = append(p99Ratio, float64(a.P99)/float64(cl.P99))
+			}
+			ratio := newSpread(rpsRatio)
 			b.ReportMetric(0, "ns/op")
-			b.ReportMetric(agent.RPS(), "agent-req/s")
-			b.ReportMetric(float64(agent.P50.Microseconds()), "agent-p50-us")
-			b.ReportMetric(float64(agent.P99.Microseconds()), "agent-p99-us")
-			b.ReportMetric(ceil.RPS(), "ceiling-req/s")
-			b.ReportMetric(float64(ceil.P99.Microseconds()), "ceiling-p99-us")
-			b.ReportMetric(ratio, "agent/ceiling")
-			table.Row(c, fmt.Sprintf("%.0f", agent.RPS()), ms(agent.P50), ms(agent.P99), us(agent.CPUPerRequest()),
-				fmt.Sprintf("%.0f", ceil.RPS()), ms(ceil.P50), ms(ceil.P99), us(ceil.CPUPerRequest()), fmt.Sprintf("%.2f", ratio))
+			b.ReportMetric(agent.rps.med, "agent-req/s")
+			b.ReportMetric(agent.p50.med/1000, "agent-p50-us")
+			b.ReportMetric(agent.p99.med/1000, "agent-p99-us")
+			b.ReportMetric(ceil.rps.med, "ceiling-req/s")
+			b.ReportMetric(ceil.p99.med/1000, "ceiling-p99-us")
+			b.ReportMetric(ratio.med, "agent/ceiling")
+			rps := func(v float64) string { return fmt.Sprintf("%.0f", v) }
+			msf := func(v float64) string { return fmt.Sprintf("%.2f", v/1e6) }
+			usf := func(v float64) string { return fmt.Sprintf("%.1f", v/1e3) }
+			rat := func(v float64) string { return fmt.Sprintf("%.2f", v) }
+			table.Row(c, agent.rps.format(rps), msf(agent.p50.med)+" ms", agent.p99.format(msf)+" ms", agent.cpu.format(usf)+" µs",
+				ceil.rps.format(rps), msf(ceil.p50.med)+" ms", ceil.p99.format(msf)+" ms", ceil.cpu.format(usf)+" µs",
+				ratio.format(rat), newSpread(cpuRatio).format(rat), newSpread(p99Ratio).format(rat))
 		})
 	}
 	table.Notes = append(table.Notes, "req/s of each run, in order (the spread is the noise of this machine):")
-	for _, l := range spread {
+	for _, l := range runLines {
 		table.Notes = append(table.Notes, "  "+l)
 	}
 	table.Notes = append(table.Notes, profiles...)
@@ -421,6 +439,37 @@ func routeLookupCost(b *testing.B, e *env, ip string) string {
 	}
 	slices.Sort(took)
 	return fmt.Sprintf("p50 %s, max %s over 10 runs here", ms(testenv.Quantile(took, 0.5)), ms(took[len(took)-1]))
+}
+
+// spread is the median, min and max of one figure over several runs.
+type spread struct{ med, lo, hi float64 }
+
+func newSpread(vals []float64) spread {
+	if len(vals) == 0 {
+		return spread{}
+	}
+	v := slices.Sorted(slices.Values(vals))
+	// The lower middle of an even count, as testenv.Quantile.
+	return spread{med: v[(len(v)-1)/2], lo: v[0], hi: v[len(v)-1]}
+}
+
+// format prints "median (min-max)".
+func (s spread) format(f func(float64) string) string {
+	return fmt.Sprintf("%s (%s-%s)", f(s.med), f(s.lo), f(s.hi))
+}
+
+// wrkSpread is a target's figures over its runs; latencies and CPU in ns.
+type wrkSpread struct{ rps, p50, p99, cpu spread }
+
+func summarize(runs []testenv.WrkResult) wrkSpread {
+	var rps, p50, p99, cpu []float64
+	for _, r := range runs {
+		rps = append(rps, r.RPS())
+		p50 = append(p50, float64(r.P50))
+		p99 = append(p99, float64(r.P99))
+		cpu = append(cpu, float64(r.CPUPerRequest()))
+	}
+	return wrkSpread{rps: newSpread(rps), p50: newSpread(p50), p99: newSpread(p99), cpu: newSpread(cpu)}
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }

@@ -33,6 +33,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/agent/metadoc"
 	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/creds"
 )
@@ -128,7 +129,10 @@ func (cfg *Config) setDefaults() error {
 
 // entry is what one successful fetch taught us about an address.
 type entry struct {
-	pod       creds.PodCredentials
+	pod creds.PodCredentials
+	// docs are what the metadata API shows for pod, built when it was
+	// received, so that a request writes them as they are.
+	docs      *metadoc.Docs
 	fetchedAt time.Time
 	// sandbox is the sandbox that held the address just before the fetch;
 	// known is false when the lookup failed, which rules out serving the
@@ -183,9 +187,9 @@ type refusal struct {
 type flight struct {
 	done chan struct{}
 	// Set before done is closed.
-	pod creds.PodCredentials
-	res result
-	err error
+	docs *metadoc.Docs
+	res  result
+	err  error
 	// Guarded by Cache.mu. forgotten: Forget or Retain ran while the fetch
 	// was under way; its answer may describe the pod that left, so it is
 	// passed to the callers that asked before but not stored. expectUID:
@@ -208,7 +212,10 @@ type Cache struct {
 	f   Fetcher
 	log *slog.Logger
 
-	mu      sync.Mutex
+	// mu is read-locked by a request answered from what is cached, so
+	// that the requests of many connections do not queue for each other;
+	// everything that changes the maps takes it whole.
+	mu      sync.RWMutex
 	entries map[string]*entry
 	flights map[string]*flight
 	refused map[string]refusal
@@ -218,6 +225,9 @@ type Cache struct {
 
 	requests  *prometheus.CounterVec
 	refreshes *prometheus.CounterVec
+	// answered holds requests' children, resolved once: WithLabelValues
+	// hashes its labels and takes a lock on every call.
+	answered map[result]prometheus.Counter
 	// applyChange is SandboxChanged, bound once: the request path hands
 	// it to every Drain.
 	applyChange func(sandbox.Change)
@@ -256,8 +266,9 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		Name: "podiam_agent_cache_entries",
 		Help: "Pod addresses with cached credentials.",
 	}, func() float64 { return float64(c.Len()) })
+	c.answered = map[result]prometheus.Counter{}
 	for _, r := range []result{resultHit, resultMiss, resultStale, resultError, resultRefused} {
-		c.requests.WithLabelValues(string(r))
+		c.answered[r] = c.requests.WithLabelValues(string(r))
 	}
 	c.refreshes.WithLabelValues(string(resultOK))
 	c.refreshes.WithLabelValues(string(resultError))
@@ -277,34 +288,41 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 // from the cache while they have MinServe left and the address is still
 // routed to the same interface. Errors carry an HTTP status (httperr).
 func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
+	d, err := c.Documents(ctx, ip)
+	if err != nil {
+		return creds.PodCredentials{}, err
+	}
+	return *d.Pod(), nil
+}
+
+// Documents is Credentials with the documents built from them when they
+// were received, which the metadata API serves.
+func (c *Cache) Documents(ctx context.Context, ip string) (*metadoc.Docs, error) {
 	if c.cfg.Changes != nil {
 		if err := c.cfg.Changes.Drain(c.applyChange); err != nil {
-			c.requests.WithLabelValues(string(resultError)).Inc()
-			return creds.PodCredentials{}, httperr.New(http.StatusServiceUnavailable,
+			c.answered[resultError].Inc()
+			return nil, httperr.New(http.StatusServiceUnavailable,
 				fmt.Errorf("reading sandbox changes: %w", err))
 		}
 	}
 	now := c.cfg.Now()
+	if a, ok := c.cached(ip, now); ok {
+		c.answered[a.res].Inc()
+		return a.docs, a.err
+	}
 	c.mu.Lock()
 	if r, ok := c.refused[ip]; ok {
 		if now.Before(r.until) {
 			c.mu.Unlock()
-			c.requests.WithLabelValues(string(resultRefused)).Inc()
-			return creds.PodCredentials{}, r.err
+			c.answered[resultRefused].Inc()
+			return nil, r.err
 		}
 		delete(c.refused, ip)
 	}
-	if e := c.entries[ip]; e != nil && c.confirmedLocked(e) {
-		switch {
-		case c.fresh(e, now):
-			c.mu.Unlock()
-			c.requests.WithLabelValues(string(resultHit)).Inc()
-			return e.pod, nil
-		case now.Before(e.staleUntil) && e.pod.Credentials.Remaining(now) > c.cfg.MinServe:
-			c.mu.Unlock()
-			c.requests.WithLabelValues(string(resultStale)).Inc()
-			return e.pod, nil
-		}
+	if d, res, ok := c.servableLocked(c.entries[ip], now); ok {
+		c.mu.Unlock()
+		c.answered[res].Inc()
+		return d, nil
 	}
 	fl := c.joinLocked(ctx, ip)
 	fl.waiters++
@@ -316,15 +334,55 @@ func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredential
 		c.mu.Lock()
 		fl.waiters--
 		c.mu.Unlock()
-		c.requests.WithLabelValues(string(resultError)).Inc()
-		return creds.PodCredentials{}, httperr.New(http.StatusServiceUnavailable,
+		c.answered[resultError].Inc()
+		return nil, httperr.New(http.StatusServiceUnavailable,
 			fmt.Errorf("waiting for credentials: %w", context.Cause(ctx)))
 	}
-	c.requests.WithLabelValues(string(fl.res)).Inc()
+	c.answered[fl.res].Inc()
 	if fl.err != nil {
-		return creds.PodCredentials{}, fl.err
+		return nil, fl.err
 	}
-	return fl.pod, nil
+	return fl.docs, nil
+}
+
+// answer is how a request was answered without a fetch.
+type answer struct {
+	docs *metadoc.Docs
+	res  result
+	err  error
+}
+
+// cached answers the request for ip under the read lock when what is
+// cached decides it: a standing refusal, or an entry that may be served.
+// It reports false when a server must be asked (or an expired refusal
+// dropped), which takes the write lock.
+func (c *Cache) cached(ip string, now time.Time) (answer, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if r, found := c.refused[ip]; found {
+		if now.Before(r.until) {
+			return answer{res: resultRefused, err: r.err}, true
+		}
+		return answer{}, false
+	}
+	d, res, ok := c.servableLocked(c.entries[ip], now)
+	return answer{docs: d, res: res}, ok
+}
+
+// servableLocked returns e's documents if e may be served without asking a
+// server: fresh, or recently served stale after a failed fetch. c.mu must
+// be held, read or write.
+func (c *Cache) servableLocked(e *entry, now time.Time) (*metadoc.Docs, result, bool) {
+	if e == nil || !c.confirmedLocked(e) {
+		return nil, "", false
+	}
+	switch {
+	case c.fresh(e, now):
+		return e.docs, resultHit, true
+	case now.Before(e.staleUntil) && e.pod.Credentials.Remaining(now) > c.cfg.MinServe:
+		return e.docs, resultStale, true
+	}
+	return nil, "", false
 }
 
 // confirmedLocked reports whether the agent can vouch that e's sandbox
@@ -373,9 +431,11 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 	now := c.cfg.Now()
 
 	if err == nil {
+		// Built here, once per answer, outside the lock.
+		docs := metadoc.Build(pod, now)
 		c.mu.Lock()
-		c.storeLocked(ip, fl, pod, id, known, now)
-		c.finishLocked(ip, fl, pod, resultMiss, nil)
+		c.storeLocked(ip, fl, docs, id, known, now)
+		c.finishLocked(ip, fl, docs, resultMiss, nil)
 		c.mu.Unlock()
 		return
 	}
@@ -394,7 +454,7 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 		if (status == http.StatusForbidden || status == http.StatusNotFound) && !fl.forgotten {
 			c.refused[ip] = refusal{err: err, until: now.Add(refusalTTL), sandbox: id, known: known}
 		}
-		c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, err)
+		c.finishLocked(ip, fl, nil, resultError, err)
 		c.mu.Unlock()
 		return
 	}
@@ -409,14 +469,14 @@ func (c *Cache) fetch(ctx context.Context, ip string, fl *flight) {
 					"role_arn", e.pod.RoleARN, "remaining", e.pod.Credentials.Remaining(now).Round(time.Second), "error", err)
 			}
 			e.staleUntil = now.Add(staleRecheck)
-			c.finishLocked(ip, fl, e.pod, resultStale, nil)
+			c.finishLocked(ip, fl, e.docs, resultStale, nil)
 			c.mu.Unlock()
 			return
 		}
 		c.mu.Unlock()
 	}
 	c.mu.Lock()
-	c.finishLocked(ip, fl, creds.PodCredentials{}, resultError, httperr.New(status, err))
+	c.finishLocked(ip, fl, nil, resultError, httperr.New(status, err))
 	c.mu.Unlock()
 }
 
@@ -472,7 +532,8 @@ func (c *Cache) identity(ip string) (sandbox.ID, bool) {
 
 // storeLocked records a successful answer unless the pod it may describe
 // left while it was fetched. c.mu must be held.
-func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, id sandbox.ID, known bool, now time.Time) {
+func (c *Cache) storeLocked(ip string, fl *flight, docs *metadoc.Docs, id sandbox.ID, known bool, now time.Time) {
+	pod := *docs.Pod()
 	if fl.forgotten || (fl.expectUID != "" && fl.expectUID != pod.PodUID) {
 		return
 	}
@@ -483,17 +544,17 @@ func (c *Cache) storeLocked(ip string, fl *flight, pod creds.PodCredentials, id 
 		c.log.Info("another pod holds the address; replacing cached credentials",
 			"pod_ip", ip, "old_pod_uid", old.pod.PodUID, "namespace", pod.Namespace, "pod", pod.Name, "pod_uid", pod.PodUID)
 	}
-	c.entries[ip] = &entry{pod: pod, fetchedAt: now, sandbox: id, known: known}
+	c.entries[ip] = &entry{pod: pod, docs: docs, fetchedAt: now, sandbox: id, known: known}
 }
 
 // finishLocked publishes a flight's result and retires it, so that the
 // next request sees the stored entry or starts a new fetch. c.mu must be
 // held.
-func (c *Cache) finishLocked(ip string, fl *flight, pod creds.PodCredentials, res result, err error) {
+func (c *Cache) finishLocked(ip string, fl *flight, docs *metadoc.Docs, res result, err error) {
 	if c.flights[ip] == fl {
 		delete(c.flights, ip)
 	}
-	fl.pod, fl.res, fl.err = pod, res, err
+	fl.docs, fl.res, fl.err = docs, res, err
 	close(fl.done)
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/agent/metadoc"
 	"github.com/podiam/podiam/pkg/agent/sandbox"
 	"github.com/podiam/podiam/pkg/creds"
 
@@ -168,6 +170,39 @@ func TestHitAndMiss(t *testing.T) {
 	}
 	if fx.c.Len() != 2 {
 		t.Errorf("Len %d, want 2", fx.c.Len())
+	}
+}
+
+// TestDocumentsBuiltOnReceipt: the documents a request writes are built
+// once per answer, when it is received (LastUpdated defaults to that
+// time), and every hit, stale answer and waiter gets the same ones.
+func TestDocumentsBuiltOnReceipt(t *testing.T) {
+	fx := newFixture(t, nil)
+	fx.f.set(func(ip string) (creds.PodCredentials, error) {
+		pc := podCreds("uid-"+ip, "AKIA1", fx.clk.Now().Add(time.Hour))
+		pc.Credentials.LastUpdated = time.Time{}
+		return pc, nil
+	})
+	received := fx.clk.Now()
+	d1, err := fx.c.Documents(t.Context(), "10.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.clk.Step(10 * time.Minute)
+	d2, err := fx.c.Documents(t.Context(), "10.0.0.1")
+	if err != nil || d2 != d1 {
+		t.Fatalf("hit: %p %v, want the documents of the miss %p", d2, err, d1)
+	}
+	doc, ok := d1.Credentials(fx.clk.Now())
+	want := `"LastUpdated":"` + received.UTC().Format(metadoc.TimeLayout) + `"`
+	if !ok || !strings.Contains(string(doc), want) || !strings.Contains(string(doc), `"AccessKeyId":"AKIA1"`) {
+		t.Errorf("document %s, want %s", doc, want)
+	}
+	if pc := fx.mustGet(t, "10.0.0.1"); pc != *d1.Pod() {
+		t.Errorf("Credentials %+v, documents built from %+v", pc, *d1.Pod())
+	}
+	if n := fx.f.count("10.0.0.1"); n != 1 {
+		t.Errorf("%d fetches, want 1", n)
 	}
 }
 

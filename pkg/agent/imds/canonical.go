@@ -28,6 +28,14 @@ const maxDecodeRounds = 4
 // It returns false for a path that is unusable: longer than MaxPathLen, with
 // an invalid escape, with NUL or other control characters, or not absolute.
 func Canonical(raw string) (string, bool) {
+	if isCanonical(raw) {
+		return raw, true
+	}
+	return canonicalize(raw)
+}
+
+// canonicalize is Canonical for a path that is not canonical yet.
+func canonicalize(raw string) (string, bool) {
 	if len(raw) > MaxPathLen {
 		return "", false
 	}
@@ -77,4 +85,33 @@ func Canonical(raw string) (string, bool) {
 		c += "/"
 	}
 	return c, true
+}
+
+// isCanonical reports whether Canonical would return raw itself: an
+// absolute path of at most MaxPathLen bytes without '%', '\\' or control
+// characters, whose segments are neither empty (but for a trailing slash)
+// nor dot segments. Every SDK sends such a path, and for it Canonical
+// allocates nothing.
+func isCanonical(raw string) bool {
+	if raw == "" || raw[0] != '/' || len(raw) > MaxPathLen {
+		return false
+	}
+	start := 1 // of the current segment
+	for i := 1; i < len(raw); i++ {
+		switch c := raw[i]; {
+		case c < 0x20 || c == 0x7f || c == '%' || c == '\\':
+			return false
+		case c == '/':
+			if !plainSegment(raw[start:i]) {
+				return false
+			}
+			start = i + 1
+		}
+	}
+	// The last segment may be empty: "/" or a trailing slash.
+	return start == len(raw) || plainSegment(raw[start:])
+}
+
+func plainSegment(s string) bool {
+	return s != "" && s != "." && s != ".."
 }

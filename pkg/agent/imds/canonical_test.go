@@ -62,6 +62,7 @@ func TestCanonical(t *testing.T) {
 		if ok {
 			checkCanonicalForm(t, tc.raw, got)
 		}
+		checkFastPaths(t, tc.raw)
 	}
 }
 
@@ -69,6 +70,25 @@ func TestCanonicalMaxLen(t *testing.T) {
 	raw := "/" + strings.Repeat("a", MaxPathLen-1)
 	if got, ok := Canonical(raw); !ok || got != raw {
 		t.Fatalf("path of exactly MaxPathLen refused: %v", ok)
+	}
+	checkFastPaths(t, raw)
+	checkFastPaths(t, raw+"a")
+}
+
+// TestIsCanonical: the shortcut takes exactly the paths Canonical leaves
+// as they are, and no other.
+func TestIsCanonical(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"/": true, "/a": true, "/a/": true, "/latest/meta-data/iam/security-credentials/app-role": true,
+		"/a/...": true, "/a/.b": true, "/a;b": true, "/a b": true, "/\u00e9": true,
+		"": false, "a": false, "//": false, "/a//b": false, "/a//": false, "/.": false, "/..": false,
+		"/a/./b": false, "/a/../b": false, "/a/.": false, "/a/..": false, "/a/../": false,
+		"/a%2fb": false, "/a\\b": false, "/a\x00b": false, "/a\x7fb": false, "/a\tb": false,
+	} {
+		if got := isCanonical(raw); got != want {
+			t.Errorf("isCanonical(%q) = %v, want %v", raw, got, want)
+		}
+		checkFastPaths(t, raw)
 	}
 }
 
@@ -157,6 +177,7 @@ func TestClassify(t *testing.T) {
 		if got := classify(tc.canon); got != tc.want {
 			t.Errorf("classify(%q) = %+v, want %+v", tc.canon, got, tc.want)
 		}
+		checkFastPaths(t, tc.canon)
 	}
 }
 

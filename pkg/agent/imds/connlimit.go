@@ -68,13 +68,13 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		ip := sourceAddr(c)
-		if !l.held.acquire(ip) {
+		slot, ok := l.held.acquire(sourceAddr(c))
+		if !ok {
 			l.refused.Inc()
 			_ = c.Close()
 			continue
 		}
-		return &limitedConn{Conn: c, release: func() { l.held.release(ip) }}, nil
+		return &limitedConn{Conn: c, release: slot.release}, nil
 	}
 }
 

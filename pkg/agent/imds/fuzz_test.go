@@ -15,8 +15,9 @@ var fuzzMethods = []string{http.MethodGet, http.MethodPut, http.MethodPost, http
 // FuzzRouter drives the handler with arbitrary request paths against an
 // upstream that allows every route, and asserts: no panic, nothing
 // never-proxied reaches the upstream (checked on what the upstream received,
-// by forbiddenOnWire), local answers are the pod's own, and Canonical is
-// idempotent and yields canonical form.
+// by forbiddenOnWire), local answers are the pod's own, Canonical is
+// idempotent and yields canonical form, and the allocation-free paths decide
+// as the general ones do.
 //
 //	go test -run '^$' -fuzz FuzzRouter -fuzztime 30s ./pkg/imds
 func FuzzRouter(f *testing.F) {
@@ -55,6 +56,7 @@ func FuzzRouter(f *testing.F) {
 		if c, ok := Canonical(raw); ok {
 			checkCanonicalForm(t, raw, c)
 		}
+		checkFastPaths(t, raw)
 		u, err := url.ParseRequestURI(raw)
 		if err != nil {
 			return // net/http answers 400 before any handler runs
@@ -88,4 +90,53 @@ func FuzzRouter(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkFastPaths holds the shortcuts of the hot path to the general code:
+// Canonical's for an already canonical path to canonicalize, and classify's
+// match of local routes to a segment by segment one (classifySegments).
+func checkFastPaths(t *testing.T, raw string) {
+	t.Helper()
+	c, ok := canonicalize(raw)
+	if isCanonical(raw) && (!ok || c != raw) {
+		t.Fatalf("isCanonical(%q), but canonicalize gives %q, %v", raw, c, ok)
+	}
+	if got, gotOK := Canonical(raw); got != c || gotOK != ok {
+		t.Fatalf("Canonical(%q) = %q, %v; canonicalize %q, %v", raw, got, gotOK, c, ok)
+	}
+	if !ok {
+		return
+	}
+	if got, want := classify(c), classifySegments(c); got != want {
+		t.Fatalf("classify(%q) = %+v, segment by segment %+v", c, got, want)
+	}
+}
+
+// classifySegments is classify as it was written before its local routes
+// were matched without splitting the path: the reference for them.
+func classifySegments(canon string) route {
+	switch canon {
+	case "/ping":
+		return route{kind: kindPing}
+	case "/health":
+		return route{kind: kindHealth}
+	}
+	segs := strings.Split(strings.Trim(canon, "/"), "/")
+	if len(segs) >= 3 && isVersion(segs[0]) {
+		rest := segs[1:]
+		switch {
+		case len(rest) == 2 && rest[0] == "api" && rest[1] == "token":
+			return route{kind: kindToken}
+		case len(rest) == 3 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "security-credentials":
+			return route{kind: kindRole}
+		case len(rest) == 4 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "security-credentials":
+			return route{kind: kindCreds, name: rest[3]}
+		case len(rest) == 3 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "info":
+			return route{kind: kindInfo}
+		}
+	}
+	if neverProxied(segs) {
+		return route{kind: kindForbidden}
+	}
+	return route{kind: kindOther}
 }

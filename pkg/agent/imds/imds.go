@@ -20,20 +20,21 @@ import (
 	"net/http"
 	"net/netip"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/agent/metadoc"
 )
 
-// Provider returns the role and credentials of the pod at ip (what the server
-// answered, possibly cached). Errors carry their HTTP status via httperr
-// (404 no role, 403 denied, 503 unknown/unavailable); an error without one
-// means 503.
+// Provider returns the documents of the pod at ip: what the server
+// answered, possibly cached, with the bodies built when it was received.
+// Errors carry their HTTP status via httperr (404 no role, 403 denied, 503
+// unknown/unavailable); an error without one means 503.
 type Provider interface {
-	Credentials(ctx context.Context, ip string) (creds.PodCredentials, error)
+	Documents(ctx context.Context, ip string) (*metadoc.Docs, error)
 }
 
 // Config tunes the handler.
@@ -74,8 +75,6 @@ const (
 	// deepCheckTimeout bounds one DeepCheck call.
 	deepCheckTimeout = 2 * time.Second
 	minTokenKeyLen   = 16
-	// timeLayout is what botocore parses with strptime: UTC, no fraction.
-	timeLayout = "2006-01-02T15:04:05Z"
 )
 
 // ErrInvalidConfig is returned by New for a configuration that cannot work.
@@ -91,6 +90,7 @@ type Handler struct {
 	allowRoute *regexp.Regexp // nil: nothing proxied
 	up         *upstream      // nil when nothing can be proxied
 	perIP      *addrLimit     // requests in flight per source address
+	hdr        headerValues
 	ready      func() error
 	deepCheck  func(ctx context.Context) error
 	now        func() time.Time
@@ -120,6 +120,7 @@ func New(cfg Config, p Provider, reg prometheus.Registerer, log *slog.Logger) (*
 		ready:     cfg.Ready,
 		deepCheck: cfg.DeepCheck,
 		now:       cfg.Now,
+		hdr:       newHeaderValues(),
 	}
 	if cfg.MaxPerIP == 0 {
 		cfg.MaxPerIP = DefaultMaxPerIP
@@ -179,11 +180,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request) (ipStr string, class requestClass, o outcome) {
-	ip, ok := sourceIP(r.RemoteAddr)
+	ip, ipStr, ok := sourceIP(r.RemoteAddr)
 	if !ok {
 		return r.RemoteAddr, classOther, h.fail(w, http.StatusBadRequest, "unparsable remote address")
 	}
-	ipStr = ip.String()
 	canon, pathOK := Canonical(r.URL.EscapedPath())
 	rt := route{kind: kindOther}
 	if pathOK {
@@ -191,10 +191,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) (ipStr string, c
 	}
 	class = h.classOf(rt, canon, r.Method)
 
-	if !h.perIP.acquire(ip) {
+	slot, ok := h.perIP.acquire(ip)
+	if !ok {
 		return ipStr, class, h.fail(w, http.StatusTooManyRequests, "too many concurrent requests from this address")
 	}
-	defer h.perIP.release(ip)
+	defer slot.release()
 
 	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
 		return ipStr, class, h.fail(w, http.StatusBadRequest, "request has a body")
@@ -267,13 +268,30 @@ func (h *Handler) classOf(rt route, canon, method string) requestClass {
 }
 
 // sourceIP is the caller's identity: the TCP peer address, with IPv4-mapped
-// IPv6 unmapped and any zone dropped so one pod has one spelling.
-func sourceIP(remote string) (netip.Addr, bool) {
-	if ap, err := netip.ParseAddrPort(remote); err == nil {
-		return ap.Addr().Unmap().WithZone(""), true
+// IPv6 unmapped and any zone dropped so one pod has one spelling, and that
+// spelling (the address's String), taken from remote when it is there
+// already, so that a request from a pod allocates no string for it.
+func sourceIP(remote string) (netip.Addr, string, bool) {
+	ap, err := netip.ParseAddrPort(remote)
+	if err != nil {
+		a, err := netip.ParseAddr(remote)
+		if err != nil {
+			return netip.Addr{}, "", false
+		}
+		a = a.Unmap().WithZone("")
+		return a, a.String(), true
 	}
-	if a, err := netip.ParseAddr(remote); err == nil {
-		return a.Unmap().WithZone(""), true
+	a := ap.Addr().Unmap().WithZone("")
+	host := remote[:strings.LastIndexByte(remote, ':')]
+	if ap.Addr().Is4() {
+		// ParseAddrPort accepts one spelling of an IPv4 address (no
+		// leading zeros, four decimal fields): the text is its String.
+		return a, host, true
 	}
-	return netip.Addr{}, false
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	var buf [64]byte
+	if string(a.AppendTo(buf[:0])) == host {
+		return a, host, true
+	}
+	return a, a.String(), true
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/podiam/podiam/pkg/agent/httperr"
+	"github.com/podiam/podiam/pkg/agent/metadoc"
 	"github.com/podiam/podiam/pkg/creds"
 
 	testingclock "k8s.io/utils/clock/testing"
@@ -73,6 +74,9 @@ type answer struct {
 
 type fakeProvider struct {
 	answers map[string]answer
+	// now is when an answer is received, for the documents built from it;
+	// nil means testNow.
+	now func() time.Time
 
 	mu   sync.Mutex
 	seen []string
@@ -105,7 +109,21 @@ func newFakeProvider() *fakeProvider {
 	}}
 }
 
-func (p *fakeProvider) Credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
+// Documents builds the documents of each answer when it is asked for, as
+// the agent cache does when it receives one.
+func (p *fakeProvider) Documents(ctx context.Context, ip string) (*metadoc.Docs, error) {
+	pc, err := p.credentials(ctx, ip)
+	if err != nil {
+		return nil, err
+	}
+	now := testNow
+	if p.now != nil {
+		now = p.now()
+	}
+	return metadoc.Build(pc, now), nil
+}
+
+func (p *fakeProvider) credentials(ctx context.Context, ip string) (creds.PodCredentials, error) {
 	p.mu.Lock()
 	p.seen = append(p.seen, ip)
 	p.mu.Unlock()
@@ -141,6 +159,7 @@ type env struct {
 func newEnv(t testing.TB, cfg Config) *env {
 	t.Helper()
 	e := &env{p: newFakeProvider(), clock: testingclock.NewFakeClock(testNow), reg: prometheus.NewRegistry(), logs: &syncbuf.Buffer{}}
+	e.p.now = e.clock.Now
 	if cfg.Now == nil {
 		cfg.Now = e.clock.Now
 	}
@@ -368,39 +387,12 @@ func TestInfoDocument(t *testing.T) {
 		if doc["Code"] != "Success" || doc["InstanceProfileArn"] != tc.arn || !exactTime.MatchString(doc["LastUpdated"]) {
 			t.Errorf("%s: info %v", tc.remote, doc)
 		}
-		if !idRE.MatchString(doc["InstanceProfileId"]) || doc["InstanceProfileId"] != instanceProfileID(tc.roleARN) {
+		if !idRE.MatchString(doc["InstanceProfileId"]) || doc["InstanceProfileId"] != metadoc.InstanceProfileID(tc.roleARN) {
 			t.Errorf("%s: InstanceProfileId %q", tc.remote, doc["InstanceProfileId"])
 		}
 	}
-	if instanceProfileID(appRoleARN) == instanceProfileID("arn:aws:iam::123456789012:role/other") {
+	if metadoc.InstanceProfileID(appRoleARN) == metadoc.InstanceProfileID("arn:aws:iam::123456789012:role/other") {
 		t.Error("instance profile IDs of two roles collide")
-	}
-}
-
-func TestParseRoleARN(t *testing.T) {
-	tests := []struct {
-		arn  string
-		want roleARN
-		ok   bool
-	}{
-		{"arn:aws:iam::123456789012:role/r", roleARN{"aws", "123456789012", "r"}, true},
-		{"arn:aws-us-gov:iam::123456789012:role/a/b/c", roleARN{"aws-us-gov", "123456789012", "c"}, true},
-		{"arn:aws-iso-b:iam::123456789012:role/r", roleARN{"aws-iso-b", "123456789012", "r"}, true},
-		{"arn:aws:iam::123456789012:role/", roleARN{}, false},
-		{"arn:aws:iam::123456789012:role/a/", roleARN{}, false},
-		{"arn:aws:iam::123456789012:user/r", roleARN{}, false},
-		{"arn:aws:sts::123456789012:assumed-role/r/s", roleARN{}, false},
-		{"arn:aws:iam:us-east-1:123456789012:role/r", roleARN{}, false},
-		{"arn::iam::123456789012:role/r", roleARN{}, false},
-		{"arn:aws:iam:::role/r", roleARN{}, false},
-		{"role/r", roleARN{}, false},
-		{"", roleARN{}, false},
-	}
-	for _, tc := range tests {
-		got, ok := parseRoleARN(tc.arn)
-		if ok != tc.ok || got != tc.want {
-			t.Errorf("parseRoleARN(%q) = %+v, %v; want %+v, %v", tc.arn, got, ok, tc.want, tc.ok)
-		}
 	}
 }
 

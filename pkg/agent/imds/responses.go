@@ -4,7 +4,7 @@ package imds
 // carry only the status text.
 
 import (
-	"encoding/json"
+	"io"
 	"net/http"
 )
 
@@ -18,23 +18,45 @@ type outcome struct {
 	quiet bool
 }
 
-func (h *Handler) text(w http.ResponseWriter, status int, body string) outcome {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = w.Write([]byte(body))
-	return outcome{status: status}
+// headerValues are the header values every answer carries, made once:
+// Header().Set would allocate a slice for each on every request. net/http
+// only reads them.
+type headerValues struct {
+	text, json, nosniff []string
 }
 
-func (h *Handler) json(w http.ResponseWriter, v any) outcome {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return h.fail(w, http.StatusInternalServerError, "encoding response")
+func newHeaderValues() headerValues {
+	return headerValues{
+		text:    []string{"text/plain; charset=utf-8"},
+		json:    []string{"application/json"},
+		nosniff: []string{"nosniff"},
 	}
-	w.Header().Set("Content-Type", "application/json")
+}
+
+// readyText and readyJSON answer 200 with a body built in advance.
+func (h *Handler) readyText(w http.ResponseWriter, body []byte) outcome {
+	hd := w.Header()
+	hd["Content-Type"] = h.hdr.text
+	hd["X-Content-Type-Options"] = h.hdr.nosniff
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(b)
+	_, _ = w.Write(body)
 	return outcome{status: http.StatusOK}
+}
+
+func (h *Handler) readyJSON(w http.ResponseWriter, body []byte) outcome {
+	w.Header()["Content-Type"] = h.hdr.json
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+	return outcome{status: http.StatusOK}
+}
+
+func (h *Handler) text(w http.ResponseWriter, status int, body string) outcome {
+	hd := w.Header()
+	hd["Content-Type"] = h.hdr.text
+	hd["X-Content-Type-Options"] = h.hdr.nosniff
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, body)
+	return outcome{status: status}
 }
 
 // fail answers with the status text only: reasons (which may name the

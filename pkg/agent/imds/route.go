@@ -50,24 +50,36 @@ func classify(canon string) route {
 	case "/health":
 		return route{kind: kindHealth}
 	}
-	segs := strings.Split(strings.Trim(canon, "/"), "/")
-	if len(segs) >= 3 && isVersion(segs[0]) {
-		rest := segs[1:]
-		switch {
-		case len(rest) == 2 && rest[0] == "api" && rest[1] == "token":
-			return route{kind: kindToken}
-		case len(rest) == 3 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "security-credentials":
-			return route{kind: kindRole}
-		case len(rest) == 4 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "security-credentials":
-			return route{kind: kindCreds, name: rest[3]}
-		case len(rest) == 3 && rest[0] == "meta-data" && rest[1] == "iam" && rest[2] == "info":
-			return route{kind: kindInfo}
-		}
+	if rt, ok := localRoute(strings.Trim(canon, "/")); ok {
+		return rt
 	}
-	if neverProxied(segs) {
+	if neverProxied(strings.Split(strings.Trim(canon, "/"), "/")) {
 		return route{kind: kindForbidden}
 	}
 	return route{kind: kindOther}
+}
+
+// localRoute matches p, a path without its leading and trailing slashes,
+// against the routes served from the Provider: the same decisions as
+// comparing p's segments one by one, without splitting p, since every
+// credential request comes this way.
+func localRoute(p string) (route, bool) {
+	version, rest, ok := strings.Cut(p, "/")
+	if !ok || !isVersion(version) {
+		return route{}, false
+	}
+	switch rest {
+	case "api/token":
+		return route{kind: kindToken}, true
+	case "meta-data/iam/security-credentials":
+		return route{kind: kindRole}, true
+	case "meta-data/iam/info":
+		return route{kind: kindInfo}, true
+	}
+	if name, ok := strings.CutPrefix(rest, "meta-data/iam/security-credentials/"); ok && name != "" && strings.IndexByte(name, '/') < 0 {
+		return route{kind: kindCreds, name: name}, true
+	}
+	return route{}, false
 }
 
 // forbiddenPrefixes are segment prefixes that are never proxied: the node's

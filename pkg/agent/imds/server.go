@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -38,11 +39,20 @@ const drainPoll = 10 * time.Millisecond
 type Server struct {
 	*http.Server
 
+	// conns holds each open connection's state (net.Conn -> *connState).
+	// net/http reports a change of state twice per request (active, idle):
+	// a map under one mutex would make every connection's request queue
+	// for it, while a sync.Map is read without a lock and only a
+	// connection's arrival and departure write to it.
+	conns sync.Map
+
 	mu       sync.Mutex
-	conns    map[net.Conn]http.ConnState
 	serves   []serveCall
 	draining bool
 }
+
+// connState is one connection's http.ConnState.
+type connState struct{ v atomic.Int32 }
 
 // serveCall is one Serve under way. A connection Serve has accepted is
 // tracked (StateNew) before Serve accepts again or returns.
@@ -54,7 +64,7 @@ type serveCall struct {
 // NewServer returns a Server for h with the limits above. Serve it with
 // Serve and stop it with Drain.
 func NewServer(h http.Handler) *Server {
-	s := &Server{conns: map[net.Conn]http.ConnState{}}
+	s := &Server{}
 	s.Server = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -83,28 +93,33 @@ func (s *Server) Serve(l net.Listener) error {
 	return s.Server.Serve(l)
 }
 
+// track is called by net/http from the connection's own goroutine (from
+// Serve's for StateNew), so a connection's changes never race each other.
 func (s *Server) track(c net.Conn, st http.ConnState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	switch st {
 	case http.StateClosed, http.StateHijacked:
-		delete(s.conns, c)
+		s.conns.Delete(c)
+	case http.StateNew:
+		cs := &connState{}
+		cs.v.Store(int32(st))
+		s.conns.Store(c, cs)
 	default:
-		s.conns[c] = st
+		if cs, ok := s.conns.Load(c); ok {
+			cs.(*connState).v.Store(int32(st))
+		}
 	}
 }
 
 // busy counts connections that may carry a request not answered yet:
 // accepted but not read (new) or being served (active).
 func (s *Server) busy() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	n := 0
-	for _, st := range s.conns {
-		if st == http.StateNew || st == http.StateActive {
+	s.conns.Range(func(_, v any) bool {
+		if st := http.ConnState(v.(*connState).v.Load()); st == http.StateNew || st == http.StateActive {
 			n++
 		}
-	}
+		return true
+	})
 	return n
 }
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,6 +183,70 @@ func TestWatcherOverflow(t *testing.T) {
 	if !lost {
 		t.Error("500 changes into a 1 KiB buffer: no loss reported")
 	}
+}
+
+// TestConcurrentDrainsApplyEarlierChanges: requests drain at once from
+// many connections, and a drain may be covered by another's pass (or by
+// Run's) instead of reading the socket itself. Each must still return only
+// once the change its caller made before calling it has been applied.
+func TestConcurrentDrainsApplyEarlierChanges(t *testing.T) {
+	ns := inNewNetns(t)
+	h, err := netlink.NewHandleAt(ns) // for goroutines on other threads
+	must(t, err)
+	defer h.Close()
+	link := addPod(t, "podc", netip.MustParseAddr("10.244.1.1"), "0a:00:00:00:01:01")
+	w, err := NewWatcher()
+	must(t, err)
+	defer w.Close()
+
+	var mu sync.Mutex
+	last := map[netip.Addr]string{}
+	apply := func(c Change) {
+		if c.Lost {
+			t.Error("changes lost")
+		}
+		if c.Neighbour.IsValid() {
+			mu.Lock()
+			last[c.Neighbour] = c.MAC
+			mu.Unlock()
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx, apply) }()
+	defer func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			ip := netip.AddrFrom4([4]byte{10, 244, 1, byte(10 + g)})
+			for i := range 150 {
+				m := fmt.Sprintf("0a:00:00:00:%02x:%02x", g, i)
+				if err := h.NeighSet(&netlink.Neigh{LinkIndex: link.Attrs().Index, IP: ip.AsSlice(),
+					HardwareAddr: mac(m), State: netlink.NUD_REACHABLE}); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := w.Drain(apply); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				got := last[ip]
+				mu.Unlock()
+				if got != m {
+					t.Errorf("%s: Drain returned with %q applied, want %q set before it", ip, got, m)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func waitChange(t *testing.T, ch <-chan Change, match func(Change) bool) {

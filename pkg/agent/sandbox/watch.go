@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -49,15 +50,27 @@ const receiveBuffer = 4 << 20
 // Drain before every answer, and a change that happened before a request
 // is always applied before the request is answered, whichever goroutine
 // reads it. Run applies changes when no request comes.
+//
+// Requests that arrive while a drain is under way wait for it, and one
+// that began after they arrived covers them: of many connections asking
+// at once, one reads the socket for all, instead of each in turn.
 type Watcher struct {
 	// mu makes reading a message and applying it one step: a reader that
 	// holds it knows every change read so far has been applied.
-	mu     sync.Mutex
-	fd     int
-	file   *os.File // owns fd; waits on it through the runtime's poller
-	raw    syscall.RawConn
-	buf    []byte
-	closed bool
+	mu sync.Mutex
+	// begun counts the passes that began reading (each to an empty
+	// socket), finished those that ended; both change under mu only.
+	// A pass numbered above begun as a caller found it began after the
+	// caller arrived.
+	begun    atomic.Uint64
+	finished uint64
+	// finishedErr is the error of the last pass that finished.
+	finishedErr error
+	fd          int
+	file        *os.File // owns fd; waits on it through the runtime's poller
+	raw         syscall.RawConn
+	buf         []byte
+	closed      bool
 }
 
 // NewWatcher subscribes to link and neighbour changes. Subscribe before
@@ -89,10 +102,25 @@ func NewWatcher() (*Watcher, error) {
 // error means changes can no longer be read: cached identities cannot be
 // trusted.
 func (w *Watcher) Drain(apply func(Change)) error {
+	arrived := w.begun.Load()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	_, err := w.drainLocked(apply)
+	if w.finished > arrived {
+		// A pass that began after this call read the socket until it was
+		// empty and applied what it read: every change queued before
+		// this call is applied.
+		return w.finishedErr
+	}
+	_, err := w.passLocked(apply)
 	return err
+}
+
+// passLocked is one numbered drainLocked. w.mu must be held.
+func (w *Watcher) passLocked(apply func(Change)) (bool, error) {
+	w.begun.Add(1)
+	read, err := w.drainLocked(apply)
+	w.finished, w.finishedErr = w.begun.Load(), err
+	return read, err
 }
 
 // drainLocked reads and applies messages until none is queued, and
@@ -103,9 +131,9 @@ func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
 	}
 	read := false
 	for {
-		// A plain read of the non-blocking socket: recvfrom would
-		// allocate the sender's address on every call, and only the
-		// kernel sends to this socket.
+		// read(2), not recvfrom(2): the sender is always the kernel, and
+		// x/sys would allocate its address on every call. The socket is
+		// non-blocking.
 		n, err := unix.Read(w.fd, w.buf)
 		switch {
 		case err == unix.EAGAIN:
@@ -150,7 +178,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Change)) error {
 	// function returns true only to stop.
 	err := w.raw.Read(func(uintptr) bool {
 		w.mu.Lock()
-		_, drainErr = w.drainLocked(apply)
+		_, drainErr = w.passLocked(apply)
 		w.mu.Unlock()
 		return drainErr != nil
 	})
