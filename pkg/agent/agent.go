@@ -356,6 +356,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Agent, error) {
 		return nil, fmt.Errorf("metadata handler: %w", err)
 	}
 	a.srv = imds.NewServer(handler)
+	// Sandbox changes are drained before a connection's first request,
+	// not before each of its requests (cache.WithConnection says why).
+	a.srv.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return cache.WithConnection(ctx) }
 	ok = true
 	return a, nil
 }

@@ -28,6 +28,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -295,14 +296,43 @@ func (c *Cache) Credentials(ctx context.Context, ip string) (creds.PodCredential
 	return *d.Pod(), nil
 }
 
+// connKey is the context key of a connMark.
+type connKey struct{}
+
+// connMark is one TCP connection's: whether the sandbox changes have been
+// drained since it was accepted.
+type connMark struct{ drained atomic.Bool }
+
+// WithConnection returns ctx for the requests of one TCP connection, to be
+// called once per accepted connection (http.Server.ConnContext). The
+// pending sandbox changes are then drained before the connection's first
+// request only, not before every request. That is enough: a change that
+// matters to a connection (its sandbox's ARP, or its predecessor's veth
+// going) is queued before its handshake, so before its first request; and
+// every later request on it comes from the sandbox that made the
+// handshake, since a TCP connection cannot move to another network
+// namespace. Changes that come later are applied by the next connection's
+// first request, or by the watcher in the background. Keep-alive clients
+// (every SDK) so pay for one read of the netlink socket per connection
+// instead of one per request.
+func WithConnection(ctx context.Context) context.Context {
+	return context.WithValue(ctx, connKey{}, &connMark{})
+}
+
 // Documents is Credentials with the documents built from them when they
 // were received, which the metadata API serves.
 func (c *Cache) Documents(ctx context.Context, ip string) (*metadoc.Docs, error) {
 	if c.cfg.Changes != nil {
-		if err := c.cfg.Changes.Drain(c.applyChange); err != nil {
-			c.answered[resultError].Inc()
-			return nil, httperr.New(http.StatusServiceUnavailable,
-				fmt.Errorf("reading sandbox changes: %w", err))
+		conn, _ := ctx.Value(connKey{}).(*connMark)
+		if conn == nil || !conn.drained.Load() {
+			if err := c.cfg.Changes.Drain(c.applyChange); err != nil {
+				c.answered[resultError].Inc()
+				return nil, httperr.New(http.StatusServiceUnavailable,
+					fmt.Errorf("reading sandbox changes: %w", err))
+			}
+			if conn != nil {
+				conn.drained.Store(true)
+			}
 		}
 	}
 	now := c.cfg.Now()

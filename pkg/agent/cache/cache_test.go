@@ -896,10 +896,12 @@ type queuedChanges struct {
 	mu      sync.Mutex
 	pending []sandbox.Change
 	err     error
+	drains  int
 }
 
 func (q *queuedChanges) Drain(apply func(sandbox.Change)) error {
 	q.mu.Lock()
+	q.drains++
 	pending, err := q.pending, q.err
 	q.pending = nil
 	q.mu.Unlock()
@@ -1015,4 +1017,44 @@ func TestLostChangesRecheckEverything(t *testing.T) {
 	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
 	fx.mustFail(t, "10.0.0.1", http.StatusServiceUnavailable)
 	fx.mustGet(t, "10.0.0.2")
+}
+
+// TestDrainOncePerConnection: the requests of one connection drain the
+// pending changes before the first answer from the cache only; a new
+// connection (a new handshake, perhaps from a new sandbox) drains again,
+// and so does every request that carries no connection.
+func TestDrainOncePerConnection(t *testing.T) {
+	ip := "10.0.0.1"
+	ifaces := &interfaces{m: map[string]sandbox.ID{ip: bridgeA}}
+	changes := &queuedChanges{}
+	fx := newFixture(t, func(c *Config) { c.Sandbox, c.Changes = ifaces.lookup, changes })
+	fx.mustGet(t, ip)
+	drains := func() int {
+		changes.mu.Lock()
+		defer changes.mu.Unlock()
+		return changes.drains
+	}
+	conn := WithConnection(t.Context())
+	before := drains()
+	for range 5 {
+		if _, err := fx.c.Credentials(conn, ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := drains() - before; n != 1 {
+		t.Fatalf("5 requests on one connection drained %d times, want 1", n)
+	}
+	// The successor's ARP, then its first request on its own connection.
+	fx.f.set(failing(http.StatusServiceUnavailable, errNoServer))
+	ifaces.set(ip, bridgeB)
+	changes.queue(sandbox.Change{Neighbour: netip.MustParseAddr(ip), LinkIndex: bridgeB.LinkIndex, MAC: bridgeB.MAC})
+	if _, err := fx.c.Credentials(WithConnection(t.Context()), ip); err == nil {
+		t.Fatal("a new connection after the change got the predecessor's credentials")
+	}
+	before = drains()
+	fx.get(t, ip)
+	fx.get(t, ip)
+	if n := drains() - before; n != 2 {
+		t.Errorf("2 requests without a connection drained %d times, want 2", n)
+	}
 }

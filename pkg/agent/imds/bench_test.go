@@ -152,6 +152,8 @@ func BenchmarkServer(b *testing.B) {
 			return err
 		}
 		s := NewServer(h)
+		// As the agent wires it: sandbox changes drained once per connection.
+		s.ConnContext = func(ctx context.Context, _ net.Conn) context.Context { return cache.WithConnection(ctx) }
 		b.Cleanup(func() { _ = s.Close() })
 		return s.Serve(ll)
 	})
