@@ -350,7 +350,11 @@ func TestServer(t *testing.T) {
 		defer cancel()
 		asServer := dial(t, sp, sp.PKI.ServerCert, sp.PKI.ServerKey, "")
 		_, err = pb.NewCredentialsClient(asServer).GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: "10.0.0.10"})
-		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "bad certificate") {
+		// Unavailable: the connection never carries a call. Which error
+		// text comes with it depends on timing (with TLS 1.3 the client
+		// may write before it reads the server's alert, and see a broken
+		// pipe); the raw handshake above checks the alert itself.
+		if status.Code(err) != codes.Unavailable {
 			t.Fatalf("GetPodCredentials with the server's certificate: %v, want Unavailable from the refused handshake", err)
 		}
 		stream, err := pb.NewCredentialsClient(asServer).WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: node})

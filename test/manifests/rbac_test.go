@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -59,13 +60,31 @@ func checkRBAC(t *testing.T, cfg *rest.Config, dyn dynamic.Interface, mapper met
 		{agent, "get", "", "secrets", false},
 		{agent, "create", "", "events", false},
 	}
-	for _, c := range cases {
-		sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+	review := func(c struct {
+		user, verb, group, resource string
+		allowed                     bool
+	}) (*authzv1.SubjectAccessReview, error) {
+		return client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
 			User:               c.user,
 			Groups:             []string{"system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"},
 			ResourceAttributes: resourceAttributes(c.verb, c.group, c.resource),
-		}}
-		got, err := client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), sar, metav1.CreateOptions{})
+		}}, metav1.CreateOptions{})
+	}
+	// The authorizer learns of the bindings just applied through its own
+	// informers: wait until the first grant is seen before judging.
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got, err := review(cases[0])
+		if err == nil && got.Status.Allowed {
+			break
+		}
+		if time.Now().After(deadline) {
+			break // the loop below reports it
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, c := range cases {
+		got, err := review(c)
 		if err != nil {
 			t.Fatal(err)
 		}
