@@ -111,25 +111,23 @@ func (w *Watcher) Drain(apply func(Change)) error {
 		// this call is applied.
 		return w.finishedErr
 	}
-	_, err := w.passLocked(apply)
-	return err
+	return w.passLocked(apply)
 }
 
 // passLocked is one numbered drainLocked. w.mu must be held.
-func (w *Watcher) passLocked(apply func(Change)) (bool, error) {
+func (w *Watcher) passLocked(apply func(Change)) error {
 	w.begun.Add(1)
-	read, err := w.drainLocked(apply)
+	err := w.drainLocked(apply)
 	w.finished, w.finishedErr = w.begun.Load(), err
-	return read, err
+	return err
 }
 
-// drainLocked reads and applies messages until none is queued, and
-// reports whether it read any. w.mu must be held.
-func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
+// drainLocked reads and applies messages until none is queued. w.mu must
+// be held.
+func (w *Watcher) drainLocked(apply func(Change)) error {
 	if w.closed {
-		return false, errors.New("sandbox: watcher closed")
+		return errors.New("sandbox: watcher closed")
 	}
-	read := false
 	for {
 		// read(2), not recvfrom(2): the sender is always the kernel, and
 		// x/sys would allocate its address on every call. The socket is
@@ -137,19 +135,17 @@ func (w *Watcher) drainLocked(apply func(Change)) (bool, error) {
 		n, err := unix.Read(w.fd, w.buf)
 		switch {
 		case err == unix.EAGAIN:
-			return read, nil
+			return nil
 		case err == unix.EINTR:
 			continue
 		case err == unix.ENOBUFS:
 			apply(Change{Lost: true})
-			read = true
 			continue
 		case err != nil:
-			return read, fmt.Errorf("sandbox: read netlink changes: %w", err)
+			return fmt.Errorf("sandbox: read netlink changes: %w", err)
 		case n == 0:
-			return read, nil // the kernel never sends an empty message
+			return nil // the kernel never sends an empty message
 		}
-		read = true
 		msgs, err := syscall.ParseNetlinkMessage(w.buf[:n])
 		if err != nil {
 			// The kernel never sends a malformed message; if it did, the
@@ -178,7 +174,7 @@ func (w *Watcher) Run(ctx context.Context, apply func(Change)) error {
 	// function returns true only to stop.
 	err := w.raw.Read(func(uintptr) bool {
 		w.mu.Lock()
-		_, drainErr = w.passLocked(apply)
+		drainErr = w.passLocked(apply)
 		w.mu.Unlock()
 		return drainErr != nil
 	})
