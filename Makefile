@@ -58,6 +58,7 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/agent/imds
 	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/server/role
+	$(GO) test -run '^$$' -fuzz '^FuzzSanitize$$' -fuzztime $(FUZZTIME) ./pkg/server/session
 
 # unit runs the tests that need only Go, in seconds, as any user: neither
 # test/ nor the files behind TEST_TAGS.

@@ -135,6 +135,10 @@ func TestServerConfigValidate(t *testing.T) {
 		{"bad bind", func(c *serverConfig) { c.Bind = "nowhere" }, "--bind"},
 		{"negative keepalive", func(c *serverConfig) { c.GRPCKeepaliveTime = -time.Second }, "--grpc-keepalive-time-duration"},
 		{"zero pod wait", func(c *serverConfig) { c.PodWait = 0 }, "--pod-wait"},
+		{"session name template with a character STS refuses", func(c *serverConfig) { c.SessionNameTemplate = "{{.Namespace}}/{{.PodName}}" },
+			"--session-name-template"},
+		{"session name template always too long", func(c *serverConfig) { c.SessionNameTemplate = strings.Repeat("x", 65) },
+			"--session-name-template"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

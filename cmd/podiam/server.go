@@ -52,6 +52,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.RoleBaseARNAutodetect, "role-base-arn-autodetect", false, "derive the role base ARN from STS GetCallerIdentity")
 	fs.StringVar(&c.Region, "region", "", "AWS region for STS; empty means AWS_REGION, else the global endpoint")
 	fs.StringVar(&c.Session, "session", "kiam", "session name suffix when a pod has no iam.amazonaws.com/session-name")
+	fs.StringVar(&c.SessionNameTemplate, "session-name-template", "", "session names from pod metadata, e.g. '{{.Namespace}}.{{.ServiceAccount}}' (fields Namespace, ServiceAccount, PodName, PodUID, NodeName, Role); cut with a hash suffix where STS's 64 characters do not suffice; empty: kiam-<iam.amazonaws.com/session-name or --session>")
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")

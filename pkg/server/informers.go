@@ -63,13 +63,13 @@ const indexCredKey = "podiam-credkey"
 
 // credKeyIndexFunc indexes live pods with a valid role under their key.
 // Pods still pending without an address count: they are about to ask.
-func credKeyIndexFunc(keys service.KeyResolver, defaultSession string) cache.IndexFunc {
+func credKeyIndexFunc(keys service.KeyResolver) cache.IndexFunc {
 	return func(obj any) ([]string, error) {
 		pod := asPod(obj)
 		if pod == nil || !podindex.Live(pod) {
 			return nil, nil
 		}
-		key, err := keys.Key(pod.GetAnnotations(), defaultSession)
+		key, err := keys.Key(pod)
 		if err != nil {
 			return nil, nil
 		}

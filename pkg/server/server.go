@@ -40,6 +40,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/ratelimit"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/service"
+	"github.com/podiam/podiam/pkg/server/session"
 	"github.com/podiam/podiam/pkg/supervise"
 )
 
@@ -62,6 +63,9 @@ type Config struct {
 	// Session is --session, the session name suffix for pods without an
 	// iam.amazonaws.com/session-name annotation.
 	Session string
+	// SessionNameTemplate is --session-name-template: session names from
+	// pod metadata instead of KIAM's (session.Config).
+	SessionNameTemplate string
 	// SessionDuration (--session-duration) is the lifetime of target role
 	// sessions, which the STS client requests; SessionRefresh
 	// (--session-refresh) is how much of it may be left before the cache
@@ -128,6 +132,9 @@ func (c Config) Validate() error {
 	if c.Session == "" {
 		errs = append(errs, errors.New("--session must not be empty"))
 	}
+	if err := c.sessionConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	minSession := 15 * time.Minute
 	if c.CustomSTSEndpoint {
 		minSession = 10 * time.Second
@@ -160,6 +167,14 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sessionConfig is what the flags say about the STS session parameters.
+func (c Config) sessionConfig() session.Config {
+	return session.Config{
+		DefaultSession: c.Session,
+		NameTemplate:   c.SessionNameTemplate,
+	}
 }
 
 // STS is what the server needs of its STS client (*sts.Assumer): target
@@ -245,6 +260,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("role base ARN: %w", err)
 	}
+	keys, err := session.New(cfg.sessionConfig(), session.Deps{Roles: resolver})
+	if err != nil {
+		return nil, err
+	}
 
 	podWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{}, reg, log.With("component", "podwatch"))
 	if err != nil {
@@ -268,7 +287,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	pods, err := podindex.New(podInformer, podindex.Config{
-		ExtraIndexers: cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, cfg.Session)},
+		ExtraIndexers: cache.Indexers{indexCredKey: credKeyIndexFunc(keys)},
 		Current:       podWatch.Current,
 		Live:          deps.LivePods,
 	}, reg, log.With("component", "podindex"))
@@ -294,10 +313,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	if cfg.Prefetch {
-		s.prefetch, err = prefetch.New(prefetch.Config{DefaultSession: cfg.Session}, prefetch.Deps{
+		s.prefetch, err = prefetch.New(prefetch.Config{}, prefetch.Deps{
 			Pods:       podInformer,
 			Namespaces: namespaces,
-			Keys:       resolver,
+			Keys:       keys,
 			Policy:     checker,
 			Cache:      s.credentials,
 			Log:        log.With("component", "prefetch"),
@@ -315,13 +334,12 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		}
 	}()
 	svc, err := service.New(service.Config{
-		DefaultSession: cfg.Session,
-		PodWait:        cfg.PodWait,
-		NodeBinding:    !cfg.DisableNodeBinding,
+		PodWait:     cfg.PodWait,
+		NodeBinding: !cfg.DisableNodeBinding,
 	}, service.Deps{
 		Pods:        pods,
 		Namespaces:  namespaces.Lister(),
-		Keys:        resolver,
+		Keys:        keys,
 		Policy:      checker,
 		Credentials: s.credentials,
 		Events:      s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"}),

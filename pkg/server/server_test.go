@@ -23,6 +23,7 @@ import (
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	"github.com/podiam/podiam/pkg/supervise"
 	"github.com/podiam/podiam/test/syncbuf"
 )
@@ -358,10 +359,14 @@ func TestInUse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, "kiam")})
+	keys, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexCredKey: credKeyIndexFunc(keys)})
 	used := inUse(idx)
 	web := podindex.FromAPI(pod("ns", "web", "10.1.0.1", "app-web"))
-	key, err := resolver.Key(web.GetAnnotations(), "kiam")
+	key, err := keys.Key(web)
 	if err != nil {
 		t.Fatal(err)
 	}

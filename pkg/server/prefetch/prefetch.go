@@ -39,10 +39,6 @@ const DefaultWorkers = 2
 
 // Config tunes the controller.
 type Config struct {
-	// DefaultSession is the server's --session, for pods without an
-	// iam.amazonaws.com/session-name annotation: a prefetch must warm the
-	// very key a request will ask for.
-	DefaultSession string
 	// Workers is how many pods are handled at once; 0 means
 	// DefaultWorkers. A prefetch only starts a fetch, so few suffice.
 	Workers int
@@ -69,7 +65,6 @@ type Controller struct {
 	keys       service.KeyResolver
 	policy     service.PolicyChecker
 	cache      Prefetcher
-	session    string
 	workers    int
 	queue      workqueue.TypedRateLimitingInterface[string]
 	log        *slog.Logger
@@ -94,7 +89,6 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		keys:       deps.Keys,
 		policy:     deps.Policy,
 		cache:      deps.Cache,
-		session:    cfg.DefaultSession,
 		workers:    cfg.Workers,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
@@ -180,7 +174,9 @@ func (c *Controller) prefetch(podKey string) {
 	if pod == nil || !podindex.Live(pod) || pod.Mirror {
 		return
 	}
-	key, err := c.keys.Key(pod.GetAnnotations(), c.session)
+	// The same resolver as requests use, so that a prefetch warms the very
+	// key a request will ask for.
+	key, err := c.keys.Key(pod)
 	if err != nil {
 		return
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 )
 
 const base = "arn:aws:iam::123456789012:role/"
@@ -82,15 +83,19 @@ func setup(t *testing.T, objs ...any) (*Controller, informers.SharedInformerFact
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
 	checker, err := policy.New(policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := newRecorder()
-	c, err := New(Config{DefaultSession: "kiam"}, Deps{
+	c, err := New(Config{}, Deps{
 		Pods:       factory.Core().V1().Pods().Informer(),
 		Namespaces: factory.Core().V1().Namespaces(),
-		Keys:       resolver,
+		Keys:       keys,
 		Policy:     checker,
 		Cache:      rec,
 		Log:        slog.New(slog.DiscardHandler),

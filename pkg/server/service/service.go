@@ -28,6 +28,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
 
@@ -41,9 +42,10 @@ type NamespaceGetter interface {
 	Get(name string) (*corev1.Namespace, error)
 }
 
-// KeyResolver turns a pod's annotations into the STS session it may use.
+// KeyResolver turns a pod into the STS session it may use: its role, and
+// everything else the server sends STS for it (session.Keys).
 type KeyResolver interface {
-	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
+	Key(pod *podindex.Pod) (creds.Key, error)
 }
 
 // PolicyChecker decides whether a namespace's permitted expression allows a
@@ -59,9 +61,6 @@ type CredentialSource interface {
 
 // Config tunes the service.
 type Config struct {
-	// DefaultSession is KIAM's --session: the session name suffix used when a
-	// pod has no iam.amazonaws.com/session-name annotation.
-	DefaultSession string
 	// PodWait bounds how long a request for an unknown address waits for the
 	// informer to learn of the pod (the pod start race).
 	PodWait time.Duration
@@ -206,7 +205,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		}
 	}
 
-	key, err := s.deps.Keys.Key(pod.GetAnnotations(), s.cfg.DefaultSession)
+	key, err := s.deps.Keys.Key(pod)
 	switch {
 	case errors.Is(err, role.ErrNoRole):
 		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
@@ -218,6 +217,11 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		err := fmt.Errorf("pod %s/%s is a static (mirror) pod; static pods get no role", pod.Namespace, pod.Name)
 		s.denied(log, pod, string(resultStaticPod), err)
 		return nil, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
+	case errors.Is(err, session.ErrTemplate):
+		// The server's configuration failed, not the pod: no Event
+		// blaming it, and an internal error rather than a denial.
+		log.Error("session parameters failed", "error", err)
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	case err != nil:
 		s.denied(log, pod, "invalid_annotation", err)
 		return nil, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)

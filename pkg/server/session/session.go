@@ -1,0 +1,117 @@
+// Package session decides what the server tells STS about a pod besides its
+// role: the session name, the SourceIdentity and the session tags, from
+// templates and tag lists the operator sets over pod metadata.
+// They are what CloudTrail records and what IAM policies can condition on,
+// so a pod cannot choose them, except KIAM's iam.amazonaws.com/session-name
+// annotation, which keeps its meaning while no name template is set.
+//
+// Everything it adds to a creds.Key is part of the credential cache key:
+// pods that agree on all of it share one STS session, so the operator's
+// choice of template and tags is also the choice of how many STS calls the
+// server makes.
+package session
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/role"
+)
+
+// Config mirrors the server's flags; errors name them.
+type Config struct {
+	// DefaultSession is --session, KIAM's session name suffix for pods
+	// without an iam.amazonaws.com/session-name annotation.
+	DefaultSession string
+	// NameTemplate is --session-name-template; "" keeps KIAM's names
+	// (kiam-<annotation or --session>).
+	NameTemplate string
+}
+
+// Validate reports what is wrong with the configuration, naming the flags.
+func (c Config) Validate() error {
+	_, err := newNamer(c)
+	return err
+}
+
+// namer adds the templated session name to a key.
+type namer struct {
+	name *Template // nil: not set
+}
+
+func newNamer(cfg Config) (*namer, error) {
+	var errs []error
+	n := &namer{}
+	var err error
+	if cfg.NameTemplate != "" {
+		if n.name, err = ParseTemplate(cfg.NameTemplate); err != nil {
+			errs = append(errs, fmt.Errorf("--session-name-template: %w", err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// apply sets what the templates and tag lists say for the pod f on key,
+// whose role, external ID and KIAM session name are resolved.
+func (n *namer) apply(key creds.Key, f Fields) (creds.Key, error) {
+	var err error
+	if n.name != nil {
+		if key.SessionName, err = n.name.Render(f); err != nil {
+			return creds.Key{}, fmt.Errorf("session name: %w", err)
+		}
+	}
+	return key, nil
+}
+
+// RoleKeys resolves a pod's iam.amazonaws.com/ annotations into the key of
+// its role (*role.Resolver).
+type RoleKeys interface {
+	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
+}
+
+// Deps are what Keys reads besides the pod.
+type Deps struct {
+	Roles RoleKeys
+}
+
+// Keys turns a pod into the key of the STS session it may use. It is safe
+// for concurrent use.
+type Keys struct {
+	namer          *namer
+	roles          RoleKeys
+	defaultSession string
+}
+
+// New checks cfg and builds Keys.
+func New(cfg Config, deps Deps) (*Keys, error) {
+	if deps.Roles == nil {
+		return nil, errors.New("session: Roles is required")
+	}
+	n, err := newNamer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &Keys{namer: n, roles: deps.Roles, defaultSession: cfg.DefaultSession}, nil
+}
+
+// Key returns the pod's key. The errors are role's (role.ErrNoRole for a
+// pod without a role) or ErrTemplate.
+func (k *Keys) Key(pod *podindex.Pod) (creds.Key, error) {
+	key, err := k.roles.Key(pod.GetAnnotations(), k.defaultSession)
+	if err != nil {
+		return creds.Key{}, err
+	}
+	return k.namer.apply(key, Fields{
+		Namespace:      pod.Namespace,
+		ServiceAccount: pod.ServiceAccountName,
+		PodName:        pod.Name,
+		PodUID:         string(pod.UID),
+		NodeName:       pod.NodeName,
+		Role:           role.Name(key.RoleARN),
+	})
+}

@@ -1,0 +1,130 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podiam/podiam/pkg/creds"
+	pb "github.com/podiam/podiam/proto/podiam/v1"
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// sessionPod is a pod of TestSessionParameters and what it must get.
+type sessionPod struct {
+	ns, name, sa, ip string
+	ann              map[string]string
+	session          string // the session name STS must see
+}
+
+// TestSessionParameters runs the server with session names from a template
+// and checks, at a proxy in front of moto, what reaches STS: the templated
+// name on every AssumeRole, one call per distinct session however many pods
+// share it, and the name in GetCallerIdentity and the audit log.
+func TestSessionParameters(t *testing.T) {
+	t.Parallel()
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	viaProxy := *moto
+	viaProxy.Endpoint = proxy.URL
+	sp := startServer(t, kube, &viaProxy,
+		"--assume-role-arn="+roleARN("podiam-server"),
+		"--role-base-arn="+roleARN(""),
+		"--session-name-template={{.Namespace}}.{{.ServiceAccount}}",
+		"--pod-wait=3s")
+	client := credsClient(t, sp)
+	permitted := map[string]string{"iam.amazonaws.com/permitted": roleARN("app-.*")}
+	kube.CreateNamespace(t, "team-a", permitted)
+	kube.CreateNamespace(t, "team-b", permitted)
+
+	pods := []sessionPod{
+		{"team-a", "api-1", "api", "10.4.0.1", nil, "team-a.api"},
+		// The annotation no longer names the session once a template does:
+		// the pod shares its account's session.
+		{"team-a", "api-2", "api", "10.4.0.2", map[string]string{"iam.amazonaws.com/session-name": "other"}, "team-a.api"},
+		{"team-a", "worker-1", "worker", "10.4.0.3", nil, "team-a.worker"},
+		{"team-b", "api-1", "api", "10.4.0.4", nil, "team-b.api"},
+	}
+	role := roleARN("app-shared")
+	keyIDs := map[string]string{} // session name -> access key id
+	for _, p := range pods {
+		ann := map[string]string{"iam.amazonaws.com/role": "app-shared"}
+		for k, v := range p.ann {
+			ann[k] = v
+		}
+		kube.CreatePod(t, testenv.PodSpec{Namespace: p.ns, Name: p.name, ServiceAccount: p.sa, Annotations: ann,
+			PodIPs: []string{p.ip}, HostIPs: []string{node}})
+	}
+	for _, p := range pods {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: p.ip})
+		cancel()
+		if err != nil {
+			t.Fatalf("%s/%s: %v", p.ns, p.name, err)
+		}
+		c := resp.GetCredentials()
+		arn, err := moto.CallerIdentity(context.Background(), creds.Credentials{
+			AccessKeyID: c.GetAccessKeyId(), SecretAccessKey: c.GetSecretAccessKey(), SessionToken: c.GetSessionToken()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "arn:aws:sts::" + account + ":assumed-role/app-shared/" + p.session; arn != want {
+			t.Errorf("%s/%s: caller identity %q, want %q", p.ns, p.name, arn, want)
+		}
+		if prev, ok := keyIDs[p.session]; ok && prev != c.GetAccessKeyId() {
+			t.Errorf("%s/%s: access key %s, but session %s was issued %s: pods of one session must share it",
+				p.ns, p.name, c.GetAccessKeyId(), p.session, prev)
+		}
+		keyIDs[p.session] = c.GetAccessKeyId()
+	}
+
+	// One AssumeRole per distinct session, each with its name.
+	calls := proxy.AssumeRoles(role)
+	sent := map[string]int{}
+	for _, a := range calls {
+		sent[a.Form.Get("RoleSessionName")]++
+	}
+	if len(calls) != len(keyIDs) || len(sent) != len(keyIDs) {
+		t.Fatalf("%d AssumeRole calls for %s with session names %v; want one for each of %d sessions",
+			len(calls), role, sent, len(keyIDs))
+	}
+	for name := range keyIDs {
+		if sent[name] != 1 {
+			t.Errorf("session %s: %d AssumeRole calls, want 1 (sent: %v)", name, sent[name], sent)
+		}
+	}
+
+	// The audit line names the session, so a CloudTrail event joins to
+	// it by session name as well as by access key.
+	lines := auditLines(t, sp.Logs())
+	for _, p := range pods {
+		l, ok := lines[p.ns+"/"+p.name]
+		if !ok {
+			t.Fatalf("no credentials issued line for %s/%s", p.ns, p.name)
+		}
+		if l["session_name"] != p.session || l["access_key_id"] != keyIDs[p.session] || l["role_arn"] != role {
+			t.Errorf("%s/%s: audit line %v", p.ns, p.name, l)
+		}
+	}
+}
+
+// auditLines returns the last "credentials issued" line of each pod
+// (namespace/name) in a JSON log.
+func auditLines(t *testing.T, logs string) map[string]map[string]any {
+	t.Helper()
+	out := map[string]map[string]any{}
+	for _, line := range strings.Split(logs, "\n") {
+		if !strings.Contains(line, `"msg":"credentials issued"`) {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		out[m["namespace"].(string)+"/"+m["pod"].(string)] = m
+	}
+	return out
+}
