@@ -137,6 +137,8 @@ func TestServerConfigValidate(t *testing.T) {
 		{"zero pod wait", func(c *serverConfig) { c.PodWait = 0 }, "--pod-wait"},
 		{"session name template with a character STS refuses", func(c *serverConfig) { c.SessionNameTemplate = "{{.Namespace}}/{{.PodName}}" },
 			"--session-name-template"},
+		{"source identity template with a character STS refuses", func(c *serverConfig) { c.SourceIdentityTemplate = "{{.Namespace}}:{{.PodName}}" },
+			"--source-identity-template"},
 		{"session name template always too long", func(c *serverConfig) { c.SessionNameTemplate = strings.Repeat("x", 65) },
 			"--session-name-template"},
 	}

@@ -54,6 +54,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Session, "session", "kiam", "session name suffix when a pod has no iam.amazonaws.com/session-name")
 	fs.StringVar(&c.SessionNameTemplate, "session-name-template", "", "session names from pod metadata, e.g. '{{.Namespace}}.{{.ServiceAccount}}' (fields Namespace, ServiceAccount, PodName, PodUID, NodeName, Role); cut with a hash suffix where STS's 64 characters do not suffice; empty: kiam-<iam.amazonaws.com/session-name or --session>")
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
+	fs.StringVar(&c.SourceIdentityTemplate, "source-identity-template", "", "SourceIdentity set on each pod role's AssumeRole, from the fields of --session-name-template, e.g. '{{.Namespace}}.{{.ServiceAccount}}'; recorded in CloudTrail and kept through further role chaining (the role's trust policy must allow sts:SetSourceIdentity); empty: none")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")
 	fs.BoolVar(&c.DisableNodeBinding, "disable-node-binding", false, "serve a pod's credentials to agents on any node (only for networks that rewrite source addresses)")

@@ -66,6 +66,9 @@ type Config struct {
 	// SessionNameTemplate is --session-name-template: session names from
 	// pod metadata instead of KIAM's (session.Config).
 	SessionNameTemplate string
+	// SourceIdentityTemplate is --source-identity-template: the
+	// SourceIdentity set on every target AssumeRole.
+	SourceIdentityTemplate string
 	// SessionDuration (--session-duration) is the lifetime of target role
 	// sessions, which the STS client requests; SessionRefresh
 	// (--session-refresh) is how much of it may be left before the cache
@@ -172,8 +175,9 @@ func (c Config) Validate() error {
 // sessionConfig is what the flags say about the STS session parameters.
 func (c Config) sessionConfig() session.Config {
 	return session.Config{
-		DefaultSession: c.Session,
-		NameTemplate:   c.SessionNameTemplate,
+		DefaultSession:         c.Session,
+		NameTemplate:           c.SessionNameTemplate,
+		SourceIdentityTemplate: c.SourceIdentityTemplate,
 	}
 }
 

@@ -17,6 +17,7 @@ type sessionPod struct {
 	ns, name, sa, ip string
 	ann              map[string]string
 	session          string // the session name STS must see
+	source           string // the SourceIdentity STS must see
 }
 
 // TestSessionParameters runs the server with session names from a template
@@ -34,6 +35,7 @@ func TestSessionParameters(t *testing.T) {
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		"--session-name-template={{.Namespace}}.{{.ServiceAccount}}",
+		"--source-identity-template={{.ServiceAccount}}@{{.Namespace}}",
 		"--pod-wait=3s")
 	client := credsClient(t, sp)
 	permitted := map[string]string{"iam.amazonaws.com/permitted": roleARN("app-.*")}
@@ -41,12 +43,12 @@ func TestSessionParameters(t *testing.T) {
 	kube.CreateNamespace(t, "team-b", permitted)
 
 	pods := []sessionPod{
-		{"team-a", "api-1", "api", "10.4.0.1", nil, "team-a.api"},
+		{"team-a", "api-1", "api", "10.4.0.1", nil, "team-a.api", "api@team-a"},
 		// The annotation no longer names the session once a template does:
 		// the pod shares its account's session.
-		{"team-a", "api-2", "api", "10.4.0.2", map[string]string{"iam.amazonaws.com/session-name": "other"}, "team-a.api"},
-		{"team-a", "worker-1", "worker", "10.4.0.3", nil, "team-a.worker"},
-		{"team-b", "api-1", "api", "10.4.0.4", nil, "team-b.api"},
+		{"team-a", "api-2", "api", "10.4.0.2", map[string]string{"iam.amazonaws.com/session-name": "other"}, "team-a.api", "api@team-a"},
+		{"team-a", "worker-1", "worker", "10.4.0.3", nil, "team-a.worker", "worker@team-a"},
+		{"team-b", "api-1", "api", "10.4.0.4", nil, "team-b.api", "api@team-b"},
 	}
 	role := roleARN("app-shared")
 	keyIDs := map[string]string{} // session name -> access key id
@@ -81,11 +83,14 @@ func TestSessionParameters(t *testing.T) {
 		keyIDs[p.session] = c.GetAccessKeyId()
 	}
 
-	// One AssumeRole per distinct session, each with its name.
+	// One AssumeRole per distinct session, each with its name and source
+	// identity.
 	calls := proxy.AssumeRoles(role)
 	sent := map[string]int{}
+	sources := map[string]string{}
 	for _, a := range calls {
 		sent[a.Form.Get("RoleSessionName")]++
+		sources[a.Form.Get("RoleSessionName")] = a.Form.Get("SourceIdentity")
 	}
 	if len(calls) != len(keyIDs) || len(sent) != len(keyIDs) {
 		t.Fatalf("%d AssumeRole calls for %s with session names %v; want one for each of %d sessions",
@@ -97,6 +102,12 @@ func TestSessionParameters(t *testing.T) {
 		}
 	}
 
+	for _, p := range pods {
+		if sources[p.session] != p.source {
+			t.Errorf("session %s: SourceIdentity %q sent, want %q", p.session, sources[p.session], p.source)
+		}
+	}
+
 	// The audit line names the session, so a CloudTrail event joins to
 	// it by session name as well as by access key.
 	lines := auditLines(t, sp.Logs())
@@ -105,7 +116,8 @@ func TestSessionParameters(t *testing.T) {
 		if !ok {
 			t.Fatalf("no credentials issued line for %s/%s", p.ns, p.name)
 		}
-		if l["session_name"] != p.session || l["access_key_id"] != keyIDs[p.session] || l["role_arn"] != role {
+		if l["session_name"] != p.session || l["source_identity"] != p.source ||
+			l["access_key_id"] != keyIDs[p.session] || l["role_arn"] != role {
 			t.Errorf("%s/%s: audit line %v", p.ns, p.name, l)
 		}
 	}

@@ -250,6 +250,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		"service_account", pod.ServiceAccountName,
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
+		"source_identity", key.SourceIdentity,
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
 		"decision", "allow")
 	return &pb.GetPodCredentialsResponse{

@@ -28,6 +28,8 @@ type Config struct {
 	// NameTemplate is --session-name-template; "" keeps KIAM's names
 	// (kiam-<annotation or --session>).
 	NameTemplate string
+	// SourceIdentityTemplate is --source-identity-template; "" sets none.
+	SourceIdentityTemplate string
 }
 
 // Validate reports what is wrong with the configuration, naming the flags.
@@ -36,9 +38,9 @@ func (c Config) Validate() error {
 	return err
 }
 
-// namer adds the templated session name to a key.
+// namer adds the templated session name and source identity to a key.
 type namer struct {
-	name *Template // nil: not set
+	name, source *Template // nil: not set
 }
 
 func newNamer(cfg Config) (*namer, error) {
@@ -48,6 +50,11 @@ func newNamer(cfg Config) (*namer, error) {
 	if cfg.NameTemplate != "" {
 		if n.name, err = ParseTemplate(cfg.NameTemplate); err != nil {
 			errs = append(errs, fmt.Errorf("--session-name-template: %w", err))
+		}
+	}
+	if cfg.SourceIdentityTemplate != "" {
+		if n.source, err = ParseTemplate(cfg.SourceIdentityTemplate); err != nil {
+			errs = append(errs, fmt.Errorf("--source-identity-template: %w", err))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -63,6 +70,11 @@ func (n *namer) apply(key creds.Key, f Fields) (creds.Key, error) {
 	if n.name != nil {
 		if key.SessionName, err = n.name.Render(f); err != nil {
 			return creds.Key{}, fmt.Errorf("session name: %w", err)
+		}
+	}
+	if n.source != nil {
+		if key.SourceIdentity, err = n.source.Render(f); err != nil {
+			return creds.Key{}, fmt.Errorf("source identity: %w", err)
 		}
 	}
 	return key, nil

@@ -56,6 +56,10 @@ func TestConfigValidateNamesFlags(t *testing.T) {
 	if err == nil || !strings.HasPrefix(err.Error(), "--session-name-template: ") {
 		t.Fatalf("err = %v, want it to start with the flag", err)
 	}
+	err = Config{DefaultSession: "kiam", SourceIdentityTemplate: strings.Repeat("x", 65)}.Validate()
+	if err == nil || !strings.HasPrefix(err.Error(), "--source-identity-template: ") {
+		t.Fatalf("err = %v, want it to start with the flag", err)
+	}
 	if err := (Config{DefaultSession: "kiam"}).Validate(); err != nil {
 		t.Fatalf("default configuration: %v", err)
 	}
@@ -184,5 +188,29 @@ func TestKeysTemplate(t *testing.T) {
 	b, _ := k.Key(testPod("payments", "report-1", "report", map[string]string{role.AnnotationRole: "team/app"}))
 	if a != got || b == got {
 		t.Fatalf("same account %+v, other account %+v, first %+v", a, b, got)
+	}
+}
+
+// The source identity is rendered like the name, independently of it, and
+// is part of the key: pods that differ in it never share a session.
+func TestKeysSourceIdentity(t *testing.T) {
+	k := newKeys(t, Config{SourceIdentityTemplate: "{{.ServiceAccount}}@{{.Namespace}}"})
+	a, err := k.Key(testPod("payments", "ledger-1", "ledger", map[string]string{role.AnnotationRole: "app"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := creds.Key{RoleARN: base + "app", SessionName: "kiam-kiam", SourceIdentity: "ledger@payments"}
+	if a != want {
+		t.Fatalf("%+v, want %+v", a, want)
+	}
+	b, _ := k.Key(testPod("payments", "report-1", "report", map[string]string{role.AnnotationRole: "app"}))
+	if b.SourceIdentity != "report@payments" || b == a || b.String() == a.String() {
+		t.Fatalf("another account's key %+v is not distinct from %+v", b, a)
+	}
+	// Over-long values are cut with a hash, as names are.
+	long := strings.Repeat("w", 70)
+	c, _ := k.Key(testPod("payments", "x", long, map[string]string{role.AnnotationRole: "app"}))
+	if !Valid(c.SourceIdentity) || !strings.HasPrefix(c.SourceIdentity, strings.Repeat("w", 51)+"_") {
+		t.Fatalf("long source identity %q", c.SourceIdentity)
 	}
 }

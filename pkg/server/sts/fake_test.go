@@ -88,7 +88,8 @@ func (f *fakeSTS) requests() []url.Values {
 	return append([]url.Values(nil), f.forms...)
 }
 
-var fakeKey = creds.Key{RoleARN: "arn:aws:iam::123456789012:role/app", SessionName: "kiam-kiam", ExternalID: "ext-1"}
+var fakeKey = creds.Key{RoleARN: "arn:aws:iam::123456789012:role/app", SessionName: "kiam-kiam", ExternalID: "ext-1",
+	SourceIdentity: "payments.ledger"}
 
 func TestAssumeAgainstFakeSTS(t *testing.T) {
 	f := newFakeSTS(t)
@@ -118,7 +119,7 @@ func TestAssumeAgainstFakeSTS(t *testing.T) {
 	}
 	for k, want := range map[string]string{
 		"Action": "AssumeRole", "RoleArn": fakeKey.RoleARN, "RoleSessionName": fakeKey.SessionName,
-		"ExternalId": fakeKey.ExternalID, "DurationSeconds": "900",
+		"ExternalId": fakeKey.ExternalID, "DurationSeconds": "900", "SourceIdentity": fakeKey.SourceIdentity,
 	} {
 		if got := reqs[0].Get(k); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)

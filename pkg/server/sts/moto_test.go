@@ -245,8 +245,8 @@ func TestAgainstMoto(t *testing.T) {
 		if got.Get("RoleArn") != key.RoleARN || got.Get("RoleSessionName") != "kiam-web" || got.Get("DurationSeconds") != "900" {
 			t.Errorf("AssumeRole request = %v", got)
 		}
-		if got.Has("ExternalId") {
-			t.Errorf("ExternalId sent although the key has none: %v", got)
+		if got.Has("ExternalId") || got.Has("SourceIdentity") || got.Has("Tags.member.1.Key") {
+			t.Errorf("ExternalId, SourceIdentity or Tags sent although the key has none: %v", got)
 		}
 
 		caller, err := a.CallerARN(t.Context())
@@ -285,6 +285,28 @@ func TestAgainstMoto(t *testing.T) {
 		}
 		arn, err := m.CallerIdentity(t.Context(), c)
 		if err != nil || arn != "arn:aws:sts::"+account+":assumed-role/partner/kiam-partner" {
+			t.Errorf("identity = %q, %v", arn, err)
+		}
+	})
+
+	// moto accepts SourceIdentity without checking it; what matters is
+	// that it is on the wire and that the call still succeeds.
+	t.Run("source identity passes through", func(t *testing.T) {
+		proxy := newRecordingProxy(t, m.Endpoint)
+		useSTS(t, m, proxy.srv.URL)
+		a, _ := newAssumer(t, sts.Config{SessionDuration: 15 * time.Minute})
+		key := creds.Key{RoleARN: "arn:aws:iam::" + account + ":role/app", SessionName: "payments.ledger",
+			SourceIdentity: "payments.ledger-7d9f"}
+		c, err := a.Assume(t.Context(), key)
+		if err != nil {
+			t.Fatalf("Assume: %v", err)
+		}
+		calls := proxy.calls("AssumeRole")
+		if len(calls) != 1 || calls[0].Get("SourceIdentity") != "payments.ledger-7d9f" {
+			t.Errorf("AssumeRole requests = %v, want one with SourceIdentity=payments.ledger-7d9f", calls)
+		}
+		arn, err := m.CallerIdentity(t.Context(), c)
+		if err != nil || arn != "arn:aws:sts::"+account+":assumed-role/app/payments.ledger" {
 			t.Errorf("identity = %q, %v", arn, err)
 		}
 	})

@@ -200,6 +200,9 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 	if key.ExternalID != "" {
 		in.ExternalId = aws.String(key.ExternalID)
 	}
+	if key.SourceIdentity != "" {
+		in.SourceIdentity = aws.String(key.SourceIdentity)
+	}
 	if a.cfg.SessionDuration > 0 {
 		in.DurationSeconds = aws.Int32(int32(a.cfg.SessionDuration / time.Second))
 	}
@@ -212,7 +215,8 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 	err = a.observe(opAssumeRole, start, err)
 	if err != nil {
 		a.log.Debug("sts assume role failed", "role_arn", key.RoleARN, "session_name", key.SessionName,
-			"external_id_set", key.ExternalID != "", "duration", a.now().Sub(start), "error", err)
+			"external_id_set", key.ExternalID != "", "source_identity", key.SourceIdentity,
+			"duration", a.now().Sub(start), "error", err)
 		return creds.Credentials{}, err
 	}
 	c := creds.Credentials{
@@ -225,7 +229,7 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 		LastUpdated: a.now().UTC().Truncate(time.Second),
 	}
 	a.log.Debug("sts assume role", "role_arn", key.RoleARN, "session_name", key.SessionName,
-		"external_id_set", key.ExternalID != "", "access_key_id", c.AccessKeyID,
+		"external_id_set", key.ExternalID != "", "source_identity", key.SourceIdentity, "access_key_id", c.AccessKeyID,
 		"expiration", c.Expiration, "duration", a.now().Sub(start))
 	return c, nil
 }

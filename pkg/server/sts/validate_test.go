@@ -28,6 +28,10 @@ func TestValidateKey(t *testing.T) {
 		{"empty role", creds.Key{SessionName: "kiam-web"}, false},
 		{"short role", creds.Key{RoleARN: "arn:aws:iam::1:r", SessionName: "kiam-web"}, false},
 		{"one-char external id", creds.Key{RoleARN: role, SessionName: "kiam-web", ExternalID: "x"}, false},
+		{"source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "payments.ledger@x"}, true},
+		{"one-char source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "x"}, false},
+		{"65-char source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: strings.Repeat("s", 65)}, false},
+		{"colon in source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "aws:x"}, false},
 		{"space in external id", creds.Key{RoleARN: role, SessionName: "kiam-web", ExternalID: "ext 1"}, false},
 	}
 	for _, tt := range tests {
