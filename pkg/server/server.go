@@ -69,6 +69,14 @@ type Config struct {
 	// SourceIdentityTemplate is --source-identity-template: the
 	// SourceIdentity set on every target AssumeRole.
 	SourceIdentityTemplate string
+	// SessionTags (--session-tags) names the pod metadata sent as session
+	// tags under EKS Pod Identity's keys; StaticSessionTags
+	// (--static-session-tag) are KEY=VALUE tags for every session, and
+	// TransitiveSessionTags (--transitive-session-tags) makes them all
+	// transitive, which the command gives the STS client.
+	SessionTags           []string
+	StaticSessionTags     []string
+	TransitiveSessionTags bool
 	// SessionDuration (--session-duration) is the lifetime of target role
 	// sessions, which the STS client requests; SessionRefresh
 	// (--session-refresh) is how much of it may be left before the cache
@@ -138,6 +146,9 @@ func (c Config) Validate() error {
 	if err := c.sessionConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.TransitiveSessionTags && len(c.SessionTags)+len(c.StaticSessionTags) == 0 {
+		errs = append(errs, errors.New("--transitive-session-tags needs --session-tags or --static-session-tag"))
+	}
 	minSession := 15 * time.Minute
 	if c.CustomSTSEndpoint {
 		minSession = 10 * time.Second
@@ -178,6 +189,8 @@ func (c Config) sessionConfig() session.Config {
 		DefaultSession:         c.Session,
 		NameTemplate:           c.SessionNameTemplate,
 		SourceIdentityTemplate: c.SourceIdentityTemplate,
+		PodTags:                c.SessionTags,
+		StaticTags:             c.StaticSessionTags,
 	}
 }
 

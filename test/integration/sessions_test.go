@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -20,10 +22,11 @@ type sessionPod struct {
 	source           string // the SourceIdentity STS must see
 }
 
-// TestSessionParameters runs the server with session names from a template
-// and checks, at a proxy in front of moto, what reaches STS: the templated
-// name on every AssumeRole, one call per distinct session however many pods
-// share it, and the name in GetCallerIdentity and the audit log.
+// TestSessionParameters runs the server with session names, source
+// identities and session tags from pod metadata and checks, at a proxy in
+// front of moto, what reaches STS: the exact parameters of every
+// AssumeRole, one call per distinct session however many pods share it,
+// and the same values in GetCallerIdentity and the audit log.
 func TestSessionParameters(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
@@ -36,6 +39,9 @@ func TestSessionParameters(t *testing.T) {
 		"--role-base-arn="+roleARN(""),
 		"--session-name-template={{.Namespace}}.{{.ServiceAccount}}",
 		"--source-identity-template={{.ServiceAccount}}@{{.Namespace}}",
+		"--session-tags=namespace,serviceaccount",
+		"--static-session-tag=eks-cluster-name=it-cluster",
+		"--transitive-session-tags",
 		"--pod-wait=3s")
 	client := credsClient(t, sp)
 	permitted := map[string]string{"iam.amazonaws.com/permitted": roleARN("app-.*")}
@@ -88,9 +94,17 @@ func TestSessionParameters(t *testing.T) {
 	calls := proxy.AssumeRoles(role)
 	sent := map[string]int{}
 	sources := map[string]string{}
+	tags := map[string]url.Values{} // session name -> the tag parameters sent
 	for _, a := range calls {
-		sent[a.Form.Get("RoleSessionName")]++
-		sources[a.Form.Get("RoleSessionName")] = a.Form.Get("SourceIdentity")
+		name := a.Form.Get("RoleSessionName")
+		sent[name]++
+		sources[name] = a.Form.Get("SourceIdentity")
+		tags[name] = url.Values{}
+		for k, v := range a.Form {
+			if strings.HasPrefix(k, "Tags.") || strings.HasPrefix(k, "TransitiveTagKeys.") {
+				tags[name][k] = v
+			}
+		}
 	}
 	if len(calls) != len(keyIDs) || len(sent) != len(keyIDs) {
 		t.Fatalf("%d AssumeRole calls for %s with session names %v; want one for each of %d sessions",
@@ -106,6 +120,19 @@ func TestSessionParameters(t *testing.T) {
 		if sources[p.session] != p.source {
 			t.Errorf("session %s: SourceIdentity %q sent, want %q", p.session, sources[p.session], p.source)
 		}
+		// Exactly these, sorted by key, every one transitive: the EKS
+		// Pod Identity keys ABAC policies are written against.
+		want := url.Values{
+			"Tags.member.1.Key": {"eks-cluster-name"}, "Tags.member.1.Value": {"it-cluster"},
+			"Tags.member.2.Key": {"kubernetes-namespace"}, "Tags.member.2.Value": {p.ns},
+			"Tags.member.3.Key": {"kubernetes-service-account"}, "Tags.member.3.Value": {p.sa},
+			"TransitiveTagKeys.member.1": {"eks-cluster-name"},
+			"TransitiveTagKeys.member.2": {"kubernetes-namespace"},
+			"TransitiveTagKeys.member.3": {"kubernetes-service-account"},
+		}
+		if !reflect.DeepEqual(tags[p.session], want) {
+			t.Errorf("session %s: tags sent %v, want %v", p.session, tags[p.session], want)
+		}
 	}
 
 	// The audit line names the session, so a CloudTrail event joins to
@@ -119,6 +146,10 @@ func TestSessionParameters(t *testing.T) {
 		if l["session_name"] != p.session || l["source_identity"] != p.source ||
 			l["access_key_id"] != keyIDs[p.session] || l["role_arn"] != role {
 			t.Errorf("%s/%s: audit line %v", p.ns, p.name, l)
+		}
+		wantTags := map[string]any{"eks-cluster-name": "it-cluster", "kubernetes-namespace": p.ns, "kubernetes-service-account": p.sa}
+		if !reflect.DeepEqual(l["session_tags"], wantTags) {
+			t.Errorf("%s/%s: audit line tags %v, want %v", p.ns, p.name, l["session_tags"], wantTags)
 		}
 	}
 }

@@ -251,6 +251,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
 		"source_identity", key.SourceIdentity,
+		"session_tags", key.Tags,
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
 		"decision", "allow")
 	return &pb.GetPodCredentialsResponse{

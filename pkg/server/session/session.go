@@ -30,6 +30,10 @@ type Config struct {
 	NameTemplate string
 	// SourceIdentityTemplate is --source-identity-template; "" sets none.
 	SourceIdentityTemplate string
+	// PodTags is --session-tags: names from PodTags.
+	PodTags []string
+	// StaticTags is --static-session-tag: KEY=VALUE, the same for every pod.
+	StaticTags []string
 }
 
 // Validate reports what is wrong with the configuration, naming the flags.
@@ -38,9 +42,11 @@ func (c Config) Validate() error {
 	return err
 }
 
-// namer adds the templated session name and source identity to a key.
+// namer adds session name, source identity and tags to a key.
 type namer struct {
 	name, source *Template // nil: not set
+	podTags      []podTag
+	static       []creds.Tag
 }
 
 func newNamer(cfg Config) (*namer, error) {
@@ -56,6 +62,20 @@ func newNamer(cfg Config) (*namer, error) {
 		if n.source, err = ParseTemplate(cfg.SourceIdentityTemplate); err != nil {
 			errs = append(errs, fmt.Errorf("--source-identity-template: %w", err))
 		}
+	}
+	if n.podTags, err = parsePodTags(cfg.PodTags); err != nil {
+		errs = append(errs, fmt.Errorf("--session-tags: %w", err))
+	}
+	for _, s := range cfg.StaticTags {
+		t, err := ParseStaticTag(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--static-session-tag: %w", err))
+			continue
+		}
+		n.static = append(n.static, t)
+	}
+	if err := checkTagSet(n.podTags, n.static); err != nil {
+		errs = append(errs, fmt.Errorf("--session-tags and --static-session-tag: %w", err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -76,6 +96,19 @@ func (n *namer) apply(key creds.Key, f Fields) (creds.Key, error) {
 		if key.SourceIdentity, err = n.source.Render(f); err != nil {
 			return creds.Key{}, fmt.Errorf("source identity: %w", err)
 		}
+	}
+	if len(n.podTags)+len(n.static) > 0 {
+		tags := make([]creds.Tag, 0, len(n.podTags)+len(n.static))
+		for _, t := range n.podTags {
+			tag := creds.Tag{Key: t.key, Value: t.value(f)}
+			// Kubernetes names are always valid tag values; this guards
+			// against an API server that lets something else through.
+			if err := ValidateTag(tag); err != nil {
+				return creds.Key{}, fmt.Errorf("%w: %w", ErrTemplate, err)
+			}
+			tags = append(tags, tag)
+		}
+		key.Tags = creds.NewTags(append(tags, n.static...)...)
 	}
 	return key, nil
 }
