@@ -58,13 +58,15 @@ func TestSessionParameters(t *testing.T) {
 	}
 	role := roleARN("app-shared")
 	keyIDs := map[string]string{} // session name -> access key id
+	uids := map[string]string{}   // pod address -> pod UID
 	for _, p := range pods {
 		ann := map[string]string{"iam.amazonaws.com/role": "app-shared"}
 		for k, v := range p.ann {
 			ann[k] = v
 		}
-		kube.CreatePod(t, testenv.PodSpec{Namespace: p.ns, Name: p.name, ServiceAccount: p.sa, Annotations: ann,
+		created := kube.CreatePod(t, testenv.PodSpec{Namespace: p.ns, Name: p.name, ServiceAccount: p.sa, Annotations: ann,
 			PodIPs: []string{p.ip}, HostIPs: []string{node}})
+		uids[p.ip] = string(created.UID)
 	}
 	for _, p := range pods {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -152,6 +154,55 @@ func TestSessionParameters(t *testing.T) {
 			t.Errorf("%s/%s: audit line tags %v, want %v", p.ns, p.name, l["session_tags"], wantTags)
 		}
 	}
+
+	// A second server on the same cluster, tagging each pod with its UID:
+	// every pod is a session of its own, and each costs exactly one call.
+	t.Run("per-pod tags mean one session per pod", func(t *testing.T) {
+		proxy := startSTSFaultProxy(t, moto.Endpoint)
+		viaProxy := *moto
+		viaProxy.Endpoint = proxy.URL
+		sp := startServer(t, kube, &viaProxy,
+			"--assume-role-arn="+roleARN("podiam-server"),
+			"--role-base-arn="+roleARN(""),
+			"--session-tags=pod-uid",
+			"--pod-wait=3s")
+		client := credsClient(t, sp)
+		issued := map[string]bool{}
+		for _, p := range pods {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			resp, err := client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: p.ip})
+			cancel()
+			if err != nil {
+				t.Fatalf("%s/%s: %v", p.ns, p.name, err)
+			}
+			issued[resp.GetCredentials().GetAccessKeyId()] = true
+		}
+		calls := proxy.AssumeRoles(role)
+		if len(calls) != len(pods) || len(issued) != len(pods) {
+			t.Fatalf("%d AssumeRole calls and %d distinct credentials for %d pods with per-pod tags", len(calls), len(issued), len(pods))
+		}
+		// KIAM's names (without a template the pod's session-name
+		// annotation counts again), the tag alone telling pods apart.
+		wantName := map[string]string{}
+		for _, p := range pods {
+			wantName[uids[p.ip]] = "kiam-kiam"
+			if v := p.ann["iam.amazonaws.com/session-name"]; v != "" {
+				wantName[uids[p.ip]] = "kiam-" + v
+			}
+		}
+		for _, a := range calls {
+			uid := a.Form.Get("Tags.member.1.Value")
+			name, ok := wantName[uid]
+			if !ok || a.Form.Get("RoleSessionName") != name || a.Form.Get("Tags.member.1.Key") != "kubernetes-pod-uid" ||
+				a.Form.Has("Tags.member.2.Key") || a.Form.Has("TransitiveTagKeys.member.1") || a.Form.Has("SourceIdentity") {
+				t.Errorf("AssumeRole parameters %v", a.Form)
+			}
+			delete(wantName, uid)
+		}
+		if len(wantName) != 0 {
+			t.Errorf("pods never sent: %v", wantName)
+		}
+	})
 }
 
 // auditLines returns the last "credentials issued" line of each pod
