@@ -67,6 +67,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 		c.StaticSessionTags = append(c.StaticSessionTags, v)
 		return nil
 	})
+	fs.BoolVar(&c.ServiceAccountRoles, "service-account-roles", false, "a pod without an iam.amazonaws.com/role annotation of its own takes its ServiceAccount's (the namespace's permitted expression still decides); needs RBAC to list and watch serviceaccounts")
 	fs.BoolVar(&c.TransitiveSessionTags, "transitive-session-tags", false, "make the session tags transitive, so they stay on sessions the pod chains into itself")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")

@@ -11,10 +11,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/service"
 )
 
@@ -79,11 +81,97 @@ func credKeyIndexFunc(keys service.KeyResolver) cache.IndexFunc {
 
 // inUse reports whether any live pod in the indexer uses key: the
 // credential cache refreshes and keeps only keys in use.
-func inUse(pods cache.Indexer) func(creds.Key) bool {
+//
+// A pod that takes its role from its ServiceAccount was indexed with the
+// role the account had then, and the account may have changed since
+// without the pod changing, so such a pod counts only if its key now is
+// key; and the pods of accounts whose role is key's role now are checked
+// too (sas, nil without ServiceAccount roles). Both cost a key per pod,
+// paid only for those pods and, for the second, only for keys nothing
+// indexed uses: keys of deleted pods, once each, as they come due.
+func inUse(pods cache.Indexer, keys service.KeyResolver, sas cache.Indexer) func(creds.Key) bool {
+	uses := func(obj any, key creds.Key) bool {
+		pod := asPod(obj)
+		if pod == nil || !podindex.Live(pod) {
+			return false
+		}
+		k, err := keys.Key(pod)
+		return err == nil && k == key
+	}
 	return func(key creds.Key) bool {
 		objs, err := pods.ByIndex(indexCredKey, key.String())
-		return err == nil && len(objs) > 0
+		if err != nil {
+			return false
+		}
+		for _, obj := range objs {
+			pod := asPod(obj)
+			if pod == nil {
+				continue
+			}
+			// A pod's own annotations and metadata are what it was
+			// indexed with, so its index entry is exact.
+			if own, _ := pod.Annotation(role.AnnotationRole); sas == nil || own != "" || uses(obj, key) {
+				return true
+			}
+		}
+		if sas == nil {
+			return false
+		}
+		accounts, err := sas.ByIndex(indexSARole, key.RoleARN)
+		if err != nil {
+			return false
+		}
+		for _, obj := range accounts {
+			sa, ok := obj.(*corev1.ServiceAccount)
+			if !ok {
+				continue
+			}
+			inNS, err := pods.ByIndex(cache.NamespaceIndex, sa.Namespace)
+			if err != nil {
+				continue
+			}
+			for _, p := range inNS {
+				if pod := asPod(p); pod != nil && pod.ServiceAccountName == sa.Name && uses(p, key) {
+					return true
+				}
+			}
+		}
+		return false
 	}
+}
+
+// indexSARole indexes ServiceAccounts by the role ARN their
+// iam.amazonaws.com/role annotation resolves to.
+const indexSARole = "podiam-role"
+
+// saRoleIndexFunc indexes a ServiceAccount under its role's ARN; one
+// without a role, or with one that does not resolve, is not indexed.
+func saRoleIndexFunc(roles *role.Resolver) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		sa, ok := obj.(*corev1.ServiceAccount)
+		if !ok {
+			return nil, nil
+		}
+		arn, err := roles.Resolve(sa.Annotations[role.AnnotationRole])
+		if err != nil {
+			return nil, nil
+		}
+		return []string{arn}, nil
+	}
+}
+
+// serviceAccountRoles reads ServiceAccounts' role annotations from the
+// informer's lister, for session.Keys.
+type serviceAccountRoles struct {
+	lister corelisters.ServiceAccountLister
+}
+
+func (s serviceAccountRoles) Role(namespace, name string) string {
+	sa, err := s.lister.ServiceAccounts(namespace).Get(name)
+	if err != nil {
+		return ""
+	}
+	return sa.Annotations[role.AnnotationRole]
 }
 
 // asPod returns the *podindex.Pod an informer gave, or nil.

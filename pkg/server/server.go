@@ -77,6 +77,9 @@ type Config struct {
 	SessionTags           []string
 	StaticSessionTags     []string
 	TransitiveSessionTags bool
+	// ServiceAccountRoles is --service-account-roles: a pod without a role
+	// annotation of its own takes its ServiceAccount's.
+	ServiceAccountRoles bool
 	// SessionDuration (--session-duration) is the lifetime of target role
 	// sessions, which the STS client requests; SessionRefresh
 	// (--session-refresh) is how much of it may be left before the cache
@@ -277,10 +280,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("role base ARN: %w", err)
 	}
-	keys, err := session.New(cfg.sessionConfig(), session.Deps{Roles: resolver})
-	if err != nil {
-		return nil, err
-	}
 
 	podWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{}, reg, log.With("component", "podwatch"))
 	if err != nil {
@@ -296,6 +295,26 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	}
 	s.synced = []cache.InformerSynced{podInformer.HasSynced, nsInformer.HasSynced}
 	if err := registerInformerMetrics(reg, podInformer, nsInformer); err != nil {
+		return nil, err
+	}
+	// ServiceAccounts are watched only when their roles count: the
+	// permission to list them is one KIAM's RBAC never granted.
+	var saInformer cache.SharedIndexInformer
+	sessionDeps := session.Deps{Roles: resolver}
+	if cfg.ServiceAccountRoles {
+		sas := deps.Informers.Core().V1().ServiceAccounts()
+		saInformer = sas.Informer()
+		if err := saInformer.SetTransform(podindex.Transform); err != nil {
+			return nil, fmt.Errorf("set serviceaccount transform: %w", err)
+		}
+		if err := saInformer.AddIndexers(cache.Indexers{indexSARole: saRoleIndexFunc(resolver)}); err != nil {
+			return nil, fmt.Errorf("add serviceaccount indexers: %w", err)
+		}
+		s.synced = append(s.synced, saInformer.HasSynced)
+		sessionDeps.ServiceAccounts = serviceAccountRoles{lister: sas.Lister()}
+	}
+	keys, err := session.New(cfg.sessionConfig(), sessionDeps)
+	if err != nil {
 		return nil, err
 	}
 
@@ -319,7 +338,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
 		MaxEntries: cfg.CacheMaxEntries,
-		InUse:      inUse(podInformer.GetIndexer()),
+		InUse:      inUse(podInformer.GetIndexer(), keys, saIndexer(saInformer)),
 		Limiter:    limiter,
 	}, deps.STS, reg, log.With("component", "cache"))
 	if err != nil {
@@ -329,8 +348,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if saInformer != nil {
+		if err := watcher.WatchServiceAccounts(saInformer); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Prefetch {
-		s.prefetch, err = prefetch.New(prefetch.Config{}, prefetch.Deps{
+		s.prefetch, err = prefetch.New(prefetch.Config{ServiceAccountRoles: cfg.ServiceAccountRoles}, prefetch.Deps{
 			Pods:       podInformer,
 			Namespaces: namespaces,
 			Keys:       keys,
@@ -361,7 +385,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		Credentials: s.credentials,
 		Events:      s.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "podiam-server"}),
 		Watcher:     watcher,
-		Synced:      func() bool { return podInformer.HasSynced() && nsInformer.HasSynced() },
+		Synced:      allSynced(s.synced),
 	}, reg, log.With("component", "server"))
 	if err != nil {
 		return nil, err
@@ -423,4 +447,24 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 	parts = append(parts, extra...)
 	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN)
 	return supervise.Run(ctx, parts...)
+}
+
+// allSynced reports whether every informer has synced.
+func allSynced(synced []cache.InformerSynced) func() bool {
+	return func() bool {
+		for _, f := range synced {
+			if !f() {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// saIndexer is the ServiceAccount informer's indexer, nil without one.
+func saIndexer(inf cache.SharedIndexInformer) cache.Indexer {
+	if inf == nil {
+		return nil
+	}
+	return inf.GetIndexer()
 }

@@ -39,6 +39,9 @@ const DefaultWorkers = 2
 
 // Config tunes the controller.
 type Config struct {
+	// ServiceAccountRoles is the server's --service-account-roles: pods
+	// without a role annotation may still have a role, their account's.
+	ServiceAccountRoles bool
 	// Workers is how many pods are handled at once; 0 means
 	// DefaultWorkers. A prefetch only starts a fetch, so few suffice.
 	Workers int
@@ -66,6 +69,7 @@ type Controller struct {
 	policy     service.PolicyChecker
 	cache      Prefetcher
 	workers    int
+	saRoles    bool
 	queue      workqueue.TypedRateLimitingInterface[string]
 	log        *slog.Logger
 }
@@ -90,6 +94,7 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		policy:     deps.Policy,
 		cache:      deps.Cache,
 		workers:    cfg.Workers,
+		saRoles:    cfg.ServiceAccountRoles,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "podiam_prefetch"}),
@@ -112,7 +117,9 @@ func (c *Controller) enqueue(old, cur *podindex.Pod) {
 	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil || cur.Mirror {
 		return
 	}
-	if r, _ := cur.Annotation(role.AnnotationRole); r == "" {
+	// Without a role annotation a pod has a role only through its
+	// ServiceAccount; prefetch finds out which.
+	if r, _ := cur.Annotation(role.AnnotationRole); r == "" && !c.saRoles {
 		return
 	}
 	ips := cur.IPs

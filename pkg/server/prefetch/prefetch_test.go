@@ -279,3 +279,19 @@ func TestEnqueueOnlyRelevantChanges(t *testing.T) {
 		t.Fatal("a pod without a role or without an address was queued")
 	}
 }
+
+// A pod without a role annotation is queued only where it may have a role
+// through its ServiceAccount; prefetch then resolves it like a request.
+func TestEnqueueWithoutOwnRole(t *testing.T) {
+	c, _, _, _ := setup(t)
+	p := podindex.FromAPI(pod("open", "inherits", "10.1.0.9", ""))
+	c.enqueue(nil, p)
+	if n := c.queue.Len(); n != 0 {
+		t.Fatalf("%d queued without ServiceAccount roles, want 0", n)
+	}
+	c.saRoles = true
+	c.enqueue(nil, p)
+	if n := c.queue.Len(); n != 1 {
+		t.Fatalf("%d queued with ServiceAccount roles, want 1", n)
+	}
+}

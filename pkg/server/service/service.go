@@ -246,8 +246,13 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		return nil, deny(resultSTSUnavailable, pb.Reason_REASON_STS_UNAVAILABLE, err)
 	}
 
+	roleFrom := "pod"
+	if own, _ := pod.Annotation(role.AnnotationRole); own == "" {
+		roleFrom = "serviceaccount"
+	}
 	log.Info("credentials issued",
 		"service_account", pod.ServiceAccountName,
+		"role_from", roleFrom,
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
 		"source_identity", key.SourceIdentity,

@@ -1,6 +1,7 @@
 // Package session decides what the server tells STS about a pod besides its
 // role: the session name, the SourceIdentity and the session tags, from
-// templates and tag lists the operator sets over pod metadata.
+// templates and tag lists the operator sets over pod metadata; and, where
+// the operator turns it on, the role itself from the pod's ServiceAccount.
 // They are what CloudTrail records and what IAM policies can condition on,
 // so a pod cannot choose them, except KIAM's iam.amazonaws.com/session-name
 // annotation, which keeps its meaning while no name template is set.
@@ -119,9 +120,19 @@ type RoleKeys interface {
 	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
 }
 
+// ServiceAccountRoles returns the iam.amazonaws.com/role annotation of a
+// ServiceAccount, "" when it has none or is not known.
+type ServiceAccountRoles interface {
+	Role(namespace, name string) string
+}
+
 // Deps are what Keys reads besides the pod.
 type Deps struct {
 	Roles RoleKeys
+	// ServiceAccounts, when set, gives pods without a role annotation of
+	// their own the role of their ServiceAccount. nil: only pods' own
+	// annotations count, as in KIAM.
+	ServiceAccounts ServiceAccountRoles
 }
 
 // Keys turns a pod into the key of the STS session it may use. It is safe
@@ -129,6 +140,7 @@ type Deps struct {
 type Keys struct {
 	namer          *namer
 	roles          RoleKeys
+	sa             ServiceAccountRoles
 	defaultSession string
 }
 
@@ -141,13 +153,24 @@ func New(cfg Config, deps Deps) (*Keys, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Keys{namer: n, roles: deps.Roles, defaultSession: cfg.DefaultSession}, nil
+	return &Keys{namer: n, roles: deps.Roles, sa: deps.ServiceAccounts, defaultSession: cfg.DefaultSession}, nil
 }
 
-// Key returns the pod's key. The errors are role's (role.ErrNoRole for a
-// pod without a role) or ErrTemplate.
+// Key returns the pod's key. A pod's own role annotation wins; a pod
+// without one (absent or empty, which KIAM read alike) takes its
+// ServiceAccount's when ServiceAccount roles are on. Only the role comes
+// from the account: External ID and session name stay the pod's. The
+// errors are role's (role.ErrNoRole when neither names a role) or
+// ErrTemplate.
 func (k *Keys) Key(pod *podindex.Pod) (creds.Key, error) {
-	key, err := k.roles.Key(pod.GetAnnotations(), k.defaultSession)
+	ann := pod.GetAnnotations()
+	if r := k.ServiceAccountRole(pod); r != "" {
+		if ann == nil {
+			ann = make(map[string]string, 1)
+		}
+		ann[role.AnnotationRole] = r
+	}
+	key, err := k.roles.Key(ann, k.defaultSession)
 	if err != nil {
 		return creds.Key{}, err
 	}
@@ -159,4 +182,17 @@ func (k *Keys) Key(pod *podindex.Pod) (creds.Key, error) {
 		NodeName:       pod.NodeName,
 		Role:           role.Name(key.RoleARN),
 	})
+}
+
+// ServiceAccountRole is the role annotation the pod takes from its
+// ServiceAccount: "" when the pod has a role annotation of its own, when
+// ServiceAccount roles are off, or when the account has none.
+func (k *Keys) ServiceAccountRole(pod *podindex.Pod) string {
+	if k.sa == nil || pod.ServiceAccountName == "" {
+		return ""
+	}
+	if own, _ := pod.Annotation(role.AnnotationRole); own != "" {
+		return ""
+	}
+	return k.sa.Role(pod.Namespace, pod.ServiceAccountName)
 }

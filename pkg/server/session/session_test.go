@@ -214,3 +214,63 @@ func TestKeysSourceIdentity(t *testing.T) {
 		t.Fatalf("long source identity %q", c.SourceIdentity)
 	}
 }
+
+// saRoles is a fixed set of ServiceAccount role annotations.
+type saRoles map[string]string
+
+func (s saRoles) Role(namespace, name string) string { return s[namespace+"/"+name] }
+
+// A ServiceAccount's role is the role of its pods that have none of their
+// own; a pod's annotation wins; with the feature off nothing changes.
+func TestKeysServiceAccountRoles(t *testing.T) {
+	r, err := role.NewResolver(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	accounts := saRoles{"payments/ledger": "payments-ledger", "payments/broken": "a/../b"}
+	k, err := New(Config{DefaultSession: "kiam", NameTemplate: "{{.Namespace}}.{{.ServiceAccount}}.{{.Role}}"},
+		Deps{Roles: r, ServiceAccounts: accounts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		sa      string
+		ann     map[string]string
+		want    string // role ARN; "" for an error
+		wantErr error
+		fromSA  bool
+	}{
+		{"account's role", "ledger", nil, base + "payments-ledger", nil, true},
+		{"empty own annotation reads as none", "ledger", map[string]string{role.AnnotationRole: ""}, base + "payments-ledger", nil, true},
+		{"own annotation wins", "ledger", map[string]string{role.AnnotationRole: "other"}, base + "other", nil, false},
+		{"account without a role", "report", nil, "", role.ErrNoRole, false},
+		{"account's role invalid", "broken", nil, "", role.ErrInvalidRole, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := testPod("payments", "pod-1", tc.sa, tc.ann)
+			got, err := k.Key(p)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tc.wantErr)
+				}
+			} else if err != nil || got.RoleARN != tc.want {
+				t.Fatalf("key %+v, %v; want role %s", got, err, tc.want)
+			}
+			if (k.ServiceAccountRole(p) != "") != tc.fromSA {
+				t.Fatalf("ServiceAccountRole = %q, want one: %v", k.ServiceAccountRole(p), tc.fromSA)
+			}
+		})
+	}
+	// The account's role feeds the templates like a pod's own.
+	got, _ := k.Key(testPod("payments", "pod-1", "ledger", nil))
+	if got.SessionName != "payments.ledger.payments-ledger" {
+		t.Fatalf("session name %q", got.SessionName)
+	}
+
+	off := newKeys(t, Config{})
+	if _, err := off.Key(testPod("payments", "pod-1", "ledger", nil)); !errors.Is(err, role.ErrNoRole) {
+		t.Fatalf("with ServiceAccount roles off: %v, want ErrNoRole", err)
+	}
+}
