@@ -104,7 +104,10 @@ demo: deps
 #   - abuse: one pod holding 20,000 connections (agent RSS, another pod's
 #     p99) and a denied pod asking in a tight loop (server calls a second);
 #   - server at scale: 10,000 pods, informer sync, RSS, heap, STS calls;
-#   - STS economy: 1,000 pods sharing 10 roles over two refresh periods.
+#   - STS economy: 1,000 pods sharing 10 roles over two refresh periods;
+#   - session choices: the STS calls of 1,000 pods in 10 namespaces on 10
+#     roles for KIAM's names, a namespace template, namespace tags and
+#     per-pod tags.
 # Every table is printed again at the end. About ten minutes on two cores.
 # Knobs (environment): PODIAM_BENCH_WRK_SECONDS, PODIAM_BENCH_WRK_ROUNDS,
 # PODIAM_BENCH_COLD_TRIALS, PODIAM_BENCH_SCALE_PODS, and
