@@ -73,6 +73,7 @@ FUZZTIME ?= 20s
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRouter$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 200x ./pkg/agent/imds
 	$(GO) test -run '^$$' -fuzz '^FuzzResolve$$' -fuzztime $(FUZZTIME) ./pkg/server/role
+	$(GO) test -run '^$$' -fuzz '^FuzzSanitize$$' -fuzztime $(FUZZTIME) ./pkg/server/session
 
 # unit runs the tests that need only Go, in seconds, as any user: neither
 # test/ nor the files behind TEST_TAGS.
@@ -121,7 +122,10 @@ demo: deps
 #   - abuse: one pod holding 20,000 connections (agent RSS, another pod's
 #     p99) and a denied pod asking in a tight loop (server calls a second);
 #   - server at scale: 10,000 pods, informer sync, RSS, heap, STS calls;
-#   - STS economy: 1,000 pods sharing 10 roles over two refresh periods.
+#   - STS economy: 1,000 pods sharing 10 roles over two refresh periods;
+#   - session choices: the STS calls of 1,000 pods in 10 namespaces on 10
+#     roles for KIAM's names, a namespace template, namespace tags and
+#     per-pod tags.
 # Every table is printed again at the end. About ten minutes on two cores.
 # Knobs (environment): PODIAM_BENCH_WRK_SECONDS, PODIAM_BENCH_WRK_ROUNDS,
 # PODIAM_BENCH_COLD_TRIALS, PODIAM_BENCH_SCALE_PODS, and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +118,26 @@ func TestServerPrefetchFlag(t *testing.T) {
 	}
 }
 
+// Session tags are a comma-separated list, which may also be repeated;
+// static tags repeat.
+func TestServerSessionTagFlags(t *testing.T) {
+	var c serverConfig
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	c.register(fs)
+	if err := parseFlags(fs, []string{"--cert=c", "--key=k", "--ca=a", "--session-tags=namespace, serviceaccount",
+		"--session-tags=pod", "--static-session-tag=eks-cluster-name=prod", "--static-session-tag=team=a=b",
+		"--transitive-session-tags"}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(c.SessionTags, []string{"namespace", "serviceaccount", "pod"}) ||
+		!slices.Equal(c.StaticSessionTags, []string{"eks-cluster-name=prod", "team=a=b"}) || !c.TransitiveSessionTags {
+		t.Fatalf("parsed %q %q %v", c.SessionTags, c.StaticSessionTags, c.TransitiveSessionTags)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestServerConfigValidate(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -139,6 +160,15 @@ func TestServerConfigValidate(t *testing.T) {
 		{"negative keepalive", func(c *serverConfig) { c.GRPCKeepaliveTime = -time.Second }, "--grpc-keepalive-time-duration"},
 		{"zero pod wait", func(c *serverConfig) { c.PodWait = 0 }, "--pod-wait"},
 		{"unknown External ID source", func(c *serverConfig) { c.ExternalIDFrom = "tenant" }, "--external-id-from"},
+		{"session name template with a character STS refuses", func(c *serverConfig) { c.SessionNameTemplate = "{{.Namespace}}/{{.PodName}}" },
+			"--session-name-template"},
+		{"source identity template with a character STS refuses", func(c *serverConfig) { c.SourceIdentityTemplate = "{{.Namespace}}:{{.PodName}}" },
+			"--source-identity-template"},
+		{"unknown session tag", func(c *serverConfig) { c.SessionTags = []string{"namespace", "node"} }, "--session-tags"},
+		{"static tag without a value", func(c *serverConfig) { c.StaticSessionTags = []string{"eks-cluster-name"} }, "--static-session-tag"},
+		{"transitive without tags", func(c *serverConfig) { c.TransitiveSessionTags = true }, "--transitive-session-tags"},
+		{"session name template always too long", func(c *serverConfig) { c.SessionNameTemplate = strings.Repeat("x", 65) },
+			"--session-name-template"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

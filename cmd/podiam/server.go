@@ -59,7 +59,23 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.RoleBaseARNAutodetect, "role-base-arn-autodetect", false, "derive the role base ARN from STS GetCallerIdentity")
 	fs.StringVar(&c.Region, "region", "", "AWS region for STS; empty means AWS_REGION, else the global endpoint")
 	fs.StringVar(&c.Session, "session", "kiam", "session name suffix when a pod has no iam.amazonaws.com/session-name")
+	fs.StringVar(&c.SessionNameTemplate, "session-name-template", "", "session names from pod metadata, e.g. '{{.Namespace}}.{{.ServiceAccount}}' (fields Namespace, ServiceAccount, PodName, PodUID, NodeName, Role); cut with a hash suffix where STS's 64 characters do not suffice; empty: kiam-<iam.amazonaws.com/session-name or --session>")
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
+	fs.StringVar(&c.SourceIdentityTemplate, "source-identity-template", "", "SourceIdentity set on each pod role's AssumeRole, from the fields of --session-name-template, e.g. '{{.Namespace}}.{{.ServiceAccount}}'; recorded in CloudTrail and kept through further role chaining (the role's trust policy must allow sts:SetSourceIdentity); empty: none")
+	fs.Func("session-tags", "pod metadata sent as STS session tags, comma-separated, under the EKS Pod Identity keys: namespace (kubernetes-namespace), serviceaccount (kubernetes-service-account), pod (kubernetes-pod-name), pod-uid (kubernetes-pod-uid); the roles' trust policies must allow sts:TagSession", func(v string) error {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				c.SessionTags = append(c.SessionTags, name)
+			}
+		}
+		return nil
+	})
+	fs.Func("static-session-tag", "KEY=VALUE session tag on every pod role session, e.g. eks-cluster-name=prod; repeatable", func(v string) error {
+		c.StaticSessionTags = append(c.StaticSessionTags, v)
+		return nil
+	})
+	fs.BoolVar(&c.ServiceAccountRoles, "service-account-roles", false, "a pod without an iam.amazonaws.com/role annotation of its own takes its ServiceAccount's (the namespace's permitted expression still decides); needs RBAC to list and watch serviceaccounts")
+	fs.BoolVar(&c.TransitiveSessionTags, "transitive-session-tags", false, "make the session tags transitive, so they stay on sessions the pod chains into itself")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
 	fs.BoolVar(&c.DisableStrictNamespaceRegexp, "disable-strict-namespace-regexp", false, "match iam.amazonaws.com/permitted unanchored, as KIAM did without strict mode")
 	fs.StringVar((*string)(&c.ExternalIDFrom), "external-id-from", string(policy.ExternalIDFromPod), "who chooses the External ID of a pod's roles: pod (its iam.amazonaws.com/external-id, as KIAM) or namespace (pods that set one are denied); a namespace's iam.amazonaws.com/external-id applies in both, and a pod naming another is denied")
@@ -211,6 +227,7 @@ func (c *serverConfig) sts() sts.Config {
 		BaseRoleARN:     c.AssumeRoleARN,
 		BaseSessionName: role.SessionName("", c.Session),
 		SessionDuration: c.SessionDuration,
+		TransitiveTags:  c.TransitiveSessionTags,
 		// One attempt per target call: the credential cache retries, with
 		// backoff per role and under --sts-rate, so every attempt is metered.
 		AssumeMaxAttempts: 1,

@@ -11,10 +11,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/podindex"
+	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/service"
 )
 
@@ -57,30 +59,33 @@ func registerInformerMetrics(reg prometheus.Registerer, pods, namespaces cache.S
 	return nil
 }
 
-// indexCredKey indexes live pods by the role and session name their
-// annotations name, so the credential cache can ask "does any live pod
-// still use this key?".
+// indexCredKey indexes live pods by the session their metadata names (role,
+// session name, source identity, tags), so the credential cache can ask
+// "does any live pod still use this key?".
 const indexCredKey = "podiam-credkey"
 
-// roleSession is a key's index value. The External ID is left out: it may
+// indexValue is a key's index value. The External ID is left out: it may
 // be the namespace's, which an index function cannot read (a namespace
 // change re-indexes no pod), so inUse decides it per pod at query time.
-func roleSession(key creds.Key) string { return key.RoleARN + "|" + key.SessionName }
+func indexValue(key creds.Key) string {
+	key.ExternalID = ""
+	return key.String()
+}
 
-// credKeyIndexFunc indexes live pods with a valid role under their role
-// and session name. Pods still pending without an address count: they are
-// about to ask. Static pods never get a role.
-func credKeyIndexFunc(keys service.KeyResolver, defaultSession string) cache.IndexFunc {
+// credKeyIndexFunc indexes live pods with a valid role under their key.
+// Pods still pending without an address count: they are about to ask.
+// Static pods never get a role.
+func credKeyIndexFunc(keys service.KeyResolver) cache.IndexFunc {
 	return func(obj any) ([]string, error) {
 		pod := asPod(obj)
 		if pod == nil || !podindex.Live(pod) || pod.Mirror {
 			return nil, nil
 		}
-		key, err := keys.Key(pod.GetAnnotations(), defaultSession)
+		key, err := keys.Key(pod)
 		if err != nil {
 			return nil, nil
 		}
-		return []string{roleSession(key)}, nil
+		return []string{indexValue(key)}, nil
 	}
 }
 
@@ -89,28 +94,96 @@ func credKeyIndexFunc(keys service.KeyResolver, defaultSession string) cache.Ind
 // assumed with a namespace's previous External ID, or for a role its
 // policy no longer permits, are thus no longer in use: they are neither
 // refreshed nor kept from eviction, and dropped when due.
-func inUse(pods cache.Indexer, keys service.KeyResolver, defaultSession string,
-	namespaces service.NamespaceGetter, p service.Policy) func(creds.Key) bool {
+//
+// A pod that takes its role from its ServiceAccount was indexed with the
+// role the account had then, and the account may have changed since
+// without the pod changing; so every candidate's key is computed again,
+// and the pods of accounts whose role is key's role now are checked too
+// (sas, nil without ServiceAccount roles). The second costs a key per pod
+// of those accounts, paid only for keys nothing indexed uses: keys of
+// deleted pods, once each, as they come due.
+func inUse(pods cache.Indexer, keys service.KeyResolver, namespaces service.NamespaceGetter,
+	p service.Policy, sas cache.Indexer) func(creds.Key) bool {
+	uses := func(obj any, key creds.Key) bool {
+		pod := asPod(obj)
+		if pod == nil || !podindex.Live(pod) || pod.Mirror {
+			return false
+		}
+		own, err := keys.Key(pod)
+		if err != nil {
+			return false
+		}
+		d, err := service.Decide(namespaces, p, pod.Namespace, own)
+		return err == nil && d.Key == key
+	}
 	return func(key creds.Key) bool {
-		objs, err := pods.ByIndex(indexCredKey, roleSession(key))
+		objs, err := pods.ByIndex(indexCredKey, indexValue(key))
 		if err != nil {
 			return false
 		}
 		for _, obj := range objs {
-			pod := asPod(obj)
-			if pod == nil {
+			if uses(obj, key) {
+				return true
+			}
+		}
+		if sas == nil {
+			return false
+		}
+		accounts, err := sas.ByIndex(indexSARole, key.RoleARN)
+		if err != nil {
+			return false
+		}
+		for _, obj := range accounts {
+			sa, ok := obj.(*corev1.ServiceAccount)
+			if !ok {
 				continue
 			}
-			own, err := keys.Key(pod.GetAnnotations(), defaultSession)
+			inNS, err := pods.ByIndex(cache.NamespaceIndex, sa.Namespace)
 			if err != nil {
 				continue
 			}
-			if d, err := service.Decide(namespaces, p, pod.Namespace, own); err == nil && d.Key == key {
-				return true
+			for _, o := range inNS {
+				if pod := asPod(o); pod != nil && pod.ServiceAccountName == sa.Name && uses(o, key) {
+					return true
+				}
 			}
 		}
 		return false
 	}
+}
+
+// indexSARole indexes ServiceAccounts by the role ARN their
+// iam.amazonaws.com/role annotation resolves to.
+const indexSARole = "podiam-role"
+
+// saRoleIndexFunc indexes a ServiceAccount under its role's ARN; one
+// without a role, or with one that does not resolve, is not indexed.
+func saRoleIndexFunc(roles *role.Resolver) cache.IndexFunc {
+	return func(obj any) ([]string, error) {
+		sa, ok := obj.(*corev1.ServiceAccount)
+		if !ok {
+			return nil, nil
+		}
+		arn, err := roles.Resolve(sa.Annotations[role.AnnotationRole])
+		if err != nil {
+			return nil, nil
+		}
+		return []string{arn}, nil
+	}
+}
+
+// serviceAccountRoles reads ServiceAccounts' role annotations from the
+// informer's lister, for session.Keys.
+type serviceAccountRoles struct {
+	lister corelisters.ServiceAccountLister
+}
+
+func (s serviceAccountRoles) Role(namespace, name string) string {
+	sa, err := s.lister.ServiceAccounts(namespace).Get(name)
+	if err != nil {
+		return ""
+	}
+	return sa.Annotations[role.AnnotationRole]
 }
 
 // asPod returns the *podindex.Pod an informer gave, or nil.

@@ -46,6 +46,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/ratelimit"
 	"github.com/podiam/podiam/pkg/server/role"
 	"github.com/podiam/podiam/pkg/server/service"
+	"github.com/podiam/podiam/pkg/server/session"
 	"github.com/podiam/podiam/pkg/supervise"
 )
 
@@ -68,6 +69,23 @@ type Config struct {
 	// Session is --session, the session name suffix for pods without an
 	// iam.amazonaws.com/session-name annotation.
 	Session string
+	// SessionNameTemplate is --session-name-template: session names from
+	// pod metadata instead of KIAM's (session.Config).
+	SessionNameTemplate string
+	// SourceIdentityTemplate is --source-identity-template: the
+	// SourceIdentity set on every target AssumeRole.
+	SourceIdentityTemplate string
+	// SessionTags (--session-tags) names the pod metadata sent as session
+	// tags under EKS Pod Identity's keys; StaticSessionTags
+	// (--static-session-tag) are KEY=VALUE tags for every session, and
+	// TransitiveSessionTags (--transitive-session-tags) makes them all
+	// transitive, which the command gives the STS client.
+	SessionTags           []string
+	StaticSessionTags     []string
+	TransitiveSessionTags bool
+	// ServiceAccountRoles is --service-account-roles: a pod without a role
+	// annotation of its own takes its ServiceAccount's.
+	ServiceAccountRoles bool
 	// SessionDuration (--session-duration) is the lifetime of target role
 	// sessions, which the STS client requests; SessionRefresh
 	// (--session-refresh) is how much of it may be left before the cache
@@ -149,6 +167,12 @@ func (c Config) Validate() error {
 	if c.Session == "" {
 		errs = append(errs, errors.New("--session must not be empty"))
 	}
+	if err := c.sessionConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TransitiveSessionTags && len(c.SessionTags)+len(c.StaticSessionTags) == 0 {
+		errs = append(errs, errors.New("--transitive-session-tags needs --session-tags or --static-session-tag"))
+	}
 	minSession := 15 * time.Minute
 	if c.CustomSTSEndpoint {
 		minSession = 10 * time.Second
@@ -187,6 +211,17 @@ func (c Config) Validate() error {
 // check builds its policy from it too, so that it decides as the server.
 func (c Config) Policy() policy.Config {
 	return policy.Config{DisableStrictRegexp: c.DisableStrictNamespaceRegexp, ExternalIDFrom: c.ExternalIDFrom}
+}
+
+// sessionConfig is what the flags say about the STS session parameters.
+func (c Config) sessionConfig() session.Config {
+	return session.Config{
+		DefaultSession:         c.Session,
+		NameTemplate:           c.SessionNameTemplate,
+		SourceIdentityTemplate: c.SourceIdentityTemplate,
+		PodTags:                c.SessionTags,
+		StaticTags:             c.StaticSessionTags,
+	}
 }
 
 // STS is what the server needs of its STS client (*sts.Assumer): target
@@ -311,13 +346,33 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err := registerInformerMetrics(reg, podInformer, nsInformer); err != nil {
 		return nil, err
 	}
+	// ServiceAccounts are watched only when their roles count: the
+	// permission to list them is one KIAM's RBAC never granted.
+	var saInformer cache.SharedIndexInformer
+	sessionDeps := session.Deps{Roles: resolver}
+	if cfg.ServiceAccountRoles {
+		sas := deps.Informers.Core().V1().ServiceAccounts()
+		saInformer = sas.Informer()
+		if err := saInformer.SetTransform(podindex.Transform); err != nil {
+			return nil, fmt.Errorf("set serviceaccount transform: %w", err)
+		}
+		if err := saInformer.AddIndexers(cache.Indexers{indexSARole: saRoleIndexFunc(resolver)}); err != nil {
+			return nil, fmt.Errorf("add serviceaccount indexers: %w", err)
+		}
+		s.synced = append(s.synced, saInformer.HasSynced)
+		sessionDeps.ServiceAccounts = serviceAccountRoles{lister: sas.Lister()}
+	}
+	keys, err := session.New(cfg.sessionConfig(), sessionDeps)
+	if err != nil {
+		return nil, err
+	}
 
 	checker, err := policy.New(cfg.Policy())
 	if err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
 	pods, err := podindex.New(podInformer, podindex.Config{
-		ExtraIndexers: cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, cfg.Session)},
+		ExtraIndexers: cache.Indexers{indexCredKey: credKeyIndexFunc(keys)},
 		Current:       podWatch.Current,
 		Live:          deps.LivePods,
 	}, reg, log.With("component", "podindex"))
@@ -331,7 +386,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	// Keys AWSAssumeRole objects use count as in use like pods' keys, so
 	// the cache refreshes them ahead of expiry whether or not a pod does.
 	objectKeys := assumerole.NewInUse()
-	podsUse := inUse(podInformer.GetIndexer(), resolver, cfg.Session, namespaces.Lister(), checker)
+	podsUse := inUse(podInformer.GetIndexer(), keys, namespaces.Lister(), checker, saIndexer(saInformer))
 	s.credentials, err = credcache.New(credcache.Config{
 		Refresh:    cfg.SessionRefresh,
 		MinServe:   min(minServe, cfg.SessionRefresh/2),
@@ -346,11 +401,16 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if saInformer != nil {
+		if err := watcher.WatchServiceAccounts(saInformer); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.Prefetch {
-		s.prefetch, err = prefetch.New(prefetch.Config{DefaultSession: cfg.Session}, prefetch.Deps{
+		s.prefetch, err = prefetch.New(prefetch.Config{ServiceAccountRoles: cfg.ServiceAccountRoles}, prefetch.Deps{
 			Pods:       podInformer,
 			Namespaces: namespaces,
-			Keys:       resolver,
+			Keys:       keys,
 			Policy:     checker,
 			Cache:      s.credentials,
 			Log:        log.With("component", "prefetch"),
@@ -392,18 +452,17 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	svc, err := service.New(service.Config{
-		DefaultSession: cfg.Session,
-		PodWait:        cfg.PodWait,
-		NodeBinding:    !cfg.DisableNodeBinding,
+		PodWait:     cfg.PodWait,
+		NodeBinding: !cfg.DisableNodeBinding,
 	}, service.Deps{
 		Pods:        pods,
 		Namespaces:  namespaces.Lister(),
-		Keys:        resolver,
+		Keys:        keys,
 		Policy:      checker,
 		Credentials: s.credentials,
 		Events:      events,
 		Watcher:     watcher,
-		Synced:      func() bool { return podInformer.HasSynced() && nsInformer.HasSynced() },
+		Synced:      allSynced(s.synced),
 	}, reg, log.With("component", "server"))
 	if err != nil {
 		return nil, err
@@ -478,4 +537,24 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 	s.log.Info("podiam server started", "bind", lis.Addr().String(), "role_base_arn", s.baseARN, "assume_role_arn", s.cfg.AssumeRoleARN,
 		"external_id_from", string(s.cfg.ExternalIDFrom))
 	return supervise.Run(ctx, parts...)
+}
+
+// allSynced reports whether every informer has synced.
+func allSynced(synced []cache.InformerSynced) func() bool {
+	return func() bool {
+		for _, f := range synced {
+			if !f() {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+// saIndexer is the ServiceAccount informer's indexer, nil without one.
+func saIndexer(inf cache.SharedIndexInformer) cache.Indexer {
+	if inf == nil {
+		return nil
+	}
+	return inf.GetIndexer()
 }

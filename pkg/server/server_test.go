@@ -23,12 +23,14 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	"github.com/podiam/podiam/pkg/supervise"
 	"github.com/podiam/podiam/test/syncbuf"
 )
@@ -490,10 +492,14 @@ func TestInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	namespaces := nsLister{"ns": {ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{role.AnnotationPermitted: ".*"}}}}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexCredKey: credKeyIndexFunc(resolver, "kiam")})
-	used := inUse(idx, resolver, "kiam", namespaces, checker)
+	keys, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexCredKey: credKeyIndexFunc(keys)})
+	used := inUse(idx, keys, namespaces, checker, nil)
 	web := podindex.FromAPI(pod("ns", "web", "10.1.0.1", "app-web"))
-	key, err := resolver.Key(web.GetAnnotations(), "kiam")
+	key, err := keys.Key(web)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -542,5 +548,74 @@ func TestInUse(t *testing.T) {
 	}
 	if err := idx.Add(podindex.FromAPI(pod("ns", "bad", "10.1.0.2", "arn:aws:iam::12:role/x"))); err != nil {
 		t.Fatal(err) // an invalid role is simply not indexed
+	}
+}
+
+// A pod that takes its role from its ServiceAccount is in use under the key
+// the account gives it now, not the one it was indexed with: an account's
+// annotation changes without its pods changing.
+func TestInUseServiceAccountRoles(t *testing.T) {
+	resolver, err := role.NewResolver(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sas := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{indexSARole: saRoleIndexFunc(resolver)})
+	keys, err := session.New(session.Config{DefaultSession: "kiam"},
+		session.Deps{Roles: resolver, ServiceAccounts: serviceAccountRoles{lister: corelisters.NewServiceAccountLister(sas)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{
+		indexCredKey: credKeyIndexFunc(keys), cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	checker, err := policy.New(policy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	namespaces := nsLister{"ns": {ObjectMeta: metav1.ObjectMeta{Name: "ns", Annotations: map[string]string{role.AnnotationPermitted: ".*"}}}}
+	used := inUse(pods, keys, namespaces, checker, sas)
+	account := func(roleName string) *corev1.ServiceAccount {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "api"}}
+		if roleName != "" {
+			sa.Annotations = map[string]string{role.AnnotationRole: roleName}
+		}
+		return sa
+	}
+	keyOf := func(roleName string) creds.Key {
+		return creds.Key{RoleARN: base + roleName, SessionName: "kiam-kiam"}
+	}
+	if err := sas.Add(account("app-a")); err != nil {
+		t.Fatal(err)
+	}
+	p := pod("ns", "api-1", "10.1.0.1", "")
+	p.Spec.ServiceAccountName = "api"
+	if err := pods.Add(podindex.FromAPI(p)); err != nil {
+		t.Fatal(err)
+	}
+	if !used(keyOf("app-a")) || used(keyOf("app-b")) {
+		t.Fatal("the account's role is not the one in use")
+	}
+	if err := sas.Update(account("app-b")); err != nil {
+		t.Fatal(err)
+	}
+	if used(keyOf("app-a")) {
+		t.Fatal("the account's old role is still in use through the stale index entry")
+	}
+	if !used(keyOf("app-b")) {
+		t.Fatal("the account's new role is not in use although its pod uses it")
+	}
+	// A pod's own annotation is exact whatever its account says.
+	own := pod("ns", "own-1", "10.1.0.2", "app-a")
+	own.Spec.ServiceAccountName = "api"
+	if err := pods.Add(podindex.FromAPI(own)); err != nil {
+		t.Fatal(err)
+	}
+	if !used(keyOf("app-a")) {
+		t.Fatal("a pod's own role is not in use")
+	}
+	if err := sas.Update(account("")); err != nil {
+		t.Fatal(err)
+	}
+	if used(keyOf("app-b")) {
+		t.Fatal("in use after the account lost its role")
 	}
 }

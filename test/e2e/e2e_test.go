@@ -139,6 +139,7 @@ func TestE2E(t *testing.T) {
 		e.agent = track(e.startAgent(t))
 	})
 	t.Run("IP reuse never serves the old pod's role", func(t *testing.T) { testIPReuse(t, e) })
+	t.Run("roles bound to ServiceAccounts", func(t *testing.T) { testServiceAccountRoles(t, e) })
 	t.Run("server outage: cached credentials are still served", func(t *testing.T) { testServerOutage(t, e, web) })
 	t.Run("faults", func(t *testing.T) { testFaults(t, e, track) })
 	t.Run("no secrets in logs", func(t *testing.T) {
@@ -566,6 +567,7 @@ func testIPReuse(t *testing.T, e *env) {
 	e.topo.unwirePod(t, e.old)
 	// A new pod gets the same IP on a new veth before the API has it.
 	reused := e.topo.wirePod(t, e.spareNS, "pdm5", e.old.IP)
+	e.reused = reused
 
 	leaked := func(what string, listing testenv.CurlResult, doc credDoc) {
 		t.Helper()

@@ -48,6 +48,9 @@ type env struct {
 
 	web, intruder, norole, old *podNet
 	spareNS                    string
+	// reused is the interface the IP reuse scenario wires into spareNS
+	// and leaves to later scenarios, nil before it ran.
+	reused *podNet
 
 	server, agent *testenv.Proc
 }

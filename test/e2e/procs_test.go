@@ -76,6 +76,9 @@ func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
 		"--agent-identity=podiam-agent",
+		// Pods with their own role annotation, all but one scenario's,
+		// are served as without it.
+		"--service-account-roles",
 	}, extra...), e.moto.Env())
 	testenv.Ready(t, 90*time.Second, "podiam health", func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, e.podiam, "health",

@@ -592,3 +592,63 @@ func BenchmarkSTSEconomy(b *testing.B) {
 		fmt.Sprintf("%.0f cache hits, %.0f misses (joined a refresh)", hits, misses))
 	table.Report(b)
 }
+
+// BenchmarkSessionChoices counts the STS calls each session naming choice
+// costs: 1,000 pods in 10 namespaces on 10 roles (every namespace uses
+// every role) each ask once, against a server per choice on one cluster.
+// The number is the number of distinct session keys.
+func BenchmarkSessionChoices(b *testing.B) {
+	c := newCluster(b)
+	c.loadPods(b, "choice", econNamespaces, econPods, "choice-role-", func(i int) (string, string, string) {
+		// Namespace i%10 and role (i/10)%10: each namespace has pods of
+		// every role.
+		return fmt.Sprintf("choice-role-%02d", (i/econNamespaces)%econRoles), "n1", node
+	})
+	ctx := context.Background()
+	choices := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"KIAM's default (kiam-kiam)", nil, econRoles},
+		{"--session-name-template={{.Namespace}}", []string{"--session-name-template={{.Namespace}}"}, econRoles * econNamespaces},
+		{"--session-tags=namespace + --static-session-tag", []string{"--session-tags=namespace", "--static-session-tag=eks-cluster-name=bench"}, econRoles * econNamespaces},
+		{"--session-tags=pod-uid", []string{"--session-tags=pod-uid"}, econPods},
+	}
+	table := testenv.Table{
+		Title:  fmt.Sprintf("STS calls by session choice: %d pods in %d namespaces on %d roles, each asking once", econPods, econNamespaces, econRoles),
+		Header: []string{"choice", "target AssumeRole (proxy)", "distinct keys expected", "first round"},
+		Notes: []string{
+			"each row is a fresh server on the same cluster; prefetch and requests share calls",
+			"the count repeats every refresh period (--session-duration minus --session-refresh) while pods run",
+		},
+	}
+	for i, ch := range choices {
+		before := c.counter.counts()
+		args := append([]string{"--level=info", "--assume-role-arn=" + roleARN(baseRole), "--role-base-arn-autodetect",
+			"--sts-rate=200", "--sts-burst=200"}, ch.args...)
+		sp := startServer(b, c.kube, c.sts, args...)
+		creds := credsClient(b, sp)
+		start := time.Now()
+		err := parallel(ctx, "", len(c.pods), 32, 0, func(ctx context.Context, i int) error {
+			ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			defer cancel()
+			_, err := creds.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: c.pods[i].IP})
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		took := time.Since(start)
+		// Prefetches still running finish within their fetch timeout.
+		waitSettled(b, sp, "podiam_credcache_entries", nil, float64(ch.want), time.Minute)
+		got := c.counter.counts().minus(before).Target
+		table.Row(ch.name, got, ch.want, took.Round(time.Millisecond))
+		b.ReportMetric(float64(got), fmt.Sprintf("assumerole-choice%d", i))
+		ctxStop, cancel := context.WithTimeout(ctx, 15*time.Second)
+		_ = sp.Stop(ctxStop)
+		cancel()
+	}
+	b.ReportMetric(0, "ns/op")
+	table.Report(b)
+}

@@ -35,6 +35,9 @@ func TestServerWithShippedRBAC(t *testing.T) {
 	kube.CreateNamespace(t, "closed", nil)
 	sp := startServer(t, kube, moto,
 		"--assume-role-arn="+roleARN("podiam-server"), "--role-base-arn-autodetect",
+		// ServiceAccounts are watched too, so the manifest's rule for
+		// them is proved as well.
+		"--service-account-roles",
 		"--kubeconfig="+kubeconfig) // the last --kubeconfig wins
 	client := credsClient(t, sp)
 	get := func(ip string) error {

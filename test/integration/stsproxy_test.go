@@ -35,6 +35,8 @@ type stsAttempt struct {
 	// Fault is the HTTP status of the error the proxy injected, 0 when the
 	// request went through to moto.
 	Fault int
+	// Form is every parameter of the request, as sent.
+	Form url.Values
 }
 
 // stsFaultProxy sits between the server and moto. While faulting is on it
@@ -98,7 +100,7 @@ func startSTSFaultProxy(t *testing.T, upstream string) *stsFaultProxy {
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		form, _ := url.ParseQuery(string(body))
-		a := stsAttempt{At: time.Now(), Action: form.Get("Action"), RoleARN: form.Get("RoleArn"), ExternalID: form.Get("ExternalId")}
+		a := stsAttempt{At: time.Now(), Action: form.Get("Action"), RoleARN: form.Get("RoleArn"), ExternalID: form.Get("ExternalId"), Form: form}
 
 		p.mu.Lock()
 		var answer *stsError
@@ -195,6 +197,17 @@ func (p *stsFaultProxy) caller(r *http.Request) string {
 		return "unknown"
 	}
 	return out.Arn
+}
+
+// AssumeRoles returns the AssumeRole requests for roleARN that reached moto.
+func (p *stsFaultProxy) AssumeRoles(roleARN string) []stsAttempt {
+	var out []stsAttempt
+	for _, a := range p.Attempts() {
+		if a.Action == "AssumeRole" && a.RoleARN == roleARN && a.Fault == 0 {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // SetFaulting turns the fault window on or off and returns when it did.

@@ -104,6 +104,10 @@ var helmCases = []struct {
 		"server.externalIdFrom=namespace",
 		"server.metrics.enabled=false", "server.log.json=false", "server.log.level=debug",
 		"server.grpc.maxConnectionAge=10m", "server.assumeRoleSecrets.enabled=true",
+		// helm --set reads a value starting with "{" as a list.
+		"server.sessionNameTemplate=k8s.{{.Namespace}}.{{.ServiceAccount}}", "server.sourceIdentityTemplate=k8s@{{.PodName}}",
+		"server.sessionTags={namespace,serviceaccount}", "server.staticSessionTags.eks-cluster-name=prod",
+		"server.transitiveSessionTags=true", "server.serviceAccountRoles=true",
 		"agent.iptables=false", "agent.iptablesRemove=true", "agent.hostInterface=eni+",
 		"agent.allowRouteRegexp=^/latest/meta-data/placement/.*", "agent.requireIMDSv2=true",
 		"agent.metrics.enabled=false", "agent.serverAddress=podiam.example:9610",

@@ -17,7 +17,7 @@ import (
 
 // checkRBAC creates deploy/manifests/rbac.yaml for real and asks the API
 // server's authorizer what each ServiceAccount may do: exactly what the
-// server needs (pods and namespaces list/watch, events create/patch in both
+// server needs (pods, namespaces and ServiceAccounts list/watch, events create/patch in both
 // groups), nothing for the agent.
 func checkRBAC(t *testing.T, cfg *rest.Config, dyn dynamic.Interface, mapper meta.RESTMapper, root string) {
 	for _, o := range readYAMLFiles(t, filepath.Join(root, "deploy/manifests/rbac.yaml")) {
@@ -47,6 +47,9 @@ func checkRBAC(t *testing.T, cfg *rest.Config, dyn dynamic.Interface, mapper met
 		{server, "watch", "", "pods", true},
 		{server, "list", "", "namespaces", true},
 		{server, "watch", "", "namespaces", true},
+		{server, "list", "", "serviceaccounts", true},
+		{server, "watch", "", "serviceaccounts", true},
+		{server, "get", "", "serviceaccounts", false},
 		{server, "create", "", "events", true},
 		{server, "patch", "", "events", true},
 		{server, "create", "events.k8s.io", "events", true},

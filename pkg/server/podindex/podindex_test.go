@@ -208,6 +208,13 @@ func TestTransform(t *testing.T) {
 	if a := ns.(*corev1.Namespace).Annotations; len(a) != 1 || a["iam.amazonaws.com/permitted"] != ".*" {
 		t.Errorf("namespace annotations = %v", a)
 	}
+	sa, _ := Transform(&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "sa", Namespace: "ns", UID: "u",
+		Annotations: map[string]string{"iam.amazonaws.com/role": "app", "kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+		Secrets: []corev1.ObjectReference{{Name: "token"}}, ImagePullSecrets: []corev1.LocalObjectReference{{Name: "pull"}}})
+	if s := sa.(*corev1.ServiceAccount); len(s.Annotations) != 1 || s.Annotations["iam.amazonaws.com/role"] != "app" ||
+		s.Secrets != nil || s.ImagePullSecrets != nil || s.Name != "sa" || s.Namespace != "ns" || s.UID != "u" {
+		t.Errorf("serviceaccount = %+v", s)
+	}
 	tomb := "not a pod"
 	if got, _ := Transform(tomb); got != tomb {
 		t.Error("unknown types must pass through")

@@ -10,9 +10,9 @@ import (
 // annotationPrefix selects the only annotations podiam reads.
 const annotationPrefix = "iam.amazonaws.com/"
 
-// Transform slims pods and namespaces before the informer stores them: a
-// pod becomes a *Pod, a namespace keeps its identity and iam.amazonaws.com/
-// annotations. With ten thousand pods a full object costs kilobytes each
+// Transform slims pods, namespaces and ServiceAccounts before the informer
+// stores them: a pod becomes a *Pod, a namespace or ServiceAccount keeps its
+// identity and iam.amazonaws.com/ annotations. With ten thousand pods a full object costs kilobytes each
 // (managed fields, container specs, conditions); what identity and policy
 // need is a few strings. It is idempotent and leaves other types
 // (tombstones, a *Pod already) untouched, as informer transforms must.
@@ -24,6 +24,10 @@ func Transform(obj any) (any, error) {
 		// Namespaces stay *corev1.Namespace for the typed lister; there
 		// are few of them.
 		return &corev1.Namespace{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
+	case *corev1.ServiceAccount:
+		// A ServiceAccount's role annotation is all the server reads of
+		// it; its secrets and image pull secrets are dropped.
+		return &corev1.ServiceAccount{ObjectMeta: slimMeta(o.ObjectMeta)}, nil
 	}
 	return obj, nil
 }

@@ -42,10 +42,9 @@ const DefaultWorkers = 2
 
 // Config tunes the controller.
 type Config struct {
-	// DefaultSession is the server's --session, for pods without an
-	// iam.amazonaws.com/session-name annotation: a prefetch must warm the
-	// very key a request will ask for.
-	DefaultSession string
+	// ServiceAccountRoles is the server's --service-account-roles: pods
+	// without a role annotation may still have a role, their account's.
+	ServiceAccountRoles bool
 	// Workers is how many pods are handled at once; 0 means
 	// DefaultWorkers. A prefetch only starts a fetch, so few suffice.
 	Workers int
@@ -72,8 +71,8 @@ type Controller struct {
 	keys       service.KeyResolver
 	policy     service.Policy
 	cache      Prefetcher
-	session    string
 	workers    int
+	saRoles    bool
 	queue      workqueue.TypedRateLimitingInterface[string]
 	log        *slog.Logger
 }
@@ -97,8 +96,8 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 		keys:       deps.Keys,
 		policy:     deps.Policy,
 		cache:      deps.Cache,
-		session:    cfg.DefaultSession,
 		workers:    cfg.Workers,
+		saRoles:    cfg.ServiceAccountRoles,
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "podiam_prefetch"}),
@@ -146,7 +145,9 @@ func (c *Controller) enqueue(old, cur *podindex.Pod) {
 	if cur == nil || !podindex.Live(cur) || cur.DeletionTimestamp != nil || cur.Mirror {
 		return
 	}
-	if r, _ := cur.Annotation(role.AnnotationRole); r == "" {
+	// Without a role annotation a pod has a role only through its
+	// ServiceAccount; prefetch finds out which.
+	if r, _ := cur.Annotation(role.AnnotationRole); r == "" && !c.saRoles {
 		return
 	}
 	ips := cur.IPs
@@ -208,7 +209,9 @@ func (c *Controller) prefetch(podKey string) {
 	if pod == nil || !podindex.Live(pod) || pod.Mirror {
 		return
 	}
-	key, err := c.keys.Key(pod.GetAnnotations(), c.session)
+	// The same resolver as requests use, so that a prefetch warms the very
+	// key a request will ask for.
+	key, err := c.keys.Key(pod)
 	if err != nil {
 		return
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 )
 
 const base = "arn:aws:iam::123456789012:role/"
@@ -83,15 +84,19 @@ func setup(t *testing.T, objs ...any) (*Controller, informers.SharedInformerFact
 	if err != nil {
 		t.Fatal(err)
 	}
+	keys, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
 	checker, err := policy.New(policy.Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := newRecorder()
-	c, err := New(Config{DefaultSession: "kiam"}, Deps{
+	c, err := New(Config{}, Deps{
 		Pods:       factory.Core().V1().Pods().Informer(),
 		Namespaces: factory.Core().V1().Namespaces(),
-		Keys:       resolver,
+		Keys:       keys,
 		Policy:     checker,
 		Cache:      rec,
 		Log:        slog.New(slog.DiscardHandler),
@@ -341,9 +346,13 @@ func TestPrefetchExternalIDFromNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := newRecorder()
-	c, err := New(Config{DefaultSession: "kiam", Workers: 1}, Deps{
+	keys, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: resolver})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{Workers: 1}, Deps{
 		Pods: factory.Core().V1().Pods().Informer(), Namespaces: factory.Core().V1().Namespaces(),
-		Keys: resolver, Policy: checker, Cache: rec, Log: slog.New(slog.DiscardHandler),
+		Keys: keys, Policy: checker, Cache: rec, Log: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -368,5 +377,21 @@ func TestPrefetchExternalIDFromNamespace(t *testing.T) {
 		if k.RoleARN == base+"app-named" {
 			t.Errorf("prefetched %+v for a pod that names an External ID", k)
 		}
+	}
+}
+
+// A pod without a role annotation is queued only where it may have a role
+// through its ServiceAccount; prefetch then resolves it like a request.
+func TestEnqueueWithoutOwnRole(t *testing.T) {
+	c, _, _, _ := setup(t)
+	p := podindex.FromAPI(pod("open", "inherits", "10.1.0.9", ""))
+	c.enqueue(nil, p)
+	if n := c.queue.Len(); n != 0 {
+		t.Fatalf("%d queued without ServiceAccount roles, want 0", n)
+	}
+	c.saRoles = true
+	c.enqueue(nil, p)
+	if n := c.queue.Len(); n != 1 {
+		t.Fatalf("%d queued with ServiceAccount roles, want 1", n)
 	}
 }

@@ -82,10 +82,10 @@ func TestStaticPodRefused(t *testing.T) {
 	}
 	events := record.NewFakeRecorder(10)
 	w, _ := newTestWatcher(t)
-	svc, err := New(Config{DefaultSession: "kiam", PodWait: 100 * time.Millisecond, NodeBinding: true}, Deps{
+	svc, err := New(Config{PodWait: 100 * time.Millisecond, NodeBinding: true}, Deps{
 		Pods:       podAt{pod},
 		Namespaces: namespaces{"team": {ObjectMeta: metav1.ObjectMeta{Name: "team", Annotations: map[string]string{role.AnnotationPermitted: ".*"}}}},
-		Keys:       resolver,
+		Keys:       kiamKeys(t, resolver),
 		Policy:     allowAll{},
 		Credentials: credentialsFunc(func(context.Context, creds.Key) (creds.Credentials, error) {
 			t.Error("STS was asked for a static pod's role")
@@ -154,8 +154,8 @@ func TestWatchOnlyOwnNode(t *testing.T) {
 			})); err != nil {
 				t.Fatal(err)
 			}
-			svc, err := New(Config{DefaultSession: "kiam", PodWait: time.Second, NodeBinding: tc.nodeBinding}, Deps{
-				Pods: podAt{}, Namespaces: namespaces{}, Keys: &role.Resolver{}, Policy: allowAll{},
+			svc, err := New(Config{PodWait: time.Second, NodeBinding: tc.nodeBinding}, Deps{
+				Pods: podAt{}, Namespaces: namespaces{}, Keys: kiamKeys(t, &role.Resolver{}), Policy: allowAll{},
 				Credentials: credentialsFunc(func(context.Context, creds.Key) (creds.Credentials, error) { return creds.Credentials{}, nil }),
 				Events:      record.NewFakeRecorder(1), Watcher: w, Synced: func() bool { return true },
 			}, prometheus.NewRegistry(), slog.New(slog.DiscardHandler))
@@ -240,8 +240,8 @@ func TestAgentIdentity(t *testing.T) {
 // registry is not registered and a nil logger discards.
 func TestConstructorsWithoutRegistryOrLogger(t *testing.T) {
 	w, _ := newTestWatcher(t)
-	if _, err := New(Config{DefaultSession: "kiam", PodWait: time.Second}, Deps{
-		Pods: podAt{}, Namespaces: namespaces{}, Keys: &role.Resolver{}, Policy: allowAll{},
+	if _, err := New(Config{PodWait: time.Second}, Deps{
+		Pods: podAt{}, Namespaces: namespaces{}, Keys: kiamKeys(t, &role.Resolver{}), Policy: allowAll{},
 		Credentials: credentialsFunc(func(context.Context, creds.Key) (creds.Credentials, error) { return creds.Credentials{}, nil }),
 		Events:      record.NewFakeRecorder(1), Watcher: w, Synced: func() bool { return true },
 	}, nil, nil); err != nil {

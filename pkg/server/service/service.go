@@ -29,6 +29,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 )
 
@@ -42,9 +43,10 @@ type NamespaceGetter interface {
 	Get(name string) (*corev1.Namespace, error)
 }
 
-// KeyResolver turns a pod's annotations into the STS session it may use.
+// KeyResolver turns a pod into the STS session it may use: its role, and
+// everything else the server sends STS for it (session.Keys).
 type KeyResolver interface {
-	Key(annotations map[string]string, defaultSession string) (creds.Key, error)
+	Key(pod *podindex.Pod) (creds.Key, error)
 }
 
 // Policy decides whether a pod in a namespace may have the session its
@@ -60,9 +62,6 @@ type CredentialSource interface {
 
 // Config tunes the service.
 type Config struct {
-	// DefaultSession is KIAM's --session: the session name suffix used when a
-	// pod has no iam.amazonaws.com/session-name annotation.
-	DefaultSession string
 	// PodWait bounds how long a request for an unknown address waits for the
 	// informer to learn of the pod (the pod start race).
 	PodWait time.Duration
@@ -207,7 +206,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		}
 	}
 
-	key, err := s.deps.Keys.Key(pod.GetAnnotations(), s.cfg.DefaultSession)
+	key, err := s.deps.Keys.Key(pod)
 	switch {
 	case errors.Is(err, role.ErrNoRole):
 		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
@@ -219,6 +218,11 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		err := fmt.Errorf("pod %s/%s is a static (mirror) pod; static pods get no role", pod.Namespace, pod.Name)
 		s.denied(log, pod, string(resultStaticPod), err)
 		return nil, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
+	case errors.Is(err, session.ErrTemplate):
+		// The server's configuration failed, not the pod: no Event
+		// blaming it, and an internal error rather than a denial.
+		log.Error("session parameters failed", "error", err)
+		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	case err != nil:
 		s.denied(log, pod, "invalid_annotation", err)
 		return nil, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)
@@ -245,12 +249,19 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 		return nil, deny(resultSTSUnavailable, pb.Reason_REASON_STS_UNAVAILABLE, err)
 	}
 
+	roleFrom := "pod"
+	if own, _ := pod.Annotation(role.AnnotationRole); own == "" {
+		roleFrom = "serviceaccount"
+	}
 	log.Info("credentials issued",
 		"service_account", pod.ServiceAccountName,
+		"role_from", roleFrom,
 		"access_key_id", c.AccessKeyID,
 		"session_name", key.SessionName,
 		"external_id_set", key.ExternalID != "",
 		"external_id_from", string(decision.ExternalIDFrom),
+		"source_identity", key.SourceIdentity,
+		"session_tags", key.Tags,
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
 		"decision", "allow")
 	return &pb.GetPodCredentialsResponse{

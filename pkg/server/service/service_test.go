@@ -27,6 +27,7 @@ import (
 	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/syncbuf"
 )
@@ -43,7 +44,7 @@ func (u unused) Get(string) (*corev1.Namespace, error) {
 	u.t.Error("namespace read after a failed lookup")
 	return nil, errors.New("unused")
 }
-func (u unused) Key(map[string]string, string) (creds.Key, error) {
+func (u unused) Key(*podindex.Pod) (creds.Key, error) {
 	u.t.Error("key resolved after a failed lookup")
 	return creds.Key{}, errors.New("unused")
 }
@@ -81,7 +82,7 @@ func TestLookupFailuresMapToCodes(t *testing.T) {
 		t.Run(string(tc.result)+": "+tc.err.Error(), func(t *testing.T) {
 			w, _ := newTestWatcher(t)
 			u := unused{t}
-			svc, err := New(Config{DefaultSession: "kiam", PodWait: 100 * time.Millisecond}, Deps{
+			svc, err := New(Config{PodWait: 100 * time.Millisecond}, Deps{
 				Pods:        lookupErr{tc.err},
 				Namespaces:  u,
 				Keys:        u,
@@ -149,16 +150,26 @@ func (f fakeNamespaces) Get(name string) (*corev1.Namespace, error) {
 	return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
 }
 
-// fakeKeys answers every pod with key or err, recording what it was asked.
-type fakeKeys struct {
-	key     creds.Key
-	err     error
-	asked   map[string]string
-	session string
+// kiamKeys resolves keys as the server does by default: KIAM's session
+// names, nothing else.
+func kiamKeys(t testing.TB, roles session.RoleKeys) *session.Keys {
+	t.Helper()
+	k, err := session.New(session.Config{DefaultSession: "kiam"}, session.Deps{Roles: roles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
 
-func (f *fakeKeys) Key(annotations map[string]string, defaultSession string) (creds.Key, error) {
-	f.asked, f.session = annotations, defaultSession
+// fakeKeys answers every pod with key or err, recording what it was asked.
+type fakeKeys struct {
+	key   creds.Key
+	err   error
+	asked *podindex.Pod
+}
+
+func (f *fakeKeys) Key(pod *podindex.Pod) (creds.Key, error) {
+	f.asked = pod
 	return f.key, f.err
 }
 
@@ -247,7 +258,6 @@ func newSvcFixture(t *testing.T, cfg Config, synced bool) *svcFixture {
 		logs:   &syncbuf.Buffer{},
 		clk:    testingclock.NewFakeClock(issuedAt),
 	}
-	cfg.DefaultSession = "kiam"
 	cfg.PodWait = 100 * time.Millisecond
 	cfg.Now = fx.clk.Now
 	ns := fakeNamespaces{ns: map[string]*corev1.Namespace{
@@ -327,6 +337,9 @@ func TestGetPodCredentials(t *testing.T) {
 		{name: "invalid annotation", agent: nodeIP, keyErr: fmt.Errorf("%w: %q", role.ErrInvalidRole, "arn:bad"),
 			code: codes.PermissionDenied, reason: pb.Reason_REASON_INVALID_ANNOTATION, result: resultInvalidAnnotation,
 			denial: "invalid_annotation", event: true, steps: 1, log: `"reason":"invalid_annotation"`},
+		{name: "session template fails: the server's fault, no denial", agent: nodeIP,
+			keyErr: fmt.Errorf("session name: %w: template: index out of range", session.ErrTemplate),
+			code:   codes.Internal, result: resultError, steps: 1, log: `"msg":"session parameters failed"`},
 		{name: "policy denied", agent: nodeIP, policyErr: fmt.Errorf("%w: %s", policy.ErrNotPermitted, roleARN),
 			code: codes.PermissionDenied, reason: pb.Reason_REASON_POLICY_DENIED, result: resultPolicyDenied,
 			denial: "not_permitted", event: true, steps: 2, log: `"decision":"deny"`},
@@ -459,8 +472,8 @@ func checkIssued(t *testing.T, fx *svcFixture, resp *pb.GetPodCredentialsRespons
 		!c.GetLastUpdated().AsTime().Equal(testCreds.LastUpdated) {
 		t.Errorf("credentials %v, want %+v", c, testCreds)
 	}
-	if fx.keys.asked["iam.amazonaws.com/role"] != "app" || fx.keys.session != "kiam" {
-		t.Errorf("keys asked with %v and session %q", fx.keys.asked, fx.keys.session)
+	if fx.keys.asked == nil || fx.keys.asked.Name != "app" {
+		t.Errorf("keys asked for pod %v", fx.keys.asked)
 	}
 	if fx.policy.ns != (policy.Namespace{Name: "ns", Permitted: ".*", HasPermitted: true}) || fx.policy.key != testKey {
 		t.Errorf("policy asked (%+v, %+v)", fx.policy.ns, fx.policy.key)

@@ -180,6 +180,61 @@ func (w *NodeWatcher) namespaceChanged(old, cur *corev1.Namespace) {
 	}
 }
 
+// WatchServiceAccounts registers a handler on the ServiceAccount informer,
+// which must not have been started yet: when an account's role annotation
+// changes, agents forget the credentials of every pod that takes its role
+// from the account, so the next request gets the new role.
+func (w *NodeWatcher) WatchServiceAccounts(sas cache.SharedIndexInformer) error {
+	if _, err := sas.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { w.serviceAccountChanged(nil, asServiceAccount(obj)) },
+		UpdateFunc: func(old, obj any) { w.serviceAccountChanged(asServiceAccount(old), asServiceAccount(obj)) },
+		DeleteFunc: func(obj any) { w.serviceAccountChanged(asServiceAccount(obj), nil) },
+	}); err != nil {
+		return fmt.Errorf("add serviceaccount handler: %w", err)
+	}
+	return nil
+}
+
+// serviceAccountChanged tells agents about the pods that run as an account
+// whose role annotation changed and have none of their own. old or cur is
+// nil for an add or a delete.
+func (w *NodeWatcher) serviceAccountChanged(old, cur *corev1.ServiceAccount) {
+	var before, after, namespace, name string
+	for _, sa := range []*corev1.ServiceAccount{old, cur} {
+		if sa != nil {
+			namespace, name = sa.Namespace, sa.Name
+		}
+	}
+	if old != nil {
+		before = old.Annotations[role.AnnotationRole]
+	}
+	if cur != nil {
+		after = cur.Annotations[role.AnnotationRole]
+	}
+	if before == after || name == "" {
+		return
+	}
+	objs, err := w.pods.ByIndex(cache.NamespaceIndex, namespace)
+	if err != nil {
+		w.log.Error("list pods of changed serviceaccount", "namespace", namespace, "service_account", name, "error", err)
+		return
+	}
+	for _, obj := range objs {
+		pod := asPod(obj)
+		if pod == nil || pod.ServiceAccountName != name {
+			continue
+		}
+		if own, _ := pod.Annotation(role.AnnotationRole); own != "" {
+			continue
+		}
+		var events []*pb.PodEvent
+		for _, ip := range liveIPs(pod) {
+			events = append(events, &pb.PodEvent{Type: pb.PodEvent_TYPE_CHANGED, Ip: ip, Uid: string(pod.UID)})
+		}
+		w.publish(pod.HostIPs, events)
+	}
+}
+
 func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 	if len(events) == 0 || len(hosts) == 0 {
 		return
@@ -282,4 +337,12 @@ func asNamespace(obj any) *corev1.Namespace {
 	}
 	ns, _ := obj.(*corev1.Namespace)
 	return ns
+}
+
+func asServiceAccount(obj any) *corev1.ServiceAccount {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	sa, _ := obj.(*corev1.ServiceAccount)
+	return sa
 }

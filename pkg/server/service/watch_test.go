@@ -208,3 +208,42 @@ func TestNodeWatcherRejectsBadHost(t *testing.T) {
 		t.Fatal("bad host accepted")
 	}
 }
+
+// A change to a ServiceAccount's role annotation reaches the agents of the
+// pods that take their role from it, and only those.
+func TestNodeWatcherServiceAccountChanged(t *testing.T) {
+	w, idx := newTestWatcher(t)
+	asAPI := func(p *corev1.Pod) { p.Spec.ServiceAccountName = "api" }
+	inherits := testPod("a", "10.0.0.1", "192.168.0.1", "", asAPI)
+	owns := testPod("b", "10.0.0.2", "192.168.0.1", "own", asAPI)
+	otherAccount := testPod("c", "10.0.0.3", "192.168.0.1", "")
+	_ = idx.Add(inherits)
+	_ = idx.Add(owns)
+	_ = idx.Add(otherAccount)
+	ch := stream(t, w, "192.168.0.1")
+	for range 4 { // three PRESENT, SYNCED
+		next(t, ch)
+	}
+	sa := func(roleName string) *corev1.ServiceAccount {
+		return &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "api",
+			Annotations: map[string]string{"iam.amazonaws.com/role": roleName}}}
+	}
+
+	w.serviceAccountChanged(sa("r1"), sa("r1")) // a resync
+	expectNone(t, ch)
+	for _, tc := range []struct {
+		name     string
+		old, cur *corev1.ServiceAccount
+	}{
+		{"role changed", sa("r1"), sa("r2")},
+		{"role added", nil, sa("r1")},
+		{"account deleted", sa("r2"), nil},
+		{"role removed", sa("r2"), sa("")},
+	} {
+		w.serviceAccountChanged(tc.old, tc.cur)
+		if ev := next(t, ch); ev.GetType() != pb.PodEvent_TYPE_CHANGED || ev.GetIp() != "10.0.0.1" {
+			t.Fatalf("%s: %v, want CHANGED for the pod that inherits the role", tc.name, ev)
+		}
+		expectNone(t, ch)
+	}
+}

@@ -88,12 +88,14 @@ func (f *fakeSTS) requests() []url.Values {
 	return append([]url.Values(nil), f.forms...)
 }
 
-var fakeKey = creds.Key{RoleARN: "arn:aws:iam::123456789012:role/app", SessionName: "kiam-kiam", ExternalID: "ext-1"}
+var fakeKey = creds.Key{RoleARN: "arn:aws:iam::123456789012:role/app", SessionName: "kiam-kiam", ExternalID: "ext-1",
+	SourceIdentity: "payments.ledger",
+	Tags:           creds.NewTags(creds.Tag{Key: "kubernetes-namespace", Value: "payments"}, creds.Tag{Key: "eks-cluster-name", Value: "prod"})}
 
 func TestAssumeAgainstFakeSTS(t *testing.T) {
 	f := newFakeSTS(t)
 	reg := prometheus.NewRegistry()
-	a, err := New(t.Context(), Config{SessionDuration: 15 * time.Minute, AssumeMaxAttempts: 1}, reg, nil)
+	a, err := New(t.Context(), Config{SessionDuration: 15 * time.Minute, AssumeMaxAttempts: 1, TransitiveTags: true}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +120,11 @@ func TestAssumeAgainstFakeSTS(t *testing.T) {
 	}
 	for k, want := range map[string]string{
 		"Action": "AssumeRole", "RoleArn": fakeKey.RoleARN, "RoleSessionName": fakeKey.SessionName,
-		"ExternalId": fakeKey.ExternalID, "DurationSeconds": "900",
+		"ExternalId": fakeKey.ExternalID, "DurationSeconds": "900", "SourceIdentity": fakeKey.SourceIdentity,
+		// The tags in the key's order (sorted), each transitive.
+		"Tags.member.1.Key": "eks-cluster-name", "Tags.member.1.Value": "prod",
+		"Tags.member.2.Key": "kubernetes-namespace", "Tags.member.2.Value": "payments",
+		"TransitiveTagKeys.member.1": "eks-cluster-name", "TransitiveTagKeys.member.2": "kubernetes-namespace",
 	} {
 		if got := reqs[0].Get(k); got != want {
 			t.Errorf("%s = %q, want %q", k, got, want)

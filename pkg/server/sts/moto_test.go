@@ -245,8 +245,8 @@ func TestAgainstMoto(t *testing.T) {
 		if got.Get("RoleArn") != key.RoleARN || got.Get("RoleSessionName") != "kiam-web" || got.Get("DurationSeconds") != "900" {
 			t.Errorf("AssumeRole request = %v", got)
 		}
-		if got.Has("ExternalId") {
-			t.Errorf("ExternalId sent although the key has none: %v", got)
+		if got.Has("ExternalId") || got.Has("SourceIdentity") || got.Has("Tags.member.1.Key") {
+			t.Errorf("ExternalId, SourceIdentity or Tags sent although the key has none: %v", got)
 		}
 
 		caller, err := a.CallerARN(t.Context())
@@ -286,6 +286,68 @@ func TestAgainstMoto(t *testing.T) {
 		arn, err := m.CallerIdentity(t.Context(), c)
 		if err != nil || arn != "arn:aws:sts::"+account+":assumed-role/partner/kiam-partner" {
 			t.Errorf("identity = %q, %v", arn, err)
+		}
+	})
+
+	// moto accepts SourceIdentity without checking it; what matters is
+	// that it is on the wire and that the call still succeeds.
+	t.Run("source identity passes through", func(t *testing.T) {
+		proxy := newRecordingProxy(t, m.Endpoint)
+		useSTS(t, m, proxy.srv.URL)
+		a, _ := newAssumer(t, sts.Config{SessionDuration: 15 * time.Minute})
+		key := creds.Key{RoleARN: "arn:aws:iam::" + account + ":role/app", SessionName: "payments.ledger",
+			SourceIdentity: "payments.ledger-7d9f"}
+		c, err := a.Assume(t.Context(), key)
+		if err != nil {
+			t.Fatalf("Assume: %v", err)
+		}
+		calls := proxy.calls("AssumeRole")
+		if len(calls) != 1 || calls[0].Get("SourceIdentity") != "payments.ledger-7d9f" {
+			t.Errorf("AssumeRole requests = %v, want one with SourceIdentity=payments.ledger-7d9f", calls)
+		}
+		arn, err := m.CallerIdentity(t.Context(), c)
+		if err != nil || arn != "arn:aws:sts::"+account+":assumed-role/app/payments.ledger" {
+			t.Errorf("identity = %q, %v", arn, err)
+		}
+	})
+
+	// moto accepts session tags without checking them either; the wire
+	// form is what AWS documents, transitive keys only when asked.
+	t.Run("session tags pass through", func(t *testing.T) {
+		key := creds.Key{RoleARN: "arn:aws:iam::" + account + ":role/app", SessionName: "payments.ledger",
+			Tags: creds.NewTags(creds.Tag{Key: "kubernetes-namespace", Value: "payments"}, creds.Tag{Key: "kubernetes-pod-name", Value: "ledger-1"})}
+		for _, transitive := range []bool{false, true} {
+			proxy := newRecordingProxy(t, m.Endpoint)
+			useSTS(t, m, proxy.srv.URL)
+			a, _ := newAssumer(t, sts.Config{SessionDuration: 15 * time.Minute, TransitiveTags: transitive})
+			c, err := a.Assume(t.Context(), key)
+			if err != nil {
+				t.Fatalf("Assume: %v", err)
+			}
+			calls := proxy.calls("AssumeRole")
+			if len(calls) != 1 {
+				t.Fatalf("%d AssumeRole calls, want 1", len(calls))
+			}
+			got := calls[0]
+			want := url.Values{
+				"Tags.member.1.Key": {"kubernetes-namespace"}, "Tags.member.1.Value": {"payments"},
+				"Tags.member.2.Key": {"kubernetes-pod-name"}, "Tags.member.2.Value": {"ledger-1"},
+			}
+			if transitive {
+				want["TransitiveTagKeys.member.1"] = []string{"kubernetes-namespace"}
+				want["TransitiveTagKeys.member.2"] = []string{"kubernetes-pod-name"}
+			}
+			for k, v := range want {
+				if got.Get(k) != v[0] {
+					t.Errorf("transitive %v: %s = %q, want %q", transitive, k, got.Get(k), v[0])
+				}
+			}
+			if !transitive && got.Has("TransitiveTagKeys.member.1") {
+				t.Errorf("transitive keys sent unasked: %v", got)
+			}
+			if _, err := m.CallerIdentity(t.Context(), c); err != nil {
+				t.Errorf("identity: %v", err)
+			}
 		}
 	})
 

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/podiam/podiam/pkg/creds"
@@ -76,6 +77,10 @@ type Config struct {
 	// MaxAttempts is the standard retryer's attempt count (exponential
 	// backoff with jitter on throttling, 5xx and network errors); 0 means 5.
 	MaxAttempts int
+	// TransitiveTags marks every session tag of a target AssumeRole
+	// transitive (--transitive-session-tags), so that it stays on the
+	// session through any role chaining the pod does itself.
+	TransitiveTags bool
 	// AssumeMaxAttempts overrides MaxAttempts for Assume, the target role
 	// calls; 0 means MaxAttempts. The server sets 1: its credential cache
 	// retries with backoff per role and under the STS rate limit, whereas
@@ -201,6 +206,15 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 	if key.ExternalID != "" {
 		in.ExternalId = aws.String(key.ExternalID)
 	}
+	if key.SourceIdentity != "" {
+		in.SourceIdentity = aws.String(key.SourceIdentity)
+	}
+	for _, t := range key.Tags.All() {
+		in.Tags = append(in.Tags, types.Tag{Key: aws.String(t.Key), Value: aws.String(t.Value)})
+		if a.cfg.TransitiveTags {
+			in.TransitiveTagKeys = append(in.TransitiveTagKeys, t.Key)
+		}
+	}
 	if a.cfg.SessionDuration > 0 {
 		in.DurationSeconds = aws.Int32(int32(a.cfg.SessionDuration / time.Second))
 	}
@@ -213,7 +227,8 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 	err = a.observe(opAssumeRole, start, err)
 	if err != nil {
 		a.log.Debug("sts assume role failed", "role_arn", key.RoleARN, "session_name", key.SessionName,
-			"external_id_set", key.ExternalID != "", "duration", a.now().Sub(start), "error", err)
+			"external_id_set", key.ExternalID != "", "source_identity", key.SourceIdentity, "session_tags", key.Tags,
+			"duration", a.now().Sub(start), "error", err)
 		return creds.Credentials{}, err
 	}
 	c := creds.Credentials{
@@ -226,7 +241,8 @@ func (a *Assumer) Assume(ctx context.Context, key creds.Key) (creds.Credentials,
 		LastUpdated: a.now().UTC().Truncate(time.Second),
 	}
 	a.log.Debug("sts assume role", "role_arn", key.RoleARN, "session_name", key.SessionName,
-		"external_id_set", key.ExternalID != "", "access_key_id", c.AccessKeyID,
+		"external_id_set", key.ExternalID != "", "source_identity", key.SourceIdentity, "session_tags", key.Tags,
+		"access_key_id", c.AccessKeyID,
 		"expiration", c.Expiration, "duration", a.now().Sub(start))
 	return c, nil
 }

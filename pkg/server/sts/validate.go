@@ -20,6 +20,23 @@ func validateKey(key creds.Key) error {
 	if !allRunes(key.SessionName, "+=,.@-") {
 		return fmt.Errorf("%w: session name %q: only letters, digits and +=,.@- are allowed", creds.ErrDenied, key.SessionName)
 	}
+	if key.SourceIdentity != "" {
+		if n := len(key.SourceIdentity); n < 2 || n > 64 {
+			return fmt.Errorf("%w: source identity %q: length must be 2..64", creds.ErrDenied, key.SourceIdentity)
+		}
+		if !allRunes(key.SourceIdentity, "+=,.@-") {
+			return fmt.Errorf("%w: source identity %q: only letters, digits and +=,.@- are allowed", creds.ErrDenied, key.SourceIdentity)
+		}
+	}
+	tags := key.Tags.All()
+	if len(tags) > 50 {
+		return fmt.Errorf("%w: %d session tags: at most 50 are allowed", creds.ErrDenied, len(tags))
+	}
+	for _, t := range tags {
+		if n := len(t.Key); n < 1 || n > 128 || len(t.Value) > 256 {
+			return fmt.Errorf("%w: session tag %q: key must be 1..128 and value at most 256 characters", creds.ErrDenied, t.Key)
+		}
+	}
 	if key.ExternalID != "" {
 		if n := len(key.ExternalID); n < 2 || n > 1224 {
 			return fmt.Errorf("%w: external id: length must be 2..1224", creds.ErrDenied)

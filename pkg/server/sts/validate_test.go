@@ -2,6 +2,7 @@ package sts
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -28,6 +29,15 @@ func TestValidateKey(t *testing.T) {
 		{"empty role", creds.Key{SessionName: "kiam-web"}, false},
 		{"short role", creds.Key{RoleARN: "arn:aws:iam::1:r", SessionName: "kiam-web"}, false},
 		{"one-char external id", creds.Key{RoleARN: role, SessionName: "kiam-web", ExternalID: "x"}, false},
+		{"source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "payments.ledger@x"}, true},
+		{"one-char source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "x"}, false},
+		{"65-char source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: strings.Repeat("s", 65)}, false},
+		{"colon in source identity", creds.Key{RoleARN: role, SessionName: "kiam-web", SourceIdentity: "aws:x"}, false},
+		{"tags", creds.Key{RoleARN: role, SessionName: "kiam-web", Tags: creds.NewTags(creds.Tag{Key: "kubernetes-namespace", Value: "payments"})}, true},
+		{"tag with empty key", creds.Key{RoleARN: role, SessionName: "kiam-web", Tags: creds.NewTags(creds.Tag{Key: "", Value: "x"})}, false},
+		{"tag value of 257", creds.Key{RoleARN: role, SessionName: "kiam-web", Tags: creds.NewTags(creds.Tag{Key: "k", Value: strings.Repeat("v", 257)})}, false},
+		{"51 tags", creds.Key{RoleARN: role, SessionName: "kiam-web", Tags: manyTags(51)}, false},
+		{"50 tags", creds.Key{RoleARN: role, SessionName: "kiam-web", Tags: manyTags(50)}, true},
 		{"space in external id", creds.Key{RoleARN: role, SessionName: "kiam-web", ExternalID: "ext 1"}, false},
 	}
 	for _, tt := range tests {
@@ -41,4 +51,12 @@ func TestValidateKey(t *testing.T) {
 			}
 		})
 	}
+}
+
+func manyTags(n int) creds.Tags {
+	tags := make([]creds.Tag, n)
+	for i := range tags {
+		tags[i] = creds.Tag{Key: fmt.Sprintf("k%d", i), Value: "v"}
+	}
+	return creds.NewTags(tags...)
 }

@@ -57,6 +57,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- $a = append $a (printf "--session=%s" $s.session) -}}
 {{- $a = append $a (printf "--session-duration=%s" $s.sessionDuration) -}}
 {{- $a = append $a (printf "--session-refresh=%s" $s.sessionRefresh) -}}
+{{- with $s.sessionNameTemplate }}{{ $a = append $a (printf "--session-name-template=%s" .) }}{{ end -}}
+{{- with $s.sourceIdentityTemplate }}{{ $a = append $a (printf "--source-identity-template=%s" .) }}{{ end -}}
+{{- with $s.sessionTags }}{{ $a = append $a (printf "--session-tags=%s" (join "," .)) }}{{ end -}}
+{{- range $k, $v := $s.staticSessionTags }}{{ $a = append $a (printf "--static-session-tag=%s=%s" $k $v) }}{{ end -}}
+{{- if $s.transitiveSessionTags }}{{ $a = append $a "--transitive-session-tags" }}{{ end -}}
+{{- if $s.serviceAccountRoles }}{{ $a = append $a "--service-account-roles" }}{{ end -}}
 {{- $a = append $a (printf "--sync=%s" $s.sync) -}}
 {{- $a = append $a (printf "--pod-wait=%s" $s.podWait) -}}
 {{- if $s.disableStrictNamespaceRegexp }}{{ $a = append $a "--disable-strict-namespace-regexp" }}{{ end -}}
