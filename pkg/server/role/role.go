@@ -167,7 +167,7 @@ func ValidateExternalID(id string) error {
 		return fmt.Errorf("%w: length %d outside %d..%d", ErrInvalidExternalID, len(id), minExternalIDLen, maxExternalIDLen)
 	}
 	for i := 0; i < len(id); i++ {
-		if c := id[i]; !nameChar(c) && c != ':' && c != '/' {
+		if c := id[i]; !NameChar(c) && c != ':' && c != '/' {
 			return fmt.Errorf("%w: %s contains %q at offset %d", ErrInvalidExternalID, quote(id), c, i)
 		}
 	}
@@ -195,7 +195,7 @@ func SessionName(annotation, defaultSession string) string {
 		if b.Len() >= maxSessionNameLen {
 			break
 		}
-		if c < 0x80 && nameChar(byte(c)) {
+		if c < 0x80 && NameChar(byte(c)) {
 			b.WriteRune(c)
 		} else {
 			b.WriteByte('-')
@@ -282,7 +282,7 @@ func validateRoleARN(s string) error {
 			return invalid("dot segment")
 		}
 		for j := 0; j < len(seg); j++ {
-			if !nameChar(seg[j]) {
+			if !NameChar(seg[j]) {
 				return invalid(fmt.Sprintf("invalid character %q", seg[j]))
 			}
 		}
@@ -323,8 +323,9 @@ func validAccount(a string) bool {
 	return true
 }
 
-// nameChar is IAM's [\w+=,.@-] with \w in its ASCII meaning.
-func nameChar(c byte) bool {
+// NameChar reports whether c is in IAM's [\w+=,.@-], with \w in its ASCII
+// meaning: the characters of role names, session names and SourceIdentity.
+func NameChar(c byte) bool {
 	switch {
 	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
 		return true

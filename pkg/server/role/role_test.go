@@ -309,7 +309,7 @@ func assertValidSessionName(t *testing.T, s string) {
 		t.Fatalf("session name %q lacks the kiam- prefix", s)
 	}
 	for i := 0; i < len(s); i++ {
-		if !nameChar(s[i]) {
+		if !NameChar(s[i]) {
 			t.Fatalf("session name %q has invalid byte %q", s, s[i])
 		}
 	}

@@ -3,6 +3,8 @@ package session
 import (
 	"crypto/sha256"
 	"encoding/base32"
+
+	"github.com/podiam/podiam/pkg/server/role"
 )
 
 // STS's rules for RoleSessionName and SourceIdentity: 2 to 64 characters of
@@ -49,7 +51,7 @@ func Sanitize(s string) string {
 		if len(b) == MaxNameLen-hashLen-1 {
 			break
 		}
-		if r < 0x80 && nameChar(byte(r)) {
+		if r < 0x80 && role.NameChar(byte(r)) {
 			b = append(b, byte(r))
 		} else {
 			b = append(b, '-')
@@ -68,7 +70,7 @@ func Valid(s string) bool {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
-		if !nameChar(s[i]) {
+		if !role.NameChar(s[i]) {
 			return false
 		}
 	}
@@ -86,17 +88,4 @@ func looksHashed(s string) bool {
 		}
 	}
 	return true
-}
-
-// nameChar is STS's [\w+=,.@-] with \w in its ASCII meaning.
-func nameChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	switch c {
-	case '_', '+', '=', ',', '.', '@', '-':
-		return true
-	}
-	return false
 }

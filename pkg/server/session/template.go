@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+
+	"github.com/podiam/podiam/pkg/server/role"
 )
 
 // ErrTemplate is a template that failed to render for a pod. Templates are
@@ -74,7 +76,7 @@ func ParseTemplate(text string) (*Template, error) {
 			text, len(short), short, MaxNameLen)
 	}
 	for i := 0; i < len(short); i++ {
-		if !nameChar(short[i]) {
+		if !role.NameChar(short[i]) {
 			return nil, fmt.Errorf("template %q renders %q, and STS allows only letters, digits and _+=,.@- (not %q)",
 				text, short, short[i])
 		}
