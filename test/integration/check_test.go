@@ -49,9 +49,7 @@ func TestCheck(t *testing.T) {
 	const extID = "ext-tenant-1"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto
-	viaProxy.Endpoint = proxy.URL
+	proxy, viaProxy := behindProxy(t, moto)
 	env := viaProxy.Env()
 
 	proxy.RequireExternalID(roleARN("tenant-app"), extID)

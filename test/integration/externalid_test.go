@@ -139,9 +139,7 @@ func TestNamespaceExternalID(t *testing.T) {
 	)
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto // the servers reach STS through the proxy only
-	viaProxy.Endpoint = proxy.URL
+	proxy, viaProxy := behindProxy(t, moto)
 	serverArgs := []string{
 		"--assume-role-arn=" + roleARN("podiam-server"),
 		"--role-base-arn=" + roleARN(""),
@@ -149,7 +147,7 @@ func TestNamespaceExternalID(t *testing.T) {
 		"--agent-identity=podiam-agent",
 		"--pod-wait=3s",
 	}
-	sp := startServer(t, kube, &viaProxy, serverArgs...)
+	sp := startServer(t, kube, viaProxy, serverArgs...)
 	client := credsClient(t, sp)
 
 	// Account B's roles: each trusts the base role only with the
@@ -299,7 +297,7 @@ func TestNamespaceExternalID(t *testing.T) {
 	})
 
 	t.Run("--external-id-from=namespace denies a pod that sets one", func(t *testing.T) {
-		strict := startServer(t, kube, &viaProxy, append(serverArgs, "--external-id-from=namespace")...)
+		strict := startServer(t, kube, viaProxy, append(serverArgs, "--external-id-from=namespace")...)
 		strictClient := credsClient(t, strict)
 		pod("tenant-a", "named", "10.9.0.1", "a-app", extA) // even the namespace's own
 		pod("tenant-a", "plain", "10.9.0.2", "a-app", "")
@@ -472,16 +470,14 @@ func TestNamespaceExternalIDAcrossReconnect(t *testing.T) {
 	const extOld, extNew = "ext-before-9", "ext-after-9"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto
-	viaProxy.Endpoint = proxy.URL
+	proxy, viaProxy := behindProxy(t, moto)
 	args := []string{
 		"--assume-role-arn=" + roleARN("podiam-server"),
 		"--role-base-arn=" + roleARN(""),
 		"--session-duration=15m", "--session-refresh=5m",
 		"--pod-wait=3s",
 	}
-	sp := startServer(t, kube, &viaProxy, args...)
+	sp := startServer(t, kube, viaProxy, args...)
 	proxy.RequireExternalID(roleARN("rot-app"), extOld)
 	kube.CreateNamespace(t, "rotating", map[string]string{
 		"iam.amazonaws.com/permitted":   roleARN("rot-app"),
@@ -509,7 +505,7 @@ func TestNamespaceExternalIDAcrossReconnect(t *testing.T) {
 	proxy.RequireExternalID(roleARN("rot-app"), extNew)
 	setNamespaceExternalID(t, kube, "rotating", extNew)
 
-	restartServer(t, kube, &viaProxy, sp, args...)
+	restartServer(t, kube, viaProxy, sp, args...)
 	back := time.Now()
 	var newKey string
 	for newKey == "" {

@@ -119,10 +119,8 @@ func TestFaultSTSOutage(t *testing.T) {
 	)
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto // the server reaches STS through the proxy only
-	viaProxy.Endpoint = proxy.URL
-	sp := startServer(t, kube, &viaProxy,
+	proxy, viaProxy := behindProxy(t, moto)
+	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		fmt.Sprintf("--session-duration=%s", session), fmt.Sprintf("--session-refresh=%s", refresh),

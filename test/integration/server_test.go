@@ -507,11 +507,9 @@ func TestServerReadyz(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy, viaProxy := behindProxy(t, moto)
 	proxy.SetFaulting(true) // every AssumeRole fails, the base role's too
-	viaProxy := *moto
-	viaProxy.Endpoint = proxy.URL
-	sp := spawnServer(t, kube, &viaProxy,
+	sp := spawnServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		"--agent-identity=podiam-agent")

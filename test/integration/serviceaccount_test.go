@@ -26,10 +26,8 @@ func TestServiceAccountRoles(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto
-	viaProxy.Endpoint = proxy.URL
-	sp := startServer(t, kube, &viaProxy,
+	proxy, viaProxy := behindProxy(t, moto)
+	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		"--service-account-roles",

@@ -31,10 +31,8 @@ func TestSessionParameters(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
-	viaProxy := *moto
-	viaProxy.Endpoint = proxy.URL
-	sp := startServer(t, kube, &viaProxy,
+	proxy, viaProxy := behindProxy(t, moto)
+	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		"--session-name-template={{.Namespace}}.{{.ServiceAccount}}",
@@ -158,10 +156,8 @@ func TestSessionParameters(t *testing.T) {
 	// A second server on the same cluster, tagging each pod with its UID:
 	// every pod is a session of its own, and each costs exactly one call.
 	t.Run("per-pod tags mean one session per pod", func(t *testing.T) {
-		proxy := startSTSFaultProxy(t, moto.Endpoint)
-		viaProxy := *moto
-		viaProxy.Endpoint = proxy.URL
-		sp := startServer(t, kube, &viaProxy,
+		proxy, viaProxy := behindProxy(t, moto)
+		sp := startServer(t, kube, viaProxy,
 			"--assume-role-arn="+roleARN("podiam-server"),
 			"--role-base-arn="+roleARN(""),
 			"--session-tags=pod-uid",

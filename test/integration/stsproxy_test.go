@@ -23,6 +23,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+
+	"github.com/podiam/podiam/test/testenv"
 )
 
 // stsAttempt is one HTTP request the server sent to STS.
@@ -82,6 +84,17 @@ var stsFaults = []struct {
 	{http.StatusBadRequest, "Sender", "Throttling", "Rate exceeded"},
 	{http.StatusInternalServerError, "Receiver", "InternalFailure", "An internal error occurred."},
 	{http.StatusServiceUnavailable, "Receiver", "ServiceUnavailable", "Service is unavailable."},
+}
+
+// behindProxy starts a fault proxy in front of moto and returns it with a
+// copy of moto whose endpoint is the proxy, for servers that must reach
+// STS through the proxy only.
+func behindProxy(t *testing.T, moto *testenv.Moto) (*stsFaultProxy, *testenv.Moto) {
+	t.Helper()
+	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	via := *moto
+	via.Endpoint = proxy.URL
+	return proxy, &via
 }
 
 func startSTSFaultProxy(t *testing.T, upstream string) *stsFaultProxy {
