@@ -163,6 +163,24 @@ func (n *node) helm(ctx context.Context, args ...string) (string, error) {
 	return run(ctx, "nsenter", append([]string{"--net=" + n.netnsPath(), "--", filepath.Join(n.root, "bin", "helm"), "--kubeconfig", n.kubeconfig}, args...)...)
 }
 
+// certSecret creates the kube-system Secret name from the files
+// hack/gen-certs.sh wrote in dir, each file under the key files maps it to.
+func (n *node) certSecret(t *testing.T, name, dir string, files map[string]string) {
+	t.Helper()
+	data := map[string][]byte{}
+	for file, key := range files {
+		b, err := os.ReadFile(filepath.Join(dir, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[key] = b
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "kube-system"}, Data: data}
+	if _, err := n.client.CoreV1().Secrets("kube-system").Create(context.Background(), sec, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // helmInstall follows the README: hack/gen-certs.sh, the two Secrets it
 // prints the commands for, and helm install of the chart with the image.
 func (n *node) helmInstall(t *testing.T) {
@@ -172,18 +190,7 @@ func (n *node) helmInstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []struct{ name, dir string }{{"podiam-server-tls", "server"}, {"podiam-agent-tls", "agent"}} {
-		data := map[string][]byte{}
-		for _, f := range []string{"tls.crt", "tls.key", "ca.crt"} {
-			b, err := os.ReadFile(filepath.Join(certs, s.dir, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			data[f] = b
-		}
-		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: "kube-system"}, Data: data}
-		if _, err := n.client.CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		n.certSecret(t, s.name, filepath.Join(certs, s.dir), map[string]string{"tls.crt": "tls.crt", "tls.key": "tls.key", "ca.crt": "ca.crt"})
 	}
 	values := filepath.Join(n.dir, "values.yaml")
 	repo, tag, _ := strings.Cut(podiamImage, ":")
@@ -589,18 +596,8 @@ func (n *node) kiam(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []struct{ name, dir, prefix string }{{"kiam-server-tls", "server", "server"}, {"kiam-agent-tls", "agent", "agent"}} {
-		data := map[string][]byte{}
-		for from, to := range map[string]string{"tls.crt": s.prefix + ".pem", "tls.key": s.prefix + "-key.pem", "ca.crt": "ca.pem"} {
-			b, err := os.ReadFile(filepath.Join(certs, s.dir, from))
-			if err != nil {
-				t.Fatal(err)
-			}
-			data[to] = b
-		}
-		sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: "kube-system"}, Data: data}
-		if _, err := n.client.CoreV1().Secrets("kube-system").Create(ctx, sec, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
+		// KIAM's manifests mount the keys under its own file names.
+		n.certSecret(t, s.name, filepath.Join(certs, s.dir), map[string]string{"tls.crt": s.prefix + ".pem", "tls.key": s.prefix + "-key.pem", "ca.crt": "ca.pem"})
 	}
 	edit := func(o runtime.Object) {
 		spec := podSpecOf(o)
