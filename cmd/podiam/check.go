@@ -33,7 +33,7 @@ type checkConfig struct {
 // exit status 1, the report being the message.
 var errNotAssumed = errors.New("role not assumed")
 
-// checkTimeout bounds a whole check: a few STS calls and two reads.
+// checkTimeout bounds a whole check: a few STS calls and three reads.
 const checkTimeout = time.Minute
 
 func (c *checkConfig) register(fs *flag.FlagSet) {
@@ -43,10 +43,10 @@ func (c *checkConfig) register(fs *flag.FlagSet) {
 
 // registerOwn registers the flags check adds to the server's.
 func (c *checkConfig) registerOwn(fs *flag.FlagSet) {
-	fs.StringVar(&c.Role, "role", "", "role ARN, or name resolved as the server resolves annotations, to check; default: the --pod's iam.amazonaws.com/role")
+	fs.StringVar(&c.Role, "role", "", "role ARN, or name resolved as the server resolves annotations, to check; default: the --pod's iam.amazonaws.com/role, or with --service-account-roles its ServiceAccount's")
 	fs.StringVar(&c.ExternalID, "external-id", "", "External ID a pod would name; default: the --pod's iam.amazonaws.com/external-id")
 	fs.StringVar(&c.Namespace, "namespace", "", "explain the policy of this namespace for the role, as for a pod in it")
-	fs.StringVar(&c.Pod, "pod", "", "namespace/name: explain the policy for this pod, with its annotations")
+	fs.StringVar(&c.Pod, "pod", "", "namespace/name: explain the policy for this pod, with its annotations, and make the session name, source identity and tags from its metadata")
 	fs.StringVar(&c.Output, "output", "text", "report format: text or json")
 	fs.StringVar(&c.Output, "o", "text", "short for --output")
 }
@@ -55,7 +55,7 @@ func (c *checkConfig) check() check.Config {
 	return check.Config{
 		Role: c.Role, ExternalID: c.ExternalID, Namespace: c.Namespace, Pod: c.Pod,
 		BaseRoleARN: c.AssumeRoleARN, RoleBaseARN: c.RoleBaseARN, RoleBaseARNAutodetect: c.RoleBaseARNAutodetect,
-		Session: c.Session,
+		Session: c.SessionConfig(), TransitiveSessionTags: c.TransitiveSessionTags, ServiceAccountRoles: c.ServiceAccountRoles,
 	}
 }
 
@@ -75,8 +75,10 @@ func (c *checkConfig) Validate() error {
 }
 
 // runCheck builds the server's STS client and policy, and a Kubernetes
-// client when a namespace or pod is named, runs the check and writes its
-// report. A check that did not end with the role assumed is errNotAssumed.
+// client when a namespace or pod is named (a pod's ServiceAccount is read
+// through it too, with --service-account-roles), runs the check and
+// writes its report. A check that did not end with the role assumed is
+// errNotAssumed.
 func runCheck(ctx context.Context, cfg checkConfig, stdout io.Writer, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(ctx, checkTimeout)
 	defer cancel()

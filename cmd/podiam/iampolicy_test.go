@@ -52,6 +52,63 @@ func TestIAMPolicyCommand(t *testing.T) {
 	}
 }
 
+// The server's session flags, given as the server has them, put the
+// actions they need in both documents; a flag the server would refuse is
+// refused.
+func TestIAMPolicySessionFlags(t *testing.T) {
+	const (
+		base   = "arn:aws:iam::111111111111:role/podiam-base"
+		target = "arn:aws:iam::222222222222:role/tenant-app"
+	)
+	args := []string{"iam-policy", "--base-role=" + base, "--role=" + target}
+	for _, tc := range []struct {
+		flags []string
+		want  []string
+	}{
+		{nil, []string{"sts:AssumeRole"}},
+		{[]string{"--session-tags=namespace,serviceaccount"}, []string{"sts:AssumeRole", "sts:TagSession"}},
+		{[]string{"--static-session-tag=eks-cluster-name=prod"}, []string{"sts:AssumeRole", "sts:TagSession"}},
+		{[]string{"--source-identity-template={{.Namespace}}.{{.ServiceAccount}}"}, []string{"sts:AssumeRole", "sts:SetSourceIdentity"}},
+		{[]string{"--source-identity-template={{.PodName}}", "--session-tags=pod"}, []string{"sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"}},
+	} {
+		for _, doc := range []string{"trust", "base-permissions"} {
+			var stdout, stderr bytes.Buffer
+			if code := run(append(append(args, tc.flags...), "--document="+doc), &stdout, &stderr); code != 0 {
+				t.Fatalf("%v: exit %d: %s", tc.flags, code, stderr.String())
+			}
+			var got struct{ Statement []struct{ Action any } }
+			if err := json.Unmarshal(stdout.Bytes(), &got); err != nil || len(got.Statement) != 1 {
+				t.Fatalf("%v %s: %v\n%s", tc.flags, doc, err, stdout.String())
+			}
+			var actions []string
+			switch a := got.Statement[0].Action.(type) {
+			case string:
+				actions = []string{a}
+			case []any:
+				for _, x := range a {
+					actions = append(actions, x.(string))
+				}
+			}
+			if strings.Join(actions, " ") != strings.Join(tc.want, " ") {
+				t.Errorf("%v %s: Action %v, want %v", tc.flags, doc, actions, tc.want)
+			}
+			if _, one := got.Statement[0].Action.(string); one != (len(tc.want) == 1) {
+				t.Errorf("%v %s: Action %#v: one action is a string, several a list", tc.flags, doc, got.Statement[0].Action)
+			}
+		}
+	}
+	for _, bad := range [][]string{
+		{"--session-tags=pod-name"},
+		{"--static-session-tag=aws:cluster=prod"},
+		{"--source-identity-template={{.Namespace}}/{{.PodName}}"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(append(append([]string{}, args...), bad...), &stdout, &stderr); code != 2 || stdout.Len() != 0 {
+			t.Errorf("%v: exit %d, output %q; want 2 and nothing", bad, code, stdout.String())
+		}
+	}
+}
+
 // The README's cross-account section shows what podiam iam-policy prints.
 func TestIAMPolicyREADME(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")

@@ -61,19 +61,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.Session, "session", "kiam", "session name suffix when a pod has no iam.amazonaws.com/session-name")
 	fs.StringVar(&c.SessionNameTemplate, "session-name-template", "", "session names from pod metadata, e.g. '{{.Namespace}}.{{.ServiceAccount}}' (fields Namespace, ServiceAccount, PodName, PodUID, NodeName, Role); cut with a hash suffix where STS's 64 characters do not suffice; empty: kiam-<iam.amazonaws.com/session-name or --session>")
 	fs.DurationVar(&c.SessionDuration, "session-duration", time.Hour, "lifetime of target role sessions: 900s to 1h for chained roles (shorter only against a local STS endpoint, for tests)")
-	fs.StringVar(&c.SourceIdentityTemplate, "source-identity-template", "", "SourceIdentity set on each pod role's AssumeRole, from the fields of --session-name-template, e.g. '{{.Namespace}}.{{.ServiceAccount}}'; recorded in CloudTrail and kept through further role chaining (the role's trust policy must allow sts:SetSourceIdentity); empty: none")
-	fs.Func("session-tags", "pod metadata sent as STS session tags, comma-separated, under the EKS Pod Identity keys: namespace (kubernetes-namespace), serviceaccount (kubernetes-service-account), pod (kubernetes-pod-name), pod-uid (kubernetes-pod-uid); the roles' trust policies must allow sts:TagSession", func(v string) error {
-		for _, name := range strings.Split(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				c.SessionTags = append(c.SessionTags, name)
-			}
-		}
-		return nil
-	})
-	fs.Func("static-session-tag", "KEY=VALUE session tag on every pod role session, e.g. eks-cluster-name=prod; repeatable", func(v string) error {
-		c.StaticSessionTags = append(c.StaticSessionTags, v)
-		return nil
-	})
+	registerSessionSendFlags(fs, &c.SourceIdentityTemplate, &c.SessionTags, &c.StaticSessionTags)
 	fs.BoolVar(&c.ServiceAccountRoles, "service-account-roles", false, "a pod without an iam.amazonaws.com/role annotation of its own takes its ServiceAccount's (the namespace's permitted expression still decides); needs RBAC to list and watch serviceaccounts")
 	fs.BoolVar(&c.TransitiveSessionTags, "transitive-session-tags", false, "make the session tags transitive, so they stay on sessions the pod chains into itself")
 	fs.DurationVar(&c.SessionRefresh, "session-refresh", 40*time.Minute, "refresh credentials when this much validity or less remains")
@@ -99,6 +87,26 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 			return errors.New("must not be empty")
 		}
 		c.AgentIdentities = append(c.AgentIdentities, v)
+		return nil
+	})
+}
+
+// registerSessionSendFlags registers the server's flags that make it send
+// STS more than sts:AssumeRole needs: a SourceIdentity and session tags.
+// podiam iam-policy takes them too, with the same names and meanings, so
+// that the policies it prints allow what the server sends.
+func registerSessionSendFlags(fs *flag.FlagSet, sourceIdentityTemplate *string, podTags, staticTags *[]string) {
+	fs.StringVar(sourceIdentityTemplate, "source-identity-template", "", "SourceIdentity set on each pod role's AssumeRole, from the fields of --session-name-template, e.g. '{{.Namespace}}.{{.ServiceAccount}}'; recorded in CloudTrail and kept through further role chaining (the role's trust policy must allow sts:SetSourceIdentity); empty: none")
+	fs.Func("session-tags", "pod metadata sent as STS session tags, comma-separated, under the EKS Pod Identity keys: namespace (kubernetes-namespace), serviceaccount (kubernetes-service-account), pod (kubernetes-pod-name), pod-uid (kubernetes-pod-uid); the roles' trust policies must allow sts:TagSession", func(v string) error {
+		for _, name := range strings.Split(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				*podTags = append(*podTags, name)
+			}
+		}
+		return nil
+	})
+	fs.Func("static-session-tag", "KEY=VALUE session tag on every pod role session, e.g. eks-cluster-name=prod; repeatable", func(v string) error {
+		*staticTags = append(*staticTags, v)
 		return nil
 	})
 }

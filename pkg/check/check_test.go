@@ -23,6 +23,7 @@ import (
 	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
+	"github.com/podiam/podiam/pkg/server/session"
 	"github.com/podiam/podiam/pkg/server/sts"
 )
 
@@ -158,7 +159,7 @@ func TestRun(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := tt.cfg
-			cfg.Session = "kiam"
+			cfg.Session.DefaultSession = "kiam"
 			switch cfg.BaseRoleARN {
 			case "":
 				cfg.BaseRoleARN = baseRole
@@ -231,7 +232,8 @@ func TestRun(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{Role: targetRole, Session: "kiam"}
+	kiam := session.Config{DefaultSession: "kiam"}
+	ok := Config{Role: targetRole, Session: kiam}
 	if err := ok.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -240,11 +242,11 @@ func TestConfigValidate(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{"nothing to check", Config{Session: "kiam"}, "--role or --pod"},
-		{"pod without namespace", Config{Pod: "app", Session: "kiam"}, "namespace/name"},
-		{"pod with two slashes", Config{Pod: "a/b/c", Session: "kiam"}, "namespace/name"},
-		{"pod and another namespace", Config{Pod: "a/b", Namespace: "c", Session: "kiam"}, "differs"},
-		{"invalid external id", Config{Role: targetRole, ExternalID: "x", Session: "kiam"}, "--external-id"},
+		{"nothing to check", Config{Session: kiam}, "--role or --pod"},
+		{"pod without namespace", Config{Pod: "app", Session: kiam}, "namespace/name"},
+		{"pod with two slashes", Config{Pod: "a/b/c", Session: kiam}, "namespace/name"},
+		{"pod and another namespace", Config{Pod: "a/b", Namespace: "c", Session: kiam}, "differs"},
+		{"invalid external id", Config{Role: targetRole, ExternalID: "x", Session: kiam}, "--external-id"},
 		{"no session", Config{Role: targetRole}, "--session"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -262,7 +264,7 @@ func TestRunNamespaceUnreadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := &fakeSTS{}
-	r := Run(context.Background(), Config{Role: targetRole, Namespace: "tenant", Session: "kiam"},
+	r := Run(context.Background(), Config{Role: targetRole, Namespace: "tenant", Session: session.Config{DefaultSession: "kiam"}},
 		Deps{STS: f, Policy: checker, Cluster: brokenCluster{}})
 	if r.Result != ResultFailed || !strings.Contains(r.Error, "forbidden") || len(f.assumed) != 0 || r.Policy != nil {
 		t.Fatalf("report %+v, STS asked %v", r, f.assumed)
@@ -277,4 +279,166 @@ func (brokenCluster) Namespace(context.Context, string) (*corev1.Namespace, erro
 
 func (brokenCluster) Pod(context.Context, string, string) (*corev1.Pod, error) {
 	return nil, errors.New("unused")
+}
+
+func (brokenCluster) ServiceAccount(context.Context, string, string) (*corev1.ServiceAccount, error) {
+	return nil, errors.New("unused")
+}
+
+// The check sends what the server sends: the session name, SourceIdentity
+// and session tags the server's flags make of the pod, and, with
+// --service-account-roles, the role of a pod's ServiceAccount.
+func TestRunSessions(t *testing.T) {
+	tenant := namespace("tenant", map[string]string{role.AnnotationPermitted: "arn:aws:iam::" + accountB + ":role/tenant-.*"})
+	ledger := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "ledger",
+		Annotations: map[string]string{role.AnnotationRole: targetRole}}}
+	runsAs := func(p *corev1.Pod, sa string) *corev1.Pod {
+		p.Spec.ServiceAccountName, p.Spec.NodeName, p.UID = sa, "node-1", "0b0e2d8c-5b8e-4a4e-9c52-2d3f6e1a7b10"
+		return p
+	}
+	objects := []runtime.Object{
+		tenant, ledger,
+		runsAs(pod("tenant", "app", map[string]string{role.AnnotationRole: targetRole}), "default"),
+		runsAs(pod("tenant", "ledger-7d9f", nil), "ledger"),
+		runsAs(pod("tenant", "own-role", map[string]string{role.AnnotationRole: "arn:aws:iam::" + accountB + ":role/tenant-own"}), "ledger"),
+		runsAs(pod("tenant", "orphan", nil), "gone"),
+	}
+	names := session.Config{NameTemplate: "{{.Namespace}}.{{.ServiceAccount}}", SourceIdentityTemplate: "{{.Namespace}}.{{.PodName}}",
+		PodTags: []string{"namespace", "pod"}, StaticTags: []string{"eks-cluster-name=prod"}}
+	tagDenied := apiError(403, "AccessDenied", "User: arn:aws:sts::"+accountA+":assumed-role/podiam-base/kiam-kiam is not authorized to perform: sts:TagSession on resource: "+targetRole)
+	denied := apiError(403, "AccessDenied", "User: arn:aws:sts::"+accountA+":assumed-role/podiam-base/kiam-kiam is not authorized to perform: sts:AssumeRole on resource: "+targetRole)
+	tests := []struct {
+		name       string
+		cfg        Config
+		cluster    Cluster
+		sts        fakeSTS
+		result     string
+		key        creds.Key // what STS was asked; zero: not asked
+		roleFrom   string
+		cause      string
+		text, json []string
+		errorText  string
+	}{
+		{name: "a pod: name, source identity and tags from its metadata", cfg: Config{Pod: "tenant/app", Session: names, TransitiveSessionTags: true},
+			result: ResultAssumed, roleFrom: RoleFromPod,
+			key: creds.Key{RoleARN: targetRole, SessionName: "tenant.default", SourceIdentity: "tenant.app",
+				Tags: creds.NewTags(creds.Tag{Key: "kubernetes-namespace", Value: "tenant"}, creds.Tag{Key: "kubernetes-pod-name", Value: "app"},
+					creds.Tag{Key: "eks-cluster-name", Value: "prod"})},
+			text: []string{"target   ok       " + targetRole + ", session tenant.default, source identity tenant.app, no External ID, expires ",
+				`                  transitive session tags: eks-cluster-name="prod", kubernetes-namespace="tenant", kubernetes-pod-name="app"` + "\n",
+				"(from pod annotation)"},
+			json: []string{`"source_identity": "tenant.app"`, `"Key": "kubernetes-pod-name"`, `"transitive_session_tags": true`, `"role_from": "pod annotation"`}},
+		{name: "the role of the pod's ServiceAccount", cfg: Config{Pod: "tenant/ledger-7d9f", ServiceAccountRoles: true, Session: session.Config{NameTemplate: "{{.ServiceAccount}}.{{.Role}}"}},
+			result: ResultAssumed, roleFrom: "ServiceAccount tenant/ledger",
+			key:  creds.Key{RoleARN: targetRole, SessionName: "ledger.tenant-app"},
+			text: []string{"policy   allowed  pod tenant/ledger-7d9f, role " + targetRole + " (from ServiceAccount tenant/ledger)", "session ledger.tenant-app"}},
+		{name: "without --service-account-roles the account's role does not count", cfg: Config{Pod: "tenant/ledger-7d9f"},
+			result: ResultDenied, errorText: "no iam.amazonaws.com/role"},
+		{name: "the pod's own annotation wins over its account's", cfg: Config{Pod: "tenant/own-role", ServiceAccountRoles: true},
+			cluster: noServiceAccounts{},
+			result:  ResultAssumed, roleFrom: RoleFromPod, key: creds.Key{RoleARN: "arn:aws:iam::" + accountB + ":role/tenant-own", SessionName: "kiam-kiam"}},
+		{name: "--role wins over the account's, and its account is not read", cfg: Config{Pod: "tenant/ledger-7d9f", Role: "arn:aws:iam::" + accountB + ":role/tenant-own", ServiceAccountRoles: true},
+			cluster: noServiceAccounts{},
+			result:  ResultAssumed, roleFrom: RoleFromFlag, key: creds.Key{RoleARN: "arn:aws:iam::" + accountB + ":role/tenant-own", SessionName: "kiam-kiam"}},
+		{name: "a ServiceAccount that does not exist gives no role", cfg: Config{Pod: "tenant/orphan", ServiceAccountRoles: true},
+			result: ResultDenied, errorText: "no iam.amazonaws.com/role"},
+		{name: "an unreadable ServiceAccount fails the check", cfg: Config{Pod: "tenant/ledger-7d9f", ServiceAccountRoles: true},
+			cluster: noServiceAccounts{}, result: ResultFailed, errorText: "read serviceaccount tenant/ledger: serviceaccounts \"tenant/ledger\" is forbidden"},
+		{name: "no pod: the namespace alone, and a note", cfg: Config{Role: targetRole, Namespace: "tenant", Session: names},
+			result: ResultAssumed, roleFrom: RoleFromFlag,
+			key: creds.Key{RoleARN: targetRole, SessionName: "tenant.", SourceIdentity: "tenant.",
+				Tags: creds.NewTags(creds.Tag{Key: "kubernetes-namespace", Value: "tenant"}, creds.Tag{Key: "kubernetes-pod-name", Value: ""},
+					creds.Tag{Key: "eks-cluster-name", Value: "prod"})},
+			text: []string{`session tags: eks-cluster-name="prod", kubernetes-namespace="tenant", kubernetes-pod-name=""` + "\n",
+				`no --pod: the session name, source identity and tags were made from namespace "tenant" and an empty ServiceAccount`}},
+		{name: "static tags only: no note", cfg: Config{Role: targetRole, Session: session.Config{StaticTags: []string{"team=ledger"}}},
+			result: ResultAssumed, roleFrom: RoleFromFlag,
+			key:  creds.Key{RoleARN: targetRole, SessionName: "kiam-kiam", Tags: creds.NewTags(creds.Tag{Key: "team", Value: "ledger"})},
+			text: []string{`session tags: team="ledger"` + "\n"}},
+		{name: "trust without sts:TagSession, as AWS says it", cfg: Config{Pod: "tenant/app", Session: names}, sts: fakeSTS{assumeErr: tagDenied},
+			result: ResultFailed, roleFrom: RoleFromPod, cause: sts.CauseSessionActions,
+			text: []string{"likely cause (trust_policy_session_actions): the server sends session tags", "must list sts:TagSession beside sts:AssumeRole"}},
+		{name: "a denial that names only sts:AssumeRole lists the session actions", cfg: Config{Pod: "tenant/app", Session: names}, sts: fakeSTS{assumeErr: denied},
+			result: ResultFailed, roleFrom: RoleFromPod, cause: sts.CauseTrustOrExtID,
+			text: []string{"a SourceIdentity and session tags were sent, so the trust policy's Action must also list sts:SetSourceIdentity and sts:TagSession"}},
+		{name: "a template STS cannot take fails the check", cfg: Config{Role: targetRole, Session: session.Config{NameTemplate: "{{.Namespace}}/{{.PodName}}"}},
+			result: ResultFailed, errorText: "--session-name-template"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.BaseRoleARN = baseRole
+			cfg.Session.DefaultSession = "kiam"
+			checker, err := policy.New(policy.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cluster := tt.cluster
+			if cluster == nil {
+				cluster = KubeCluster{Client: fake.NewClientset(objects...)}
+			} else {
+				cluster = overlay{Cluster: cluster, Kube: KubeCluster{Client: fake.NewClientset(objects...)}}
+			}
+			f := tt.sts
+			r := Run(context.Background(), cfg, Deps{STS: &f, Policy: checker, Cluster: cluster})
+			if r.Result != tt.result || r.RoleFrom != tt.roleFrom || !strings.Contains(r.Error, tt.errorText) {
+				t.Fatalf("result %s, role from %q, error %q; want %s, %q, %q\n%+v", r.Result, r.RoleFrom, r.Error, tt.result, tt.roleFrom, tt.errorText, r)
+			}
+			switch {
+			case tt.key == (creds.Key{}) && len(f.assumed) != 0 && tt.sts.assumeErr == nil:
+				t.Fatalf("STS asked for %+v", f.assumed)
+			case tt.key != (creds.Key{}) && (len(f.assumed) != 1 || f.assumed[0] != tt.key):
+				t.Fatalf("STS asked for %+v, want %+v", f.assumed, tt.key)
+			}
+			if tt.cause != "" {
+				last := r.Hops[len(r.Hops)-1]
+				if last.Cause == nil || last.Cause.Code != tt.cause {
+					t.Fatalf("last hop %+v, want cause %s", last, tt.cause)
+				}
+			}
+			var text, js bytes.Buffer
+			if err := r.WriteText(&text); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.WriteJSON(&js); err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range tt.text {
+				if !strings.Contains(text.String(), want) {
+					t.Errorf("text lacks %q:\n%s", want, text.String())
+				}
+			}
+			if tt.result == ResultAssumed && tt.cfg.Pod != "" && strings.Contains(text.String(), "no --pod") {
+				t.Errorf("a note about a missing pod for a real one:\n%s", text.String())
+			}
+			for _, want := range tt.json {
+				if !strings.Contains(js.String(), want) {
+					t.Errorf("JSON lacks %q:\n%s", want, js.String())
+				}
+			}
+		})
+	}
+}
+
+// noServiceAccounts refuses to read ServiceAccounts, as an API server
+// does a check without the RBAC to list them.
+type noServiceAccounts struct{ Cluster }
+
+func (noServiceAccounts) ServiceAccount(_ context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	return nil, apierrors.NewForbidden(corev1.Resource("serviceaccounts"), namespace+"/"+name, errors.New("rbac"))
+}
+
+// overlay reads namespaces and pods from Kube and ServiceAccounts from
+// Cluster.
+type overlay struct {
+	Cluster
+	Kube KubeCluster
+}
+
+func (o overlay) Namespace(ctx context.Context, name string) (*corev1.Namespace, error) {
+	return o.Kube.Namespace(ctx, name)
+}
+
+func (o overlay) Pod(ctx context.Context, namespace, name string) (*corev1.Pod, error) {
+	return o.Kube.Pod(ctx, namespace, name)
 }

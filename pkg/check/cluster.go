@@ -13,8 +13,9 @@ import (
 
 // KubeCluster is Cluster on a clientset: live reads, as a check runs once
 // and must see what the API server has now. It lists by name rather than
-// gets, because the server's ServiceAccount may list and watch pods and
-// namespaces but not get them, and a check runs as the server does.
+// gets, because the server's ServiceAccount may list and watch pods,
+// namespaces and (with --service-account-roles) ServiceAccounts but not get
+// them, and a check runs as the server does.
 type KubeCluster struct {
 	Client kubernetes.Interface
 }
@@ -47,6 +48,20 @@ func (k KubeCluster) Pod(ctx context.Context, namespace, name string) (*corev1.P
 		}
 	}
 	return nil, apierrors.NewNotFound(corev1.Resource("pods"), namespace+"/"+name)
+}
+
+// ServiceAccount implements Cluster.
+func (k KubeCluster) ServiceAccount(ctx context.Context, namespace, name string) (*corev1.ServiceAccount, error) {
+	list, err := k.Client.CoreV1().ServiceAccounts(namespace).List(ctx, byName(name))
+	if err != nil {
+		return nil, fmt.Errorf("list serviceaccount %s/%s: %w", namespace, name, err)
+	}
+	for i := range list.Items {
+		if list.Items[i].Name == name {
+			return &list.Items[i], nil
+		}
+	}
+	return nil, apierrors.NewNotFound(corev1.Resource("serviceaccounts"), namespace+"/"+name)
 }
 
 func byName(name string) metav1.ListOptions {

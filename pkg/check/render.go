@@ -15,10 +15,11 @@ func (r Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// WriteText writes the report for people: one line per hop, and one for
-// the policy where the server decides it (between the base role and the
-// target), each failure followed by STS's error and its likely cause, and
-// the result last.
+// WriteText writes the report for people: one line per hop (a target's
+// session tags and notes on lines of their own), and one for the policy
+// where the server decides it (between the base role and the target), each
+// failure followed by STS's error and its likely cause, and the result
+// last.
 func (r Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	line := func(name, status, text string) {
@@ -39,6 +40,12 @@ func (r Report) WriteText(w io.Writer) error {
 			status = "FAILED"
 		}
 		line(string(h.Hop), status, h.describe())
+		if len(h.Tags) > 0 {
+			line("", "", h.tags())
+		}
+		if h.Note != "" && !h.Skipped {
+			line("", "", h.Note)
+		}
 		if !h.OK {
 			line("", "", "error: "+h.Error)
 			if h.Cause != nil {
@@ -107,6 +114,9 @@ func (h Hop) describe() string {
 		if h.SessionName != "" {
 			parts = append(parts, "session "+h.SessionName)
 		}
+		if h.SourceIdentity != "" {
+			parts = append(parts, "source identity "+h.SourceIdentity)
+		}
 	}
 	switch {
 	case h.Identity != "" && h.RoleARN != "":
@@ -126,4 +136,18 @@ func (h Hop) describe() string {
 	}
 	parts = append(parts, fmt.Sprintf("%dms", h.DurationMS))
 	return strings.Join(parts, ", ")
+}
+
+// tags is the line listing the session tags a hop sent, quoted because a
+// value may hold spaces and commas.
+func (h Hop) tags() string {
+	parts := make([]string, 0, len(h.Tags))
+	for _, t := range h.Tags {
+		parts = append(parts, fmt.Sprintf("%s=%q", t.Key, t.Value))
+	}
+	kind := "session tags"
+	if h.TransitiveTags {
+		kind = "transitive session tags"
+	}
+	return kind + ": " + strings.Join(parts, ", ")
 }

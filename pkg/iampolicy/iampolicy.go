@@ -4,7 +4,9 @@
 // the target roles and nothing else, and a target role's trust policy,
 // trusting the base role alone (never "*"), with an sts:ExternalId
 // condition when the target lives in another account and its owner gave
-// one.
+// one. A server that sends session tags or a SourceIdentity needs
+// sts:TagSession and sts:SetSourceIdentity in both documents too: STS
+// refuses the whole AssumeRole without them.
 package iampolicy
 
 import (
@@ -28,6 +30,23 @@ type Config struct {
 	RoleARNs []string
 	// ExternalID is the target roles' sts:ExternalId, "" for none.
 	ExternalID string
+	// TagSession and SetSourceIdentity say that the server sends session
+	// tags and a SourceIdentity: both documents then allow
+	// sts:TagSession and sts:SetSourceIdentity besides sts:AssumeRole.
+	TagSession        bool
+	SetSourceIdentity bool
+}
+
+// actions are what the base role does to the target roles.
+func (c Config) actions() Actions {
+	a := Actions{"sts:AssumeRole"}
+	if c.SetSourceIdentity {
+		a = append(a, "sts:SetSourceIdentity")
+	}
+	if c.TagSession {
+		a = append(a, "sts:TagSession")
+	}
+	return a
 }
 
 // Validate accepts full IAM role ARNs of one partition (a role cannot
@@ -76,10 +95,23 @@ type Statement struct {
 	Sid       string     `json:"Sid,omitempty"`
 	Effect    string     `json:"Effect"`
 	Principal *Principal `json:"Principal,omitempty"`
-	Action    string     `json:"Action"`
+	Action    Actions    `json:"Action"`
 	Resource  []string   `json:"Resource,omitempty"`
 	// Condition maps an operator to keys and values, as IAM writes it.
 	Condition map[string]map[string]string `json:"Condition,omitempty"`
+}
+
+// Actions is a statement's Action. IAM takes a string or a list; one
+// action is written as a string, as IAM's console writes it and as
+// policies podiam printed before it had more than one.
+type Actions []string
+
+// MarshalJSON implements json.Marshaler.
+func (a Actions) MarshalJSON() ([]byte, error) {
+	if len(a) == 1 {
+		return json.Marshal(a[0])
+	}
+	return json.Marshal([]string(a))
 }
 
 // Principal names who a trust policy trusts: one role, never "*".
@@ -87,8 +119,9 @@ type Principal struct {
 	AWS string `json:"AWS"`
 }
 
-// BasePermissions is the base role's permission policy: sts:AssumeRole on
-// exactly the target roles.
+// BasePermissions is the base role's permission policy: sts:AssumeRole
+// (and sts:TagSession, sts:SetSourceIdentity when asked) on exactly the
+// target roles.
 func BasePermissions(c Config) Document {
 	roles := slices.Clone(c.RoleARNs)
 	slices.Sort(roles)
@@ -96,19 +129,20 @@ func BasePermissions(c Config) Document {
 	return Document{Version: Version, Statement: []Statement{{
 		Sid:      "PodiamAssumePodRoles",
 		Effect:   "Allow",
-		Action:   "sts:AssumeRole",
+		Action:   c.actions(),
 		Resource: roles,
 	}}}
 }
 
 // TargetTrust is a target role's trust policy: the base role may assume
-// it, with the External ID when one is given.
+// it, with the External ID when one is given, and tag the session and set
+// its source identity when asked.
 func TargetTrust(c Config) Document {
 	s := Statement{
 		Sid:       "PodiamBaseRole",
 		Effect:    "Allow",
 		Principal: &Principal{AWS: c.BaseRoleARN},
-		Action:    "sts:AssumeRole",
+		Action:    c.actions(),
 	}
 	if c.ExternalID != "" {
 		s.Condition = map[string]map[string]string{"StringEquals": {"sts:ExternalId": c.ExternalID}}

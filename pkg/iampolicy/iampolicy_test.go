@@ -123,3 +123,45 @@ func TestValidate(t *testing.T) {
 		})
 	}
 }
+
+// A server that sends session tags or a SourceIdentity needs the actions
+// in both documents, as a list; one that sends neither keeps the single
+// string above.
+func TestSessionActions(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		tags, ident bool
+		want        string
+	}{
+		{"tags", true, false, `"Action": [
+        "sts:AssumeRole",
+        "sts:TagSession"
+      ],`},
+		{"source identity", false, true, `"Action": [
+        "sts:AssumeRole",
+        "sts:SetSourceIdentity"
+      ],`},
+		{"both", true, true, `"Action": [
+        "sts:AssumeRole",
+        "sts:SetSourceIdentity",
+        "sts:TagSession"
+      ],`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Config{BaseRoleARN: base, RoleARNs: []string{target}, ExternalID: "ext-1", TagSession: tc.tags, SetSourceIdentity: tc.ident}
+			for name, doc := range map[string]Document{"base permissions": BasePermissions(c), "trust policy": TargetTrust(c)} {
+				got, err := doc.JSON()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(string(got), tc.want) {
+					t.Errorf("%s:\n%s\nlacks:\n%s", name, got, tc.want)
+				}
+				var back struct{ Statement []struct{ Action []string } }
+				if err := json.Unmarshal(got, &back); err != nil || len(back.Statement) != 1 || back.Statement[0].Action[0] != "sts:AssumeRole" {
+					t.Errorf("%s does not read back as a list of actions: %v\n%s", name, err, got)
+				}
+			}
+		})
+	}
+}

@@ -167,7 +167,7 @@ func (c Config) Validate() error {
 	if c.Session == "" {
 		errs = append(errs, errors.New("--session must not be empty"))
 	}
-	if err := c.sessionConfig().Validate(); err != nil {
+	if err := c.SessionConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.TransitiveSessionTags && len(c.SessionTags)+len(c.StaticSessionTags) == 0 {
@@ -213,8 +213,10 @@ func (c Config) Policy() policy.Config {
 	return policy.Config{DisableStrictRegexp: c.DisableStrictNamespaceRegexp, ExternalIDFrom: c.ExternalIDFrom}
 }
 
-// sessionConfig is what the flags say about the STS session parameters.
-func (c Config) sessionConfig() session.Config {
+// SessionConfig is what the flags say about the STS session parameters.
+// podiam check builds its session keys from it too, so that it sends STS
+// what the server sends.
+func (c Config) SessionConfig() session.Config {
 	return session.Config{
 		DefaultSession:         c.Session,
 		NameTemplate:           c.SessionNameTemplate,
@@ -362,7 +364,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		s.synced = append(s.synced, saInformer.HasSynced)
 		sessionDeps.ServiceAccounts = serviceAccountRoles{lister: sas.Lister()}
 	}
-	keys, err := session.New(cfg.sessionConfig(), sessionDeps)
+	keys, err := session.New(cfg.SessionConfig(), sessionDeps)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,10 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -43,7 +48,9 @@ func podiamCheck(t *testing.T, env []string, serverArgs []string, args ...string
 // TestCheck runs `podiam check` with a server's command line against a
 // real kube-apiserver and moto behind the STS proxy, which plays the
 // target roles' trust policies: every hop, the policy explained, a denied
-// role never sent to STS, and the likely cause of each kind of failure.
+// role never sent to STS, the likely cause of each kind of failure, and
+// the session name, SourceIdentity, tags and ServiceAccount role the
+// server's session flags make of a pod.
 func TestCheck(t *testing.T) {
 	t.Parallel()
 	const extID = "ext-tenant-1"
@@ -58,6 +65,7 @@ func TestCheck(t *testing.T) {
 		"The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.")
 	proxy.AnswerRole(roleARN("tenant-skewed"), http.StatusForbidden, "SignatureDoesNotMatch",
 		"Signature expired: 20240101T000000Z is now earlier than 20240101T000500Z (20240101T001000Z - 5 min.)")
+	proxy.TrustLacks(roleARN("tenant-untagged"), "sts:TagSession", "sts:SetSourceIdentity")
 	kube.CreateNamespace(t, "tenant", map[string]string{
 		"iam.amazonaws.com/permitted":   roleARN("tenant-.*"),
 		"iam.amazonaws.com/external-id": extID,
@@ -66,6 +74,17 @@ func TestCheck(t *testing.T) {
 		Annotations: map[string]string{"iam.amazonaws.com/role": "tenant-app"}})
 	kube.CreatePod(t, testenv.PodSpec{Namespace: "tenant", Name: "rogue",
 		Annotations: map[string]string{"iam.amazonaws.com/role": "tenant-app", "iam.amazonaws.com/external-id": "ext-other"}})
+	// A pod without a role of its own whose ServiceAccount names one.
+	func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "tenant", Name: "ledger",
+			Annotations: map[string]string{"iam.amazonaws.com/role": "tenant-app"}}}
+		if _, err := kube.Client.CoreV1().ServiceAccounts("tenant").Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	kube.CreatePod(t, testenv.PodSpec{Namespace: "tenant", Name: "ledger-7d9f", ServiceAccount: "ledger"})
 
 	// A server's command line as the chart writes it; TLS files and the
 	// listening address are accepted and unused.
@@ -197,6 +216,67 @@ func TestCheck(t *testing.T) {
 			lines(t, r.Stdout, append(tc.words, "target   FAILED   "+roleARN(tc.role), "likely cause ("+tc.cause+"): ", "result   failed")...)
 		})
 	}
+
+	// The server's session flags: what check sends is what the server
+	// would, so a trust policy that takes sts:AssumeRole alone fails here
+	// as it would fail the server.
+	sessions := append(append([]string{}, server...),
+		"--service-account-roles",
+		"--session-name-template={{.Namespace}}.{{.ServiceAccount}}",
+		"--source-identity-template={{.Namespace}}.{{.PodName}}",
+		"--session-tags=namespace,serviceaccount",
+		"--static-session-tag=eks-cluster-name=test",
+		"--transitive-session-tags")
+
+	t.Run("a pod's ServiceAccount role, session name, source identity and tags", func(t *testing.T) {
+		r := podiamCheck(t, env, sessions, "--pod=tenant/ledger-7d9f")
+		if r.Code != 0 {
+			t.Fatalf("exit %d", r.Code)
+		}
+		lines(t, r.Stdout,
+			"policy   allowed  pod tenant/ledger-7d9f, role "+roleARN("tenant-app")+" (from ServiceAccount tenant/ledger)",
+			"target   ok       "+roleARN("tenant-app")+", session tenant.ledger, source identity tenant.ledger-7d9f, External ID sent, expires ",
+			`transitive session tags: eks-cluster-name="test", kubernetes-namespace="tenant", kubernetes-service-account="ledger"`+"\n",
+			"result   assumed")
+		noSecrets(t, r.Stdout+r.Stderr)
+		a := assumes("tenant-app")
+		last := a[len(a)-1].Form
+		tags := map[string]string{}
+		for i := 1; last.Get(fmt.Sprintf("Tags.member.%d.Key", i)) != ""; i++ {
+			tags[last.Get(fmt.Sprintf("Tags.member.%d.Key", i))] = last.Get(fmt.Sprintf("Tags.member.%d.Value", i))
+		}
+		if last.Get("RoleSessionName") != "tenant.ledger" || last.Get("SourceIdentity") != "tenant.ledger-7d9f" || last.Get("ExternalId") != extID ||
+			len(tags) != 3 || tags["kubernetes-service-account"] != "ledger" || last.Get("TransitiveTagKeys.member.3") == "" {
+			t.Fatalf("STS was asked %v", last)
+		}
+	})
+
+	t.Run("without --service-account-roles the pod has no role", func(t *testing.T) {
+		r := podiamCheck(t, env, server, "--pod=tenant/ledger-7d9f")
+		if r.Code != 1 {
+			t.Fatalf("exit %d, want 1", r.Code)
+		}
+		lines(t, r.Stdout, "no iam.amazonaws.com/role", "result   denied")
+	})
+
+	t.Run("a trust policy without sts:TagSession and sts:SetSourceIdentity", func(t *testing.T) {
+		// It takes sts:AssumeRole alone: the check passed before it sent
+		// what the server sends, and the server failed.
+		if r := podiamCheck(t, env, server, "--role=tenant-untagged", "--namespace=tenant"); r.Code != 0 {
+			t.Fatalf("without session flags: exit %d, want 0", r.Code)
+		}
+		r := podiamCheck(t, env, sessions, "--role=tenant-untagged", "--namespace=tenant")
+		if r.Code != 1 {
+			t.Fatalf("exit %d, want 1", r.Code)
+		}
+		lines(t, r.Stdout,
+			"target   FAILED   "+roleARN("tenant-untagged")+", session tenant., source identity tenant., External ID sent, ",
+			`no --pod: the session name, source identity and tags were made from namespace "tenant"`,
+			"is not authorized to perform: sts:SetSourceIdentity on resource: "+roleARN("tenant-untagged"),
+			"likely cause (trust_policy_session_actions): the server sets a SourceIdentity (--source-identity-template)",
+			"its Action must list sts:SetSourceIdentity beside sts:AssumeRole",
+			"result   failed")
+	})
 
 	t.Run("a wrong endpoint fails the first hop", func(t *testing.T) {
 		bad := append([]string{}, env...)

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	ststypes "github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 
@@ -50,8 +51,11 @@ type stsAttempt struct {
 // moto enforces no trust policy, so the proxy plays one for chosen roles:
 // RequireExternalID makes a role's trust policy demand an sts:ExternalId
 // (AWS answers AccessDenied, not a validation error, when it is missing or
-// differs), DenyRole one that does not name the caller at all, and
-// AnswerRole any other error STS gives.
+// differs), DenyRole one that does not name the caller at all,
+// TrustLacks one whose Action does not list sts:TagSession or
+// sts:SetSourceIdentity (AWS refuses the whole AssumeRole when it carries
+// tags or a SourceIdentity then, naming the action), and AnswerRole any
+// other error STS gives.
 type stsFaultProxy struct {
 	URL      string
 	upstream string
@@ -65,6 +69,9 @@ type stsFaultProxy struct {
 	trust map[string][]string
 	// answers maps a role ARN to the error every AssumeRole of it gets.
 	answers map[string]stsError
+	// lacks maps a role ARN to the actions its trust policy does not
+	// allow: sts:TagSession, sts:SetSourceIdentity.
+	lacks map[string][]string
 }
 
 // stsError is an error answer as STS's query protocol sends it.
@@ -72,6 +79,8 @@ type stsError struct {
 	status     int
 	kind, code string
 	message    string
+	// action is the action an AccessDenied names, "" for sts:AssumeRole.
+	action string
 }
 
 // stsFaults are the answers of a real STS having a bad day. The query
@@ -103,7 +112,7 @@ func startSTSFaultProxy(t *testing.T, upstream string) *stsFaultProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &stsFaultProxy{upstream: upstream, trust: map[string][]string{}, answers: map[string]stsError{}}
+	p := &stsFaultProxy{upstream: upstream, trust: map[string][]string{}, answers: map[string]stsError{}, lacks: map[string][]string{}}
 	forward := httputil.NewSingleHostReverseProxy(target)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
@@ -122,12 +131,16 @@ func startSTSFaultProxy(t *testing.T, upstream string) *stsFaultProxy {
 		case p.faulting:
 			f := stsFaults[p.faults%len(stsFaults)]
 			p.faults++
-			answer = &stsError{f.status, f.kind, f.code, f.message}
+			answer = &stsError{status: f.status, kind: f.kind, code: f.code, message: f.message}
 		case p.answers[a.RoleARN].code != "":
 			e := p.answers[a.RoleARN]
 			answer = &e
 		case ruled && (a.ExternalID == "" || !slices.Contains(accepted, a.ExternalID)):
 			answer = &stsError{status: http.StatusForbidden, kind: "Sender", code: "AccessDenied"}
+		case form.Get("SourceIdentity") != "" && slices.Contains(p.lacks[a.RoleARN], "sts:SetSourceIdentity"):
+			answer = &stsError{status: http.StatusForbidden, kind: "Sender", code: "AccessDenied", action: "sts:SetSourceIdentity"}
+		case form.Get("Tags.member.1.Key") != "" && slices.Contains(p.lacks[a.RoleARN], "sts:TagSession"):
+			answer = &stsError{status: http.StatusForbidden, kind: "Sender", code: "AccessDenied", action: "sts:TagSession"}
 		}
 		if answer != nil {
 			a.Fault = answer.status
@@ -141,8 +154,13 @@ func startSTSFaultProxy(t *testing.T, upstream string) *stsFaultProxy {
 		}
 		if answer.code == "AccessDenied" && answer.message == "" {
 			// STS's words, which name the caller and the role but never
-			// say whether the trust policy or the External ID failed.
-			answer.message = fmt.Sprintf("User: %s is not authorized to perform: sts:AssumeRole on resource: %s", p.caller(r), a.RoleARN)
+			// say whether the trust policy or the External ID failed;
+			// only an action other than sts:AssumeRole is named.
+			action := answer.action
+			if action == "" {
+				action = "sts:AssumeRole"
+			}
+			answer.message = fmt.Sprintf("User: %s is not authorized to perform: %s on resource: %s", p.caller(r), action, a.RoleARN)
 		}
 		w.Header().Set("Content-Type", "text/xml")
 		w.Header().Set("x-amzn-RequestId", fmt.Sprintf("fault-%d", time.Now().UnixNano()))
@@ -173,6 +191,16 @@ func (p *stsFaultProxy) RequireExternalID(roleARN string, externalIDs ...string)
 
 // DenyRole gives roleARN a trust policy that does not name the caller.
 func (p *stsFaultProxy) DenyRole(roleARN string) { p.RequireExternalID(roleARN) }
+
+// TrustLacks gives roleARN a trust policy that trusts the caller for
+// sts:AssumeRole but not for actions (sts:TagSession,
+// sts:SetSourceIdentity): an AssumeRole carrying session tags or a
+// SourceIdentity is then AccessDenied, as AWS answers it.
+func (p *stsFaultProxy) TrustLacks(roleARN string, actions ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lacks[roleARN] = append([]string{}, actions...)
+}
 
 // AnswerRole makes every AssumeRole of roleARN fail with the given error.
 func (p *stsFaultProxy) AnswerRole(roleARN string, status int, code, message string) {
@@ -316,15 +344,17 @@ func TestFaultProxyTrust(t *testing.T) {
 	defer upstream.Close()
 	p := startSTSFaultProxy(t, upstream.URL)
 	const (
-		owned   = "arn:aws:iam::123456789012:role/owned"
-		foreign = "arn:aws:iam::123456789012:role/foreign"
-		chained = "arn:aws:iam::123456789012:role/chained"
-		free    = "arn:aws:iam::123456789012:role/free"
+		owned    = "arn:aws:iam::123456789012:role/owned"
+		foreign  = "arn:aws:iam::123456789012:role/foreign"
+		chained  = "arn:aws:iam::123456789012:role/chained"
+		free     = "arn:aws:iam::123456789012:role/free"
+		untagged = "arn:aws:iam::123456789012:role/untagged"
 	)
 	p.RequireExternalID(owned, "tenant-a", "tenant-b")
 	p.DenyRole(foreign)
 	p.AnswerRole(chained, http.StatusBadRequest, "ValidationError",
 		"The requested DurationSeconds exceeds the 1 hour session limit for roles assumed by role chaining.")
+	p.TrustLacks(untagged, "sts:TagSession", "sts:SetSourceIdentity")
 
 	client := sts.New(sts.Options{
 		Region:       "us-east-1",
@@ -332,9 +362,17 @@ func TestFaultProxyTrust(t *testing.T) {
 		Credentials:  credentials.NewStaticCredentialsProvider("ASIABASE", "secret", "token-of-base"),
 		Retryer:      aws.NopRetryer{},
 	})
+	// externalID "tags" sends a session tag instead, "source" a
+	// SourceIdentity.
 	assume := func(role, externalID string) (*sts.AssumeRoleOutput, error) {
 		in := &sts.AssumeRoleInput{RoleArn: aws.String(role), RoleSessionName: aws.String("kiam-kiam")}
-		if externalID != "" {
+		switch externalID {
+		case "":
+		case "tags":
+			in.Tags = []ststypes.Tag{{Key: aws.String("kubernetes-namespace"), Value: aws.String("apps")}}
+		case "source":
+			in.SourceIdentity = aws.String("apps.web")
+		default:
 			in.ExternalId = aws.String(externalID)
 		}
 		return client.AssumeRole(context.Background(), in)
@@ -352,6 +390,10 @@ func TestFaultProxyTrust(t *testing.T) {
 		{foreign, "tenant-a", 403, "AccessDenied", "on resource: " + foreign},
 		{chained, "", 400, "ValidationError", "1 hour session limit"},
 		{free, "anything", 200, "", ""},
+		{untagged, "", 200, "", ""},
+		{untagged, "tags", 403, "AccessDenied", "User: " + caller + " is not authorized to perform: sts:TagSession on resource: " + untagged},
+		{untagged, "source", 403, "AccessDenied", "is not authorized to perform: sts:SetSourceIdentity on resource: " + untagged},
+		{free, "tags", 200, "", ""},
 	} {
 		out, err := assume(tc.role, tc.externalID)
 		if tc.status == 200 {
@@ -373,7 +415,8 @@ func TestFaultProxyTrust(t *testing.T) {
 			seen = append(seen, fmt.Sprintf("%s:%s:%d", a.RoleARN[strings.LastIndex(a.RoleARN, "/")+1:], a.ExternalID, a.Fault))
 		}
 	}
-	want := []string{"owned::403", "owned:tenant-c:403", "owned:tenant-a:0", "owned:tenant-b:0", "foreign::403", "foreign:tenant-a:403", "chained::400", "free:anything:0"}
+	want := []string{"owned::403", "owned:tenant-c:403", "owned:tenant-a:0", "owned:tenant-b:0", "foreign::403", "foreign:tenant-a:403", "chained::400", "free:anything:0",
+		"untagged::0", "untagged::403", "untagged::403", "free::0"}
 	if !slices.Equal(seen, want) {
 		t.Fatalf("attempts %v, want %v", seen, want)
 	}

@@ -27,8 +27,11 @@ type Cause struct {
 
 // Cause codes.
 const (
-	CauseTrust          = "trust_policy" // the role does not trust the caller
-	CauseTrustOrExtID   = "trust_policy_or_external_id"
+	CauseTrust        = "trust_policy" // the role does not trust the caller
+	CauseTrustOrExtID = "trust_policy_or_external_id"
+	// CauseSessionActions: the role is trusted, but not for sts:TagSession
+	// or sts:SetSourceIdentity.
+	CauseSessionActions = "trust_policy_session_actions"
 	CauseDuration       = "session_duration"   // above what STS allows for the role
 	CauseRoleMissing    = "role_missing"       // the role does not exist
 	CauseEndpoint       = "region_or_endpoint" // STS not reachable or not enabled there
@@ -40,18 +43,30 @@ const (
 	CauseUnknown        = "unknown"
 )
 
-// Diagnose names the likely cause of err, returned by the STS call of hop.
-// externalIDSent says whether that call carried an External ID. STS gives
-// one AccessDenied for a trust policy that does not name the caller, an
-// sts:ExternalId condition not met and a role that does not exist, so the
-// text lists what to check rather than pretend to know which.
-func Diagnose(err error, hop Hop, externalIDSent bool) Cause {
+// Sent is what a target AssumeRole carried besides the role and the
+// session name. Each is something the target's trust policy must accept:
+// an External ID its sts:ExternalId condition, a SourceIdentity the action
+// sts:SetSourceIdentity, session tags the action sts:TagSession (and the
+// base role's own policy must allow both actions on the target).
+type Sent struct {
+	ExternalID     bool
+	SourceIdentity bool
+	Tags           bool
+}
+
+// Diagnose names the likely cause of err, returned by the STS call of hop
+// with sent. STS gives one AccessDenied for a trust policy that does not
+// name the caller, an sts:ExternalId condition not met and a role that does
+// not exist, so the text lists what to check rather than pretend to know
+// which; only a missing sts:TagSession or sts:SetSourceIdentity does it
+// name, in its message.
+func Diagnose(err error, hop Hop, sent Sent) Cause {
 	var apiErr smithy.APIError
 	if errors.As(err, &apiErr) {
 		code, msg := apiErr.ErrorCode(), apiErr.ErrorMessage()
 		switch {
 		case code == "AccessDenied" || code == "AccessDeniedException":
-			return accessDenied(hop, externalIDSent)
+			return accessDenied(hop, sent, msg)
 		case (code == "ValidationError" || code == "ValidationException") && durationMessage(msg):
 			return Cause{CauseDuration, "the session duration is above what STS allows: at most 1h for a role assumed with role " +
 				"credentials (role chaining, which --assume-role-arn is), and never above the role's MaxSessionDuration; lower --session-duration"}
@@ -89,7 +104,7 @@ func Diagnose(err error, hop Hop, externalIDSent bool) Cause {
 	return Cause{CauseUnknown, "see the error"}
 }
 
-func accessDenied(hop Hop, externalIDSent bool) Cause {
+func accessDenied(hop Hop, sent Sent, msg string) Cause {
 	switch hop {
 	case HopCaller:
 		return Cause{CauseCredentials, "STS refused to say who the caller is: its credentials are restricted or wrong"}
@@ -97,16 +112,55 @@ func accessDenied(hop Hop, externalIDSent bool) Cause {
 		return Cause{CauseTrust, "the caller may not assume the base role (--assume-role-arn): the base role's trust policy must name " +
 			"the caller's identity above, the caller needs sts:AssumeRole on the base role, and the role must exist"}
 	}
-	if externalIDSent {
-		return Cause{CauseTrustOrExtID, "the target role does not trust the base role with this External ID: its trust policy must " +
-			"name the base role as Principal and its sts:ExternalId condition must equal the External ID sent; the base role needs " +
-			"sts:AssumeRole on the target; and the role must exist (STS says AccessDenied for all of these; podiam iam-policy prints " +
-			"the policies that work)"}
+	// STS names the action refused; for these two it is the only hint that
+	// the role is trusted and only the tags or the source identity are not.
+	for _, a := range []struct {
+		action, why string
+		other       bool   // the other of the two was sent as well
+		otherText   string // and needs this
+	}{
+		{"sts:TagSession", "the server sends session tags (--session-tags, --static-session-tag)",
+			sent.SourceIdentity, "a SourceIdentity was sent too, which needs sts:SetSourceIdentity likewise"},
+		{"sts:SetSourceIdentity", "the server sets a SourceIdentity (--source-identity-template)",
+			sent.Tags, "session tags were sent too, which need sts:TagSession likewise"},
+	} {
+		if !strings.Contains(msg, "perform: "+a.action+" ") {
+			continue
+		}
+		text := a.why + ", and the target role's trust policy does not allow " + a.action +
+			" for the base role: its Action must list " + a.action + " beside sts:AssumeRole, and the base role needs " +
+			a.action + " on the target"
+		if a.other {
+			// STS names the first action refused only.
+			text += "; " + a.otherText
+		}
+		return Cause{CauseSessionActions, text + " (podiam iam-policy with the same flags prints the policies that work)"}
 	}
-	return Cause{CauseTrustOrExtID, "the target role does not trust the base role without an External ID: its trust policy must " +
+	text := "the target role does not trust the base role without an External ID: its trust policy must " +
 		"name the base role as Principal, and if it has an sts:ExternalId condition, an External ID is required (set the namespace's " +
 		"iam.amazonaws.com/external-id); the base role needs sts:AssumeRole on the target; and the role must exist (STS says " +
-		"AccessDenied for all of these; podiam iam-policy prints the policies that work)"}
+		"AccessDenied for all of these; podiam iam-policy prints the policies that work)"
+	if sent.ExternalID {
+		text = "the target role does not trust the base role with this External ID: its trust policy must " +
+			"name the base role as Principal and its sts:ExternalId condition must equal the External ID sent; the base role needs " +
+			"sts:AssumeRole on the target; and the role must exist (STS says AccessDenied for all of these; podiam iam-policy prints " +
+			"the policies that work)"
+	}
+	var what, actions []string
+	if sent.SourceIdentity {
+		what, actions = append(what, "a SourceIdentity"), append(actions, "sts:SetSourceIdentity")
+	}
+	if sent.Tags {
+		what, actions = append(what, "session tags"), append(actions, "sts:TagSession")
+	}
+	if len(actions) > 0 {
+		// AWS names the refused action (above), but other STS endpoints
+		// may say only sts:AssumeRole.
+		list := strings.Join(actions, " and ")
+		text += "; " + strings.Join(what, " and ") + " were sent, so the trust policy's Action must also list " + list +
+			" and the base role's policy must allow " + list + " on the target"
+	}
+	return Cause{CauseTrustOrExtID, text}
 }
 
 // durationMessage matches STS's words for a DurationSeconds it refuses.
