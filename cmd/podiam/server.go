@@ -73,6 +73,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.STSBurst, "sts-burst", 40, "STS call burst")
 	fs.IntVar(&c.CacheMaxEntries, "cache-max-entries", credcache.DefaultMaxEntries, "most sessions cached (roles in use are never evicted)")
 	fs.BoolVar(&c.Prefetch, "prefetch", true, "fetch a role's credentials when a pod with that role gets its address, before it asks (--no-prefetch: only on request)")
+	fs.BoolVar(&c.PushCredentials, "push-credentials", true, "send a pod's credentials to its node's agent when the pod gets its address, decided as its request would be, so its first request is answered on the node (agents that do not ask for them get none)")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "listen address of /metrics and the plain-HTTP probes /readyz (serving) and /healthz (alive); empty disables all three")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time-duration", 10*time.Second, "ping idle agents after this long")

@@ -34,6 +34,7 @@ type podCache interface {
 	Retain(present map[string]string)
 	Forget(ip string)
 	PodStreamSynced(synced bool)
+	Push(ip string, pod creds.PodCredentials) bool
 }
 
 // podEventSink applies the server's node pod stream to the agent cache.
@@ -65,6 +66,15 @@ func (s *podEventSink) handle(ev *pb.PodEvent) {
 		s.present = map[string]string{}
 	case pb.PodEvent_TYPE_CHANGED, pb.PodEvent_TYPE_DELETED:
 		s.cache.Forget(ev.GetIp())
+	case pb.PodEvent_TYPE_CREDENTIALS:
+		// Comes after the TYPE_CHANGED announcing the pod it is for, and
+		// a later one revokes it.
+		pc, err := serverclient.Pushed(ev)
+		if err != nil {
+			s.log.Warn("ignoring pushed credentials", "pod_ip", ev.GetIp(), "pod_uid", ev.GetUid(), "error", err)
+			return
+		}
+		s.cache.Push(ev.GetIp(), pc)
 	}
 }
 

@@ -15,6 +15,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/podiam/podiam/pkg/creds"
 	"github.com/podiam/podiam/pkg/supervise"
 	pb "github.com/podiam/podiam/proto/podiam/v1"
 	"github.com/podiam/podiam/test/syncbuf"
@@ -291,11 +294,16 @@ type fakePodCache struct {
 	retained []map[string]string
 	forgot   []string
 	synced   []bool
+	pushed   []string // ip/uid
 }
 
 func (f *fakePodCache) Retain(present map[string]string) { f.retained = append(f.retained, present) }
 func (f *fakePodCache) Forget(ip string)                 { f.forgot = append(f.forgot, ip) }
 func (f *fakePodCache) PodStreamSynced(s bool)           { f.synced = append(f.synced, s) }
+func (f *fakePodCache) Push(ip string, pod creds.PodCredentials) bool {
+	f.pushed = append(f.pushed, ip+"/"+pod.PodUID)
+	return true
+}
 
 func TestPodEventSink(t *testing.T) {
 	c := &fakePodCache{}
@@ -309,6 +317,11 @@ func TestPodEventSink(t *testing.T) {
 		{Type: pb.PodEvent_TYPE_SYNCED},
 		{Type: pb.PodEvent_TYPE_DELETED, Ip: "10.1.0.2", Uid: "b"},
 		{Type: pb.PodEvent_TYPE_CHANGED, Ip: "10.1.0.3", Uid: "c"},
+		{Type: pb.PodEvent_TYPE_CREDENTIALS, Ip: "10.1.0.3", Uid: "c", Credentials: pushedResponse("c")},
+		// Credentials for another pod than the event names, and none at
+		// all: ignored.
+		{Type: pb.PodEvent_TYPE_CREDENTIALS, Ip: "10.1.0.3", Uid: "c", Credentials: pushedResponse("d")},
+		{Type: pb.PodEvent_TYPE_CREDENTIALS, Ip: "10.1.0.3", Uid: "c"},
 		// The stream ends.
 		{Type: pb.PodEvent_TYPE_UNSPECIFIED},
 	} {
@@ -322,6 +335,17 @@ func TestPodEventSink(t *testing.T) {
 	}
 	if strings.Join(c.forgot, ",") != "10.1.0.2,10.1.0.3" {
 		t.Fatalf("forgot %v", c.forgot)
+	}
+	if strings.Join(c.pushed, ",") != "10.1.0.3/c" {
+		t.Fatalf("pushed %v, want only the well-formed push", c.pushed)
+	}
+}
+
+func pushedResponse(uid string) *pb.GetPodCredentialsResponse {
+	return &pb.GetPodCredentialsResponse{
+		Pod: &pb.Pod{Namespace: "ns", Name: "p", Uid: uid, RoleArn: "arn:aws:iam::123456789012:role/r"},
+		Credentials: &pb.AWSCredentials{AccessKeyId: "AKID", SecretAccessKey: "secret", SessionToken: "token",
+			Expiration: timestamppb.New(time.Now().Add(time.Hour))},
 	}
 }
 

@@ -116,6 +116,9 @@ type Config struct {
 	CacheMaxEntries int
 	// Prefetch is --prefetch.
 	Prefetch bool
+	// PushCredentials is --push-credentials: a pod's credentials go to
+	// its node's agent before the pod asks.
+	PushCredentials bool
 
 	// PrometheusListenAddr (--prometheus-listen-addr) serves metrics and
 	// the plain-HTTP probes /readyz and /healthz; empty disables them all.
@@ -288,6 +291,7 @@ type Server struct {
 	sts         STS
 	baseARN     string
 	grpc        *service.GRPCServer
+	svc         *service.Service
 	credentials *credcache.Cache
 	prefetch    *prefetch.Controller   // nil with --no-prefetch
 	assumeRoles *assumerole.Controller // nil without --assume-role-secrets
@@ -454,8 +458,10 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	svc, err := service.New(service.Config{
-		PodWait:     cfg.PodWait,
-		NodeBinding: !cfg.DisableNodeBinding,
+		PodWait:      cfg.PodWait,
+		NodeBinding:  !cfg.DisableNodeBinding,
+		Push:         cfg.PushCredentials,
+		PushPrefetch: cfg.Prefetch,
 	}, service.Deps{
 		Pods:        pods,
 		Namespaces:  namespaces.Lister(),
@@ -464,11 +470,13 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		Credentials: s.credentials,
 		Events:      events,
 		Watcher:     watcher,
+		Push:        s.credentials,
 		Synced:      allSynced(s.synced),
 	}, reg, log.With("component", "server"))
 	if err != nil {
 		return nil, err
 	}
+	s.svc = svc
 	s.grpc, err = service.NewGRPCServer(service.GRPCConfig{
 		TLS:                   deps.TLS,
 		KeepaliveTime:         cfg.GRPCKeepaliveTime,
@@ -531,6 +539,9 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 	}
 	if s.prefetch != nil {
 		parts = append(parts, supervise.Part{Name: "prefetch", Run: s.prefetch.Run})
+	}
+	if s.cfg.PushCredentials {
+		parts = append(parts, supervise.Part{Name: "credential push", Run: s.svc.RunPushes})
 	}
 	if s.assumeRoles != nil {
 		parts = append(parts, supervise.Part{Name: "awsassumerole controller", Run: s.assumeRoles.Run})

@@ -343,6 +343,8 @@ var coldCases = []coldCase{
 type coldTrial struct {
 	ToCreds      time.Duration // from the status update being sent to the first 200
 	FirstRequest time.Duration // curl's time_total of the request that got the 200
+	Warm         time.Duration // curl's time_total of the request right after it
+	ToAgent      time.Duration // from the status update to the agent holding pushed credentials; 0: never
 	STSCalls     float64       // AssumeRole calls during the trial
 	CacheHit     bool          // the server answered the request from its cache
 }
@@ -357,7 +359,10 @@ while :; do
   out=$(curl -s -o /dev/null --interface "$1" --max-time 5 -w '%{http_code} %{time_total}' "$2")
   end=$EPOCHREALTIME
   set -- "$1" "$2" $out
-  if [ "$3" = 200 ]; then echo "$end $4"; exit 0; fi
+  if [ "$3" = 200 ]; then
+    warm=$(curl -s -o /dev/null --interface "$1" --max-time 5 -w '%{time_total}' "$2")
+    echo "$end $4 $warm"; exit 0
+  fi
   if [ $n -ge 100 ]; then echo "gave up after $n requests, last: $out" >&2; exit 1; fi
   set -- "$1" "$2"
 done`
@@ -367,8 +372,9 @@ func benchColdPath(b *testing.B, e *env) {
 	trials := testenv.EnvInt(envColdTrials, 5)
 	metrics := "http://" + hostPort(nodeIP, serverMetr) + "/metrics"
 	table := testenv.Table{
-		Title:  fmt.Sprintf("Cold path: a new pod's first credentials, seen from inside the pod (curl loop), %d pods per row", trials),
-		Header: []string{"prefetch", "case", "measured", "p50", "max", "AssumeRole/pod", "served from server cache"},
+		Title: fmt.Sprintf("Cold path: a new pod's first credentials, seen from inside the pod (curl loop), %d pods per row", trials),
+		Header: []string{"prefetch", "push", "case", "measured", "p50", "max", "warm p50", "IP -> agent holds creds p50 (max)",
+			"AssumeRole/pod", "served from server cache"},
 		Notes: []string{
 			"each pod has a role nobody used before, so its credentials need one STS AssumeRole (moto on the node)",
 			"asking-before-IP: the pod's curl loop runs 300 ms before its address is set through the status subresource; the server holds the request until the pod appears (watch, --pod-wait 900ms);" +
@@ -376,19 +382,28 @@ func benchColdPath(b *testing.B, e *env) {
 			"first-request-250ms-after-IP: the pod's first request leaves 250 ms after the status update, as from a starting container; measured: that request's curl time_total" +
 				" (agent cache miss: route lookup + gRPC to the server + the server's answer)",
 			"AssumeRole/pod: server metric podiam_sts_requests_total{operation=assume_role} delta over the trial, prefetch included",
-			"served from server cache: podiam_credcache_requests_total{result=hit} moved, i.e. no STS round trip on the request's path",
+			"served from server cache: podiam_credcache_requests_total{result=hit} moved, i.e. no STS round trip on the request's path" +
+				" (with push, the server's cache answered no request: the agent did)",
+			"warm p50: the same pod's next request right after its first 200 (a new curl, so a new connection), the figure a pushed first request should match",
+			"IP -> agent holds creds: from sending the status update until the agent's podiam_agent_cache_pushes_total{result=stored} moves (its /metrics polled every 2 ms, so up to about 3 ms late; not polled in asking-before-IP rows, where the pod's own request is under way)",
 			"the agent's cache miss path runs `ip -o route get` (route.Interface): " + routeLookupCost(b, e, spare.IP),
 		},
 	}
 	n := 0
-	for _, prefetch := range []bool{true, false} {
-		mode := "on"
-		if !prefetch {
-			mode = "off"
+	onOff := map[bool]string{true: "on", false: "off"}
+	for i, m := range []struct{ prefetch, push bool }{{true, true}, {true, false}, {false, true}, {false, false}} {
+		if i > 0 {
 			if err := stop(b.Context(), e.server); err != nil {
 				b.Logf("server stop: %v", err)
 			}
-			e.server = e.startServer(b, append(slices.Clone(benchServerFlags), "--no-prefetch")...)
+			flags := slices.Clone(benchServerFlags)
+			if !m.prefetch {
+				flags = append(flags, "--no-prefetch")
+			}
+			if !m.push {
+				flags = append(flags, "--no-push-credentials")
+			}
+			e.server = e.startServer(b, flags...)
 			// The agent reconnects with backoff; a pod without a role is
 			// answered by the server only, never from the agent's cache.
 			testenv.Eventually(b, 30*time.Second, "agent reaches the new server", func() error {
@@ -397,29 +412,43 @@ func benchColdPath(b *testing.B, e *env) {
 				}
 				return nil
 			})
+			// Its pod stream, which carries pushes, reconnects with a
+			// backoff of its own (at most a second).
+			time.Sleep(2 * time.Second)
 		}
 		for _, cc := range coldCases {
-			b.Run("prefetch="+mode+"/"+cc.Name, func(b *testing.B) {
-				var figures []time.Duration
+			b.Run("prefetch="+onOff[m.prefetch]+"/push="+onOff[m.push]+"/"+cc.Name, func(b *testing.B) {
+				var figures, warm, toAgent []time.Duration
 				var sts float64
 				hits := 0
 				for range trials {
 					n++
-					r := e.coldTrial(b, spare, n, cc, metrics)
+					r := e.coldTrial(b, spare, n, cc, metrics, m.push)
 					figures = append(figures, cc.Measure(r))
+					warm = append(warm, r.Warm)
+					if r.ToAgent > 0 {
+						toAgent = append(toAgent, r.ToAgent)
+					}
 					sts += r.STSCalls
 					if r.CacheHit {
 						hits++
 					}
 				}
 				slices.Sort(figures)
+				slices.Sort(warm)
+				slices.Sort(toAgent)
+				agentFig := "-"
+				if len(toAgent) > 0 {
+					agentFig = fmt.Sprintf("%s (%s) %d/%d", ms(testenv.Quantile(toAgent, 0.5)), ms(toAgent[len(toAgent)-1]), len(toAgent), trials)
+				}
 				p50, worst := testenv.Quantile(figures, 0.5), figures[len(figures)-1]
 				b.ReportMetric(0, "ns/op")
 				b.ReportMetric(float64(p50.Microseconds())/1000, "p50-ms")
 				b.ReportMetric(float64(worst.Microseconds())/1000, "max-ms")
 				b.ReportMetric(sts/float64(trials), "assumerole/pod")
 				b.ReportMetric(float64(hits)/float64(trials), "server-cache-hits/pod")
-				table.Row(mode, cc.Name, cc.What, ms(p50), ms(worst),
+				b.ReportMetric(float64(testenv.Quantile(warm, 0.5).Microseconds())/1000, "warm-p50-ms")
+				table.Row(onOff[m.prefetch], onOff[m.push], cc.Name, cc.What, ms(p50), ms(worst), ms(testenv.Quantile(warm, 0.5)), agentFig,
 					fmt.Sprintf("%.1f", sts/float64(trials)), fmt.Sprintf("%d/%d", hits, trials))
 			})
 		}
@@ -478,7 +507,7 @@ func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d.Nanos
 
 // coldTrial creates pod n with a role of its own on a fresh address in the
 // spare pod namespace, sets its address, and measures its first success.
-func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics string) coldTrial {
+func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics string, push bool) coldTrial {
 	b.Helper()
 	ip := fmt.Sprintf("10.78.1.%d", n)
 	sh(b, e.topo.ip, "-n", spare.NS, "addr", "add", ip+"/32", "dev", "eth0")
@@ -526,22 +555,52 @@ func (e *env) coldTrial(b *testing.B, spare *podNet, n int, cc coldCase, metrics
 	pod.Status.HostIP, pod.Status.HostIPs = nodeIP, []corev1.HostIP{{IP: nodeIP}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	agentMetrics := "http://" + hostPort(nodeIP, agentMetr) + "/metrics"
+	stored := map[string]string{"result": "stored"}
+	stored0, err := testenv.ScrapeMetric(context.Background(), agentMetrics, "podiam_agent_cache_pushes_total", stored)
+	if err != nil {
+		b.Fatal(err)
+	}
 	t0 := time.Now()
 	if _, err := e.kube.Client.CoreV1().Pods(nsApps).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
 		b.Fatalf("set address of pod %s: %v", pod.Name, err)
 	}
+	// When the agent holds the pushed credentials: its metric, polled
+	// until it moves. Not while the pod is asking already: the scrapes
+	// would compete with its request for the agent's CPU, and its answer
+	// and the push wait for the same STS call anyway.
+	toAgent := make(chan time.Duration, 1)
+	go func() {
+		if !push || cc.StartAfter < 0 {
+			toAgent <- 0
+			return
+		}
+		for time.Since(t0) < 3*time.Second {
+			v, err := testenv.ScrapeMetric(context.Background(), agentMetrics, "podiam_agent_cache_pushes_total", stored)
+			if err == nil && v > stored0 {
+				toAgent <- time.Since(t0)
+				return
+			}
+			// Each scrape costs the agent CPU that the pod's request
+			// competes for on these two cores.
+			time.Sleep(2 * time.Millisecond)
+		}
+		toAgent <- 0
+	}()
 	if cc.StartAfter >= 0 {
 		time.Sleep(time.Until(t0.Add(cc.StartAfter)))
 		start()
 	}
 	out := <-done
-	var end, took float64
-	if _, err := fmt.Sscan(out.Stdout, &end, &took); err != nil || out.Err != nil {
+	var end, took, warm float64
+	if _, err := fmt.Sscan(out.Stdout, &end, &took, &warm); err != nil || out.Err != nil {
 		b.Fatalf("pod %s never got credentials: %v %s", pod.Name, err, out)
 	}
 	return coldTrial{
 		ToCreds:      time.Unix(0, int64(end*1e9)).Sub(t0),
 		FirstRequest: time.Duration(took * float64(time.Second)),
+		Warm:         time.Duration(warm * float64(time.Second)),
+		ToAgent:      <-toAgent,
 		STSCalls:     scrape("podiam_sts_requests_total", assumeRole) - sts0,
 		CacheHit:     scrape("podiam_credcache_requests_total", hit) > hits0,
 	}

@@ -139,6 +139,7 @@ func TestE2E(t *testing.T) {
 		e.agent = track(e.startAgent(t))
 	})
 	t.Run("IP reuse never serves the old pod's role", func(t *testing.T) { testIPReuse(t, e) })
+	t.Run("a new pod's first request is answered on the node", func(t *testing.T) { testPushedCredentials(t, e) })
 	t.Run("roles bound to ServiceAccounts", func(t *testing.T) { testServiceAccountRoles(t, e) })
 	t.Run("server outage: cached credentials are still served", func(t *testing.T) { testServerOutage(t, e, web) })
 	t.Run("faults", func(t *testing.T) { testFaults(t, e, track) })

@@ -18,6 +18,17 @@
 //     so a stale entry is served only while the sandbox is still the same,
 //     and while the pod stream is down an entry whose sandbox was never
 //     known is not served at all.
+//
+// A server may also push a pod's credentials on the pod stream before the
+// pod asks (Push), so that its first request is answered here. Such an
+// entry is bound to a sandbox when it is first served, not when it
+// arrives: the pod has usually sent nothing yet, so the node knows no MAC
+// address for it. Until then it holds the interface the address was routed
+// through when it arrived, a neighbour change that reveals the MAC does not
+// end it, and it is served only while the pod stream is up, never stale;
+// the first request looks the sandbox up, and from then on the entry is
+// like a fetched one. A pushed entry whose interface (or known MAC) changed
+// before that request is dropped, never served.
 package cache
 
 import (
@@ -150,6 +161,14 @@ type entry struct {
 	// It is not fresh: its next request asks a server, and it is served
 	// only as a stale fallback if no server answers.
 	recheck bool
+	// pushed: a server sent the entry before the pod asked, and no
+	// request has been answered from it yet; sandbox is what held the
+	// address when it arrived (often without a MAC). The first request
+	// binds it (bindPushed). moves counts the neighbour changes of its
+	// address that did not end it meanwhile, so that a binding looked up
+	// before one of them is not used.
+	pushed bool
+	moves  uint64
 }
 
 // result is the value of the metrics' result label. For requests: how one
@@ -165,7 +184,14 @@ const (
 	// resultRefused: answered with a server's recent definitive refusal
 	// without asking again.
 	resultRefused result = "refused"
-	resultOK      result = "ok" // refreshes only
+	// resultPushed: answered from credentials a server pushed before the
+	// pod asked, the request that binds them to its sandbox.
+	resultPushed result = "pushed"
+	resultOK     result = "ok" // refreshes only
+	// For pushes: kept, or not (no stream, a refusal or fetch stands, an
+	// entry is bound already, the sandbox cannot be told).
+	resultStored  result = "stored"
+	resultIgnored result = "ignored"
 )
 
 // refusalTTL is how long a server's 403 or 404 for an address is answered
@@ -226,6 +252,7 @@ type Cache struct {
 
 	requests  *prometheus.CounterVec
 	refreshes *prometheus.CounterVec
+	pushes    *prometheus.CounterVec
 	// answered holds requests' children, resolved once: WithLabelValues
 	// hashes its labels and takes a lock on every call.
 	answered map[result]prometheus.Counter
@@ -261,6 +288,10 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 			Name: "podiam_agent_cache_refreshes_total",
 			Help: "Background refreshes of cached credentials, by result.",
 		}, []string{"result"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "podiam_agent_cache_pushes_total",
+			Help: "Credentials a server pushed before the pod asked, by result (stored, ignored).",
+		}, []string{"result"}),
 	}
 	c.applyChange = c.SandboxChanged
 	entries := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -268,15 +299,17 @@ func New(cfg Config, f Fetcher, reg prometheus.Registerer, log *slog.Logger) (*C
 		Help: "Pod addresses with cached credentials.",
 	}, func() float64 { return float64(c.Len()) })
 	c.answered = map[result]prometheus.Counter{}
-	for _, r := range []result{resultHit, resultMiss, resultStale, resultError, resultRefused} {
+	for _, r := range []result{resultHit, resultMiss, resultStale, resultError, resultRefused, resultPushed} {
 		c.answered[r] = c.requests.WithLabelValues(string(r))
 	}
 	c.refreshes.WithLabelValues(string(resultOK))
 	c.refreshes.WithLabelValues(string(resultError))
+	c.pushes.WithLabelValues(string(resultStored))
+	c.pushes.WithLabelValues(string(resultIgnored))
 	if reg == nil {
 		return c, nil
 	}
-	for _, col := range []prometheus.Collector{c.requests, c.refreshes, entries} {
+	for _, col := range []prometheus.Collector{c.requests, c.refreshes, c.pushes, entries} {
 		if err := reg.Register(col); err != nil {
 			return nil, fmt.Errorf("agent cache: register metrics: %w", err)
 		}
@@ -354,6 +387,21 @@ func (c *Cache) Documents(ctx context.Context, ip string) (*metadoc.Docs, error)
 		c.answered[res].Inc()
 		return d, nil
 	}
+	if e := c.entries[ip]; e != nil && e.pushed {
+		c.mu.Unlock()
+		if d, ok := c.bindPushed(ip, e, now); ok {
+			c.answered[resultPushed].Inc()
+			return d, nil
+		}
+		// Bound by a request meanwhile, or not to be served: as if it
+		// had never come.
+		c.mu.Lock()
+		if d, res, ok := c.servableLocked(c.entries[ip], now); ok {
+			c.mu.Unlock()
+			c.answered[res].Inc()
+			return d, nil
+		}
+	}
 	fl := c.joinLocked(ctx, ip)
 	fl.waiters++
 	c.mu.Unlock()
@@ -403,7 +451,7 @@ func (c *Cache) cached(ip string, now time.Time) (answer, bool) {
 // server: fresh, or recently served stale after a failed fetch. c.mu must
 // be held, read or write.
 func (c *Cache) servableLocked(e *entry, now time.Time) (*metadoc.Docs, result, bool) {
-	if e == nil || !c.confirmedLocked(e) {
+	if e == nil || e.pushed || !c.confirmedLocked(e) {
 		return nil, "", false
 	}
 	switch {
@@ -524,7 +572,8 @@ func definitive(status int, err error) bool {
 func (c *Cache) staleCandidate(ip string, fl *flight, now time.Time) *entry {
 	c.mu.Lock()
 	e := c.entries[ip]
-	ok := e != nil && !fl.forgotten && e.pod.Credentials.Remaining(now) > c.cfg.MinServe
+	// A pushed entry never served is bound to no sandbox yet.
+	ok := e != nil && !e.pushed && !fl.forgotten && e.pod.Credentials.Remaining(now) > c.cfg.MinServe
 	c.mu.Unlock()
 	if !ok {
 		return nil
@@ -617,7 +666,9 @@ func (c *Cache) Retain(present map[string]string) {
 	defer c.mu.Unlock()
 	clear(c.refused)
 	for ip, e := range c.entries {
-		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID {
+		// A pushed entry never served goes too: it is only as good as the
+		// stream it came on, and the next request asks a server anyway.
+		if uid, ok := present[ip]; !ok || uid != e.pod.PodUID || e.pushed {
 			delete(c.entries, ip)
 			continue
 		}
@@ -661,8 +712,15 @@ func (c *Cache) SandboxChanged(ch sandbox.Change) {
 		// are frequent on a busy node. Most of them are state changes of
 		// the same sandbox (reachable, stale, probe): they end nothing.
 		ip := ch.Neighbour.String()
-		if e := c.entries[ip]; e != nil && ends(ch, e.sandbox, e.known) {
-			c.dropEndedLocked(ip, e)
+		if e := c.entries[ip]; e != nil {
+			switch {
+			case e.pushed && !pushedEnds(ch, e.sandbox):
+				// Most likely the pod's own first ARP: the entry is
+				// bound by the first request, which looks again.
+				e.moves++
+			case e.pushed || ends(ch, e.sandbox, e.known):
+				c.dropEndedLocked(ip, e)
+			}
 		}
 		if r, ok := c.refused[ip]; ok && (!r.known || ends(ch, r.sandbox, true)) {
 			delete(c.refused, ip)
@@ -687,6 +745,14 @@ func ends(ch sandbox.Change, id sandbox.ID, known bool) bool {
 	return id.LinkIndex == ch.LinkIndex && id.MAC != ch.MAC
 }
 
+// pushedEnds reports whether neighbour change ch ends the sandbox a pushed
+// entry recorded when it arrived, before any request: only a MAC address
+// known then and another now on the same interface tells another sandbox
+// apart, since the pod's own first packet brings its MAC.
+func pushedEnds(ch sandbox.Change, id sandbox.ID) bool {
+	return id.MAC != "" && id.LinkIndex == ch.LinkIndex && id.MAC != ch.MAC
+}
+
 // recheckAll looks up the sandbox of every cached address again, after
 // changes were lost: what no longer matches is dropped, and every fetch
 // under way and every refusal is forgotten, since they may have seen the
@@ -696,6 +762,12 @@ func (c *Cache) recheckAll() {
 	c.log.Warn("sandbox changes were lost; checking every cached address again")
 	snapshot := make(map[string]*entry, len(c.entries))
 	for ip, e := range c.entries {
+		if e.pushed {
+			// A lost change may have been its sandbox's: never served,
+			// it costs only a fetch.
+			delete(c.entries, ip)
+			continue
+		}
 		snapshot[ip] = e
 	}
 	for ip, fl := range c.flights {
@@ -735,6 +807,101 @@ func (c *Cache) PodStreamSynced(synced bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.streamSynced = synced
+	if synced {
+		return
+	}
+	// Pushed entries never served rely on the stream to hear of their pod
+	// leaving before they are bound to a sandbox.
+	for ip, e := range c.entries {
+		if e.pushed {
+			delete(c.entries, ip)
+		}
+	}
+}
+
+// Push stores credentials a server sent for the pod at ip before it asked,
+// on the pod stream, after the event that announced that pod. They wait
+// for the first request, which binds them to its sandbox (bindPushed). A
+// push is ignored while the stream is not synced, while a refusal for ip
+// stands or a fetch for it is under way (their answers are newer), when an
+// entry bound to a sandbox holds ip already, and when the sandbox holding
+// ip cannot be told. It reports whether the credentials were kept.
+func (c *Cache) Push(ip string, pod creds.PodCredentials) bool {
+	now := c.cfg.Now()
+	c.mu.RLock()
+	prev, ok := c.entries[ip], c.pushable(ip, pod, now)
+	c.mu.RUnlock()
+	if !ok {
+		c.pushes.WithLabelValues(string(resultIgnored)).Inc()
+		return false
+	}
+	// Looked up before storing: a change that comes between is not seen
+	// here, but the first request looks again and drops the entry if the
+	// interface or a known MAC differs.
+	id, known := c.identity(ip)
+	if c.cfg.Sandbox != nil && !known {
+		c.pushes.WithLabelValues(string(resultIgnored)).Inc()
+		return false
+	}
+	docs := metadoc.Build(pod, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[ip] != prev || !c.pushable(ip, pod, now) {
+		c.pushes.WithLabelValues(string(resultIgnored)).Inc()
+		return false
+	}
+	c.entries[ip] = &entry{pod: pod, docs: docs, fetchedAt: now, sandbox: id, known: known, pushed: true}
+	c.pushes.WithLabelValues(string(resultStored)).Inc()
+	return true
+}
+
+// pushable reports whether a push for ip may be stored now. c.mu must be
+// held, read or write.
+func (c *Cache) pushable(ip string, pod creds.PodCredentials, now time.Time) bool {
+	if !c.streamSynced || pod.Credentials.Remaining(now) <= 0 {
+		return false
+	}
+	if _, refused := c.refused[ip]; refused {
+		return false
+	}
+	if c.flights[ip] != nil {
+		return false
+	}
+	e := c.entries[ip]
+	return e == nil || e.pushed
+}
+
+// bindPushed serves pushed entry e to the request for ip that comes first:
+// it looks up the sandbox holding ip now and binds e to it, unless that is
+// not the sandbox e recorded when it arrived (then e is dropped). It
+// reports false when e may not be served this way: the stream is down, e
+// is no longer fresh or no longer pushed (a request bound it meanwhile),
+// or a neighbour change of ip came during the lookup.
+func (c *Cache) bindPushed(ip string, e *entry, now time.Time) (*metadoc.Docs, bool) {
+	c.mu.RLock()
+	moves := e.moves
+	ok := c.entries[ip] == e && e.pushed && c.streamSynced && c.fresh(e, now)
+	c.mu.RUnlock()
+	if !ok {
+		return nil, false
+	}
+	// The lookup (netlink) is made outside the lock; moves tells whether
+	// it may be stale by the time the lock is taken again.
+	cur, known := c.identity(ip)
+	if c.cfg.Sandbox != nil && !known {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.entries[ip] != e || !e.pushed || e.moves != moves || !c.streamSynced {
+		return nil, false
+	}
+	if c.cfg.Sandbox != nil && !cur.Same(e.sandbox) {
+		c.dropEndedLocked(ip, e)
+		return nil, false
+	}
+	e.pushed, e.sandbox, e.known = false, cur, known
+	return e.docs, true
 }
 
 // Len returns the number of addresses with cached credentials.

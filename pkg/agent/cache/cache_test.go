@@ -747,8 +747,8 @@ func TestConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	n, err := testutil.GatherAndCount(reg, "podiam_agent_cache_requests_total", "podiam_agent_cache_entries", "podiam_agent_cache_refreshes_total")
-	if err != nil || n != 8 {
-		t.Errorf("gathered %d series (%v), want 8", n, err)
+	if err != nil || n != 9 {
+		t.Errorf("gathered %d series (%v), want 9", n, err)
 	}
 }
 

@@ -321,6 +321,22 @@ func fromResponse(resp *pb.GetPodCredentialsResponse) (creds.PodCredentials, err
 	}, nil
 }
 
+// Pushed returns the credentials of a TYPE_CREDENTIALS event, checked as
+// Fetch checks an answer, and for the pod the event names.
+func Pushed(ev *pb.PodEvent) (creds.PodCredentials, error) {
+	if ev.GetType() != pb.PodEvent_TYPE_CREDENTIALS || ev.GetCredentials() == nil {
+		return creds.PodCredentials{}, fmt.Errorf("%w: not a credentials event", ErrMalformedAnswer)
+	}
+	pc, err := fromResponse(ev.GetCredentials())
+	if err != nil {
+		return creds.PodCredentials{}, err
+	}
+	if pc.PodUID != ev.GetUid() {
+		return creds.PodCredentials{}, fmt.Errorf("%w: credentials for pod %s in an event for pod %s", ErrMalformedAnswer, pc.PodUID, ev.GetUid())
+	}
+	return pc, nil
+}
+
 // Check asks a server's health service whether it is ready (synced and
 // serving); it fails when none is reachable.
 func (c *Client) Check(ctx context.Context) error {
@@ -340,7 +356,8 @@ func (c *Client) Check(ctx context.Context) error {
 // nil. onEvent is called, from Watch's goroutine, for every event of each
 // stream in order: an event of TYPE_UNSPECIFIED marking the start of a new
 // stream (so a snapshot cut short is never mixed with the next one), a
-// snapshot of TYPE_PRESENT events, TYPE_SYNCED, changes, and another
+// snapshot of TYPE_PRESENT events, TYPE_SYNCED, changes (and credentials
+// pushed before pods ask, TYPE_CREDENTIALS, see Pushed), and another
 // TYPE_UNSPECIFIED when the stream ends (until the next snapshot nothing
 // reports pods leaving). Whenever a stream ends, Watch starts another
 // after a backoff; the new stream begins with a new snapshot, and only its
@@ -392,7 +409,9 @@ func (c *Client) watchOnce(ctx context.Context, onEvent func(*pb.PodEvent)) (syn
 	}()
 	// Wait for ready: a watch has no pod waiting on it, and this way it
 	// starts as soon as a server is reachable instead of polling.
-	stream, err := c.api.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: c.cfg.HostIP}, grpc.WaitForReady(true))
+	// Pushed credentials are asked for always: a server that does not
+	// push ignores the field, and onEvent ignores what it does not know.
+	stream, err := c.api.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: c.cfg.HostIP, AcceptCredentials: true}, grpc.WaitForReady(true))
 	if err != nil {
 		return false, err
 	}

@@ -378,6 +378,38 @@ func (c *Cache) fallback(key creds.Key, err error) answer {
 	return answer{err: fmt.Errorf("credcache: %s: %w", key.RoleARN, err), result: resultMiss}
 }
 
+// Peek returns key's credentials without ever starting a fetch: those held
+// while they have more than Refresh left, else the answer of the fetch under
+// way, waited for until ctx is done (leaving it running for the others).
+// ok is false when none are held fresh and none are being fetched, or the
+// fetch failed. It serves pushing credentials to agents, which must never
+// cost an STS call a request would not make.
+func (c *Cache) Peek(ctx context.Context, key creds.Key) (cr creds.Credentials, ok bool) {
+	c.mu.Lock()
+	if e, found := c.lru.Peek(key); found && e.hasCreds && e.creds.Remaining(c.cfg.Now()) > c.cfg.Refresh {
+		cr = e.creds
+		c.mu.Unlock()
+		return cr, true
+	}
+	cl, found := c.inflight[key]
+	if !found {
+		c.mu.Unlock()
+		return creds.Credentials{}, false
+	}
+	cl.waiters++
+	c.mu.Unlock()
+	select {
+	case <-cl.done:
+	case <-ctx.Done():
+		c.leave(cl)
+		return creds.Credentials{}, false
+	}
+	if cl.err != nil {
+		return creds.Credentials{}, false
+	}
+	return cl.creds, true
+}
+
 // Prefetch starts a background fetch for key if it is absent or due, the
 // limiter has a Prefetch token to spare, and no fetch is already running.
 // It never waits: a skipped prefetch costs only the pod's first Get.

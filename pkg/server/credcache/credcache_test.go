@@ -1051,3 +1051,37 @@ func TestExternalIDSeparatesEntries(t *testing.T) {
 		t.Fatalf("%d STS calls, want 2", h.sts.count())
 	}
 }
+
+// TestPeekNeverFetches: Peek answers with held credentials or the fetch
+// under way, and never makes an STS call itself; a caller giving up leaves
+// the shared fetch running.
+func TestPeekNeverFetches(t *testing.T) {
+	h := newHarness(t, nil)
+	k := key("pushed-pod")
+	if _, ok := h.c.Peek(context.Background(), k); ok || h.sts.count() != 0 {
+		t.Fatalf("Peek of an unknown key: ok %v, %d STS calls", ok, h.sts.count())
+	}
+	release := make(chan struct{})
+	h.sts.setBlock(release)
+	h.c.Prefetch(k)
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := make(chan bool, 1)
+	go func() { _, ok := h.c.Peek(ctx, k); gaveUp <- ok }()
+	got := make(chan creds.Credentials, 1)
+	go func() { c, _ := h.c.Peek(context.Background(), k); got <- c }()
+	eventually(t, "two Peeks to join the prefetch", func() bool { return h.waiters(k) == 2 })
+	cancel()
+	if <-gaveUp {
+		t.Fatal("a cancelled Peek reported credentials")
+	}
+	close(release)
+	if c := <-got; c.AccessKeyID == "" {
+		t.Fatal("Peek did not get the prefetch's answer")
+	}
+	if c, ok := h.c.Peek(context.Background(), k); !ok || c.AccessKeyID == "" {
+		t.Fatal("held credentials not peeked")
+	}
+	if h.sts.count() != 1 {
+		t.Fatalf("%d STS calls, want the prefetch's only", h.sts.count())
+	}
+}

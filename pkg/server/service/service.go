@@ -71,6 +71,16 @@ type Config struct {
 	// DenialLogInterval rate-limits repeated denial log lines per pod and
 	// reason; 0 means one minute.
 	DenialLogInterval time.Duration
+	// Push sends a pod's credentials to its node's agents before it asks
+	// (see push.go); Deps.Push is then required and RunPushes must run.
+	Push bool
+	// PushPrefetch lets a push start the prefetch of the pod's session,
+	// as the prefetch controller would (--prefetch); without it a push
+	// only sends what the credential cache holds or is fetching.
+	PushPrefetch bool
+	// PushWorkers is how many addresses are pushed at once; 0 means
+	// DefaultPushWorkers.
+	PushWorkers int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -84,6 +94,8 @@ type Deps struct {
 	Credentials CredentialSource
 	Events      record.EventRecorder
 	Watcher     *NodeWatcher
+	// Push is where pushed credentials come from; only with Config.Push.
+	Push PushSource
 	// Synced reports whether the pod and namespace informers have synced.
 	// Until then every answer would be "unknown pod", which agents take as
 	// proof that a pod is gone, so the service answers Unavailable instead.
@@ -103,6 +115,8 @@ type Service struct {
 
 	denyMu   sync.Mutex
 	denyLogs *lru.LRU[string, time.Time]
+
+	push *pusher // nil unless Config.Push
 }
 
 // New checks the configuration and registers the service's metrics on reg
@@ -142,10 +156,17 @@ func New(cfg Config, deps Deps, reg prometheus.Registerer, log *slog.Logger) (*S
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	collectors := []prometheus.Collector{s.requests, s.denials}
+	if cfg.Push {
+		if err := s.enablePush(deps.Push); err != nil {
+			return nil, err
+		}
+		collectors = append(collectors, s.push.count)
+	}
 	if reg == nil {
 		return s, nil
 	}
-	for _, c := range []prometheus.Collector{s.requests, s.denials} {
+	for _, c := range collectors {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("server: register metrics: %w", err)
 		}
@@ -173,35 +194,81 @@ func (s *Service) GetPodCredentials(ctx context.Context, req *pb.GetPodCredentia
 }
 
 func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodCredentialsResponse, error) {
+	g, err := s.authorize(ctx, ip, peerAddr(ctx), false)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.deps.Credentials.Get(ctx, g.key)
+	switch {
+	case errors.Is(err, creds.ErrDenied):
+		s.logDenial(g.log, g.pod, "sts_denied", "sts refused the role", "error", err)
+		return nil, deny(resultSTSDenied, pb.Reason_REASON_STS_DENIED, err)
+	case err != nil:
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for credentials: %w", context.Cause(ctx))
+		}
+		g.log.Warn("credentials unavailable", "error", err)
+		return nil, deny(resultSTSUnavailable, pb.Reason_REASON_STS_UNAVAILABLE, err)
+	}
+	s.audit(g, c, deliveryRequest)
+	return response(g, c), nil
+}
+
+// grant is what the request path decided for the pod at an address: who it
+// is, the session it may use, and its log fields.
+type grant struct {
+	pod      *podindex.Pod
+	key      creds.Key
+	decision policy.Decision
+	log      *slog.Logger
+}
+
+// authorize takes the request path's steps up to the credentials:
+// identity, node binding (agent is the caller's address), role and policy.
+// A push (the pod has not asked) waits for no pod, leaves node binding to
+// the stream, which only the pod's node receives, and records no denial:
+// the pod's own request will, if it ever asks.
+func (s *Service) authorize(ctx context.Context, ip, agent string, push bool) (grant, error) {
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
-		return nil, deny(resultBadRequest, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("invalid pod address %q: %w", ip, err))
+		return grant{}, deny(resultBadRequest, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("invalid pod address %q: %w", ip, err))
 	}
 	ip = addr.Unmap().String()
 	if !s.deps.Synced() {
-		return nil, deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced pods and namespaces yet"))
+		return grant{}, deny(resultNotSynced, pb.Reason_REASON_UNSPECIFIED, errors.New("server has not synced pods and namespaces yet"))
 	}
 
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.PodWait)
+	wait := s.cfg.PodWait
+	if push {
+		wait = 0 // the index answers at once: a push follows the pod's own event
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
 	pod, err := s.deps.Pods.Lookup(wctx, ip)
 	cancel()
 	switch {
 	case errors.Is(err, podindex.ErrConflict):
-		s.log.Error("several live pods claim one address; refusing", "pod_ip", ip)
-		return nil, deny(resultIPConflict, pb.Reason_REASON_IP_CONFLICT, err)
+		if !push {
+			s.log.Error("several live pods claim one address; refusing", "pod_ip", ip)
+		}
+		return grant{}, deny(resultIPConflict, pb.Reason_REASON_IP_CONFLICT, err)
 	case errors.Is(err, podindex.ErrStale):
 		// Not "pod unknown": agents drop what they hold on that answer.
-		return nil, deny(resultPodIndexStale, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("pod %s: %w", ip, err))
+		return grant{}, deny(resultPodIndexStale, pb.Reason_REASON_UNSPECIFIED, fmt.Errorf("pod %s: %w", ip, err))
 	case err != nil:
-		return nil, deny(resultPodUnknown, pb.Reason_REASON_POD_UNKNOWN, fmt.Errorf("pod %s: %w", ip, err))
+		return grant{}, deny(resultPodUnknown, pb.Reason_REASON_POD_UNKNOWN, fmt.Errorf("pod %s: %w", ip, err))
 	}
 
 	log := s.log.With("namespace", pod.Namespace, "pod", pod.Name, "pod_uid", string(pod.UID), "pod_ip", ip)
-	if s.cfg.NodeBinding {
-		agent := peerAddr(ctx)
+	denied := s.denied
+	logDenial := s.logDenial
+	if push {
+		denied = func(*slog.Logger, *podindex.Pod, string, error) {}
+		logDenial = func(*slog.Logger, *podindex.Pod, string, string, ...any) {}
+	}
+	if s.cfg.NodeBinding && !push {
 		if !contains(pod.HostIPs, agent) {
-			s.logDenial(log, pod, "wrong_node", "agent is not on the pod's node", "agent_ip", agent)
-			return nil, deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
+			logDenial(log, pod, "wrong_node", "agent is not on the pod's node", "agent_ip", agent)
+			return grant{}, deny(resultWrongNode, pb.Reason_REASON_WRONG_NODE,
 				fmt.Errorf("agent %s is not on the node of pod %s/%s", agent, pod.Namespace, pod.Name))
 		}
 	}
@@ -209,68 +276,72 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 	key, err := s.deps.Keys.Key(pod)
 	switch {
 	case errors.Is(err, role.ErrNoRole):
-		return nil, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
+		return grant{}, deny(resultNoRole, pb.Reason_REASON_NO_ROLE, err)
 	case pod.Mirror:
 		// A static pod asks for a role: whoever controls a node's kubelet
 		// could name any namespace and role this way, so node binding
 		// alone would not contain a compromised node. Kubernetes gives
 		// static pods no ServiceAccount token for the same reason.
 		err := fmt.Errorf("pod %s/%s is a static (mirror) pod; static pods get no role", pod.Namespace, pod.Name)
-		s.denied(log, pod, string(resultStaticPod), err)
-		return nil, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
+		denied(log, pod, string(resultStaticPod), err)
+		return grant{}, deny(resultStaticPod, pb.Reason_REASON_STATIC_POD, err)
 	case errors.Is(err, session.ErrTemplate):
 		// The server's configuration failed, not the pod: no Event
 		// blaming it, and an internal error rather than a denial.
-		log.Error("session parameters failed", "error", err)
-		return nil, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		if !push {
+			log.Error("session parameters failed", "error", err)
+		}
+		return grant{}, fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	case err != nil:
-		s.denied(log, pod, "invalid_annotation", err)
-		return nil, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)
+		denied(log, pod, "invalid_annotation", err)
+		return grant{}, deny(resultInvalidAnnotation, pb.Reason_REASON_INVALID_ANNOTATION, err)
 	}
 	log = log.With("role_arn", key.RoleARN)
 
 	decision, err := Decide(s.deps.Namespaces, s.deps.Policy, pod.Namespace, key)
 	if err != nil {
-		s.denied(log, pod, policy.Reason(err), err)
-		return nil, deny(resultPolicyDenied, pb.Reason_REASON_POLICY_DENIED, err)
+		denied(log, pod, policy.Reason(err), err)
+		return grant{}, deny(resultPolicyDenied, pb.Reason_REASON_POLICY_DENIED, err)
 	}
-	key = decision.Key
+	return grant{pod: pod, key: decision.Key, decision: decision, log: log}, nil
+}
 
-	c, err := s.deps.Credentials.Get(ctx, key)
-	switch {
-	case errors.Is(err, creds.ErrDenied):
-		s.logDenial(log, pod, "sts_denied", "sts refused the role", "error", err)
-		return nil, deny(resultSTSDenied, pb.Reason_REASON_STS_DENIED, err)
-	case err != nil:
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("waiting for credentials: %w", context.Cause(ctx))
-		}
-		log.Warn("credentials unavailable", "error", err)
-		return nil, deny(resultSTSUnavailable, pb.Reason_REASON_STS_UNAVAILABLE, err)
-	}
+// How credentials reached an agent, in the audit line.
+const (
+	deliveryRequest = "request"
+	deliveryPush    = "push"
+)
 
+// audit writes the one log line every issue of credentials produces. The
+// secret and the session token never appear.
+func (s *Service) audit(g grant, c creds.Credentials, delivery string) {
 	roleFrom := "pod"
-	if own, _ := pod.Annotation(role.AnnotationRole); own == "" {
+	if own, _ := g.pod.Annotation(role.AnnotationRole); own == "" {
 		roleFrom = "serviceaccount"
 	}
-	log.Info("credentials issued",
-		"service_account", pod.ServiceAccountName,
+	g.log.Info("credentials issued",
+		"service_account", g.pod.ServiceAccountName,
 		"role_from", roleFrom,
 		"access_key_id", c.AccessKeyID,
-		"session_name", key.SessionName,
-		"external_id_set", key.ExternalID != "",
-		"external_id_from", string(decision.ExternalIDFrom),
-		"source_identity", key.SourceIdentity,
-		"session_tags", key.Tags,
+		"session_name", g.key.SessionName,
+		"external_id_set", g.key.ExternalID != "",
+		"external_id_from", string(g.decision.ExternalIDFrom),
+		"source_identity", g.key.SourceIdentity,
+		"session_tags", g.key.Tags,
 		"expiration", c.Expiration.UTC().Format(time.RFC3339),
+		"delivery", delivery,
 		"decision", "allow")
+}
+
+// response is the answer for the pod of g with credentials c.
+func response(g grant, c creds.Credentials) *pb.GetPodCredentialsResponse {
 	return &pb.GetPodCredentialsResponse{
 		Pod: &pb.Pod{
-			Namespace:      pod.Namespace,
-			Name:           pod.Name,
-			Uid:            string(pod.UID),
-			ServiceAccount: pod.ServiceAccountName,
-			RoleArn:        key.RoleARN,
+			Namespace:      g.pod.Namespace,
+			Name:           g.pod.Name,
+			Uid:            string(g.pod.UID),
+			ServiceAccount: g.pod.ServiceAccountName,
+			RoleArn:        g.key.RoleARN,
 		},
 		Credentials: &pb.AWSCredentials{
 			AccessKeyId:     c.AccessKeyID,
@@ -279,7 +350,7 @@ func (s *Service) getPodCredentials(ctx context.Context, ip string) (*pb.GetPodC
 			Expiration:      timestamppb.New(c.Expiration),
 			LastUpdated:     timestamppb.New(c.LastUpdated),
 		},
-	}, nil
+	}
 }
 
 // Decide reads a pod's namespace from namespaces and asks p which session
@@ -345,6 +416,9 @@ func (s *Service) WatchNodePods(req *pb.WatchNodePodsRequest, stream pb.Credenti
 				fmt.Errorf("agent %s may watch only its own node, not %q", peer, req.GetHostIp())))
 		}
 		host = peer
+	}
+	if req.GetAcceptCredentials() && s.push != nil {
+		return s.deps.Watcher.StreamWithCredentials(stream.Context(), host, stream.Send)
 	}
 	return s.deps.Watcher.Stream(stream.Context(), host, stream.Send)
 }

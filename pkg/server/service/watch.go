@@ -38,11 +38,23 @@ type NodeWatcher struct {
 
 	mu   sync.Mutex
 	subs map[*subscriber]struct{}
+	// onChanged, when set (the service pushes credentials), is told of
+	// every address a TYPE_CHANGED went out for to an agent that takes
+	// pushed credentials. Set before the informers start.
+	onChanged func(ip string)
+	// changes numbers the TYPE_CHANGED last sent for each such address
+	// (from lastChange, never reused), so that a push decided before a
+	// later change is never sent after it: the agent would keep
+	// credentials the change revoked. TYPE_DELETED removes the address.
+	changes    map[string]uint64
+	lastChange uint64
 }
 
 type subscriber struct {
 	hostIP string
-	ch     chan *pb.PodEvent
+	// credentials: the agent takes pushed credentials.
+	credentials bool
+	ch          chan *pb.PodEvent
 	// overflow is closed when the subscriber fell too far behind.
 	overflow chan struct{}
 	once     sync.Once
@@ -54,7 +66,7 @@ func NewNodeWatcher(pods, namespaces cache.SharedIndexInformer, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w := &NodeWatcher{pods: pods.GetIndexer(), log: log, subs: map[*subscriber]struct{}{}}
+	w := &NodeWatcher{pods: pods.GetIndexer(), log: log, subs: map[*subscriber]struct{}{}, changes: map[string]uint64{}}
 	if err := pods.AddIndexers(cache.Indexers{IndexHostIP: hostIPIndexFunc}); err != nil {
 		return nil, fmt.Errorf("add host IP index: %w", err)
 	}
@@ -77,11 +89,22 @@ func NewNodeWatcher(pods, namespaces cache.SharedIndexInformer, log *slog.Logger
 // Stream sends a snapshot of the live pods on hostIP's node, a SYNCED
 // marker, then changes, until ctx is done or send fails.
 func (w *NodeWatcher) Stream(ctx context.Context, hostIP string, send func(*pb.PodEvent) error) error {
+	return w.stream(ctx, hostIP, false, send)
+}
+
+// StreamWithCredentials is Stream for an agent that also takes the
+// credentials the service pushes (TYPE_CREDENTIALS).
+func (w *NodeWatcher) StreamWithCredentials(ctx context.Context, hostIP string, send func(*pb.PodEvent) error) error {
+	return w.stream(ctx, hostIP, true, send)
+}
+
+func (w *NodeWatcher) stream(ctx context.Context, hostIP string, credentials bool, send func(*pb.PodEvent) error) error {
 	addr, err := netip.ParseAddr(hostIP)
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "invalid host address %q", hostIP)
 	}
-	sub := &subscriber{hostIP: addr.Unmap().String(), ch: make(chan *pb.PodEvent, subscriberBuffer), overflow: make(chan struct{})}
+	sub := &subscriber{hostIP: addr.Unmap().String(), credentials: credentials,
+		ch: make(chan *pb.PodEvent, subscriberBuffer), overflow: make(chan struct{})}
 	// Subscribe before the snapshot so that no change falls between them;
 	// an event repeated by both is harmless.
 	w.mu.Lock()
@@ -241,18 +264,83 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	pushing := false
 	for sub := range w.subs {
 		if !contains(hosts, sub.hostIP) {
 			continue
 		}
-		for _, ev := range events {
-			select {
-			case sub.ch <- ev:
-			default:
-				sub.once.Do(func() { close(sub.overflow) })
-			}
+		pushing = pushing || sub.credentials
+		w.sendLocked(sub, events...)
+	}
+	if w.onChanged == nil {
+		return
+	}
+	for _, ev := range events {
+		switch {
+		case ev.GetType() == pb.PodEvent_TYPE_DELETED:
+			delete(w.changes, ev.GetIp())
+		case ev.GetType() == pb.PodEvent_TYPE_CHANGED && pushing:
+			w.lastChange++
+			w.changes[ev.GetIp()] = w.lastChange
+			w.onChanged(ev.GetIp())
+		case ev.GetType() == pb.PodEvent_TYPE_CHANGED:
+			// No agent of this node takes pushes: any push decided
+			// before this change must not go out later either.
+			delete(w.changes, ev.GetIp())
 		}
 	}
+}
+
+// sendLocked queues events for sub, ending its stream if it fell too far
+// behind. w.mu must be held.
+func (w *NodeWatcher) sendLocked(sub *subscriber, events ...*pb.PodEvent) {
+	for _, ev := range events {
+		select {
+		case sub.ch <- ev:
+		default:
+			sub.once.Do(func() { close(sub.overflow) })
+		}
+	}
+}
+
+// lastChanged is the number of the last TYPE_CHANGED sent for ip to an
+// agent that takes pushes, 0 if none is current.
+func (w *NodeWatcher) lastChanged(ip string) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.changes[ip]
+}
+
+// pushing reports whether an agent on one of hosts takes pushes.
+func (w *NodeWatcher) pushing(hosts []string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for sub := range w.subs {
+		if sub.credentials && contains(hosts, sub.hostIP) {
+			return true
+		}
+	}
+	return false
+}
+
+// publishCredentials sends ev, the credentials of the pod at ip decided
+// after the TYPE_CHANGED numbered change, to the agents on hosts that take
+// them, unless another change of ip went out since: its own push follows.
+// It reports whether any agent got it.
+func (w *NodeWatcher) publishCredentials(hosts []string, ip string, change uint64, ev *pb.PodEvent) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if change == 0 || w.changes[ip] != change {
+		return false
+	}
+	sent := false
+	for sub := range w.subs {
+		if sub.credentials && contains(hosts, sub.hostIP) {
+			w.sendLocked(sub, ev)
+			sent = true
+		}
+	}
+	return sent
 }
 
 // NamespacePolicyChanged reports whether a namespace update can change

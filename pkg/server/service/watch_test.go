@@ -37,7 +37,7 @@ func newTestWatcher(t *testing.T) (*NodeWatcher, cache.Indexer) {
 		IndexHostIP:          hostIPIndexFunc,
 		cache.NamespaceIndex: cache.MetaNamespaceIndexFunc,
 	})
-	return &NodeWatcher{pods: idx, log: slog.New(slog.DiscardHandler), subs: map[*subscriber]struct{}{}}, idx
+	return &NodeWatcher{pods: idx, log: slog.New(slog.DiscardHandler), subs: map[*subscriber]struct{}{}, changes: map[string]uint64{}}, idx
 }
 
 // stream starts Stream for host and returns a channel of what it sends.

@@ -120,6 +120,11 @@ const (
 	PodEvent_TYPE_CHANGED PodEvent_Type = 3
 	// The pod that held ip is gone or no longer serves credentials.
 	PodEvent_TYPE_DELETED PodEvent_Type = 4
+	// The credentials the pod at ip (uid) gets, sent before it asks. Always
+	// after the TYPE_CHANGED that announced the pod's state they were
+	// decided for, so a later TYPE_CHANGED or TYPE_DELETED for ip revokes
+	// them. Only to agents that set accept_credentials.
+	PodEvent_TYPE_CREDENTIALS PodEvent_Type = 5
 )
 
 // Enum value maps for PodEvent_Type.
@@ -130,6 +135,7 @@ var (
 		2: "TYPE_SYNCED",
 		3: "TYPE_CHANGED",
 		4: "TYPE_DELETED",
+		5: "TYPE_CREDENTIALS",
 	}
 	PodEvent_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
@@ -137,6 +143,7 @@ var (
 		"TYPE_SYNCED":      2,
 		"TYPE_CHANGED":     3,
 		"TYPE_DELETED":     4,
+		"TYPE_CREDENTIALS": 5,
 	}
 )
 
@@ -421,9 +428,12 @@ type WatchNodePodsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The node's address (the agent's --host). Pods are selected by
 	// status.hostIPs.
-	HostIp        string `protobuf:"bytes,1,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	HostIp string `protobuf:"bytes,1,opt,name=host_ip,json=hostIp,proto3" json:"host_ip,omitempty"`
+	// The agent takes credentials pushed on the stream (TYPE_CREDENTIALS).
+	// Without it a server pushes none; a server that never pushes ignores it.
+	AcceptCredentials bool `protobuf:"varint,2,opt,name=accept_credentials,json=acceptCredentials,proto3" json:"accept_credentials,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *WatchNodePodsRequest) Reset() {
@@ -463,11 +473,21 @@ func (x *WatchNodePodsRequest) GetHostIp() string {
 	return ""
 }
 
+func (x *WatchNodePodsRequest) GetAcceptCredentials() bool {
+	if x != nil {
+		return x.AcceptCredentials
+	}
+	return false
+}
+
 type PodEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Type          PodEvent_Type          `protobuf:"varint,1,opt,name=type,proto3,enum=podiam.v1.PodEvent_Type" json:"type,omitempty"`
-	Ip            string                 `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
-	Uid           string                 `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  PodEvent_Type          `protobuf:"varint,1,opt,name=type,proto3,enum=podiam.v1.PodEvent_Type" json:"type,omitempty"`
+	Ip    string                 `protobuf:"bytes,2,opt,name=ip,proto3" json:"ip,omitempty"`
+	Uid   string                 `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	// Set on TYPE_CREDENTIALS only: what GetPodCredentials would answer for
+	// ip.
+	Credentials   *GetPodCredentialsResponse `protobuf:"bytes,4,opt,name=credentials,proto3" json:"credentials,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,6 +543,13 @@ func (x *PodEvent) GetUid() string {
 	return ""
 }
 
+func (x *PodEvent) GetCredentials() *GetPodCredentialsResponse {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
 var File_podiam_v1_podiam_proto protoreflect.FileDescriptor
 
 const file_podiam_v1_podiam_proto_rawDesc = "" +
@@ -546,19 +573,22 @@ const file_podiam_v1_podiam_proto_rawDesc = "" +
 	"\flast_updated\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vlastUpdated\"z\n" +
 	"\x19GetPodCredentialsResponse\x12 \n" +
 	"\x03pod\x18\x01 \x01(\v2\x0e.podiam.v1.PodR\x03pod\x12;\n" +
-	"\vcredentials\x18\x02 \x01(\v2\x19.podiam.v1.AWSCredentialsR\vcredentials\"/\n" +
+	"\vcredentials\x18\x02 \x01(\v2\x19.podiam.v1.AWSCredentialsR\vcredentials\"^\n" +
 	"\x14WatchNodePodsRequest\x12\x17\n" +
-	"\ahost_ip\x18\x01 \x01(\tR\x06hostIp\"\xbf\x01\n" +
+	"\ahost_ip\x18\x01 \x01(\tR\x06hostIp\x12-\n" +
+	"\x12accept_credentials\x18\x02 \x01(\bR\x11acceptCredentials\"\x9d\x02\n" +
 	"\bPodEvent\x12,\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x18.podiam.v1.PodEvent.TypeR\x04type\x12\x0e\n" +
 	"\x02ip\x18\x02 \x01(\tR\x02ip\x12\x10\n" +
-	"\x03uid\x18\x03 \x01(\tR\x03uid\"c\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12F\n" +
+	"\vcredentials\x18\x04 \x01(\v2$.podiam.v1.GetPodCredentialsResponseR\vcredentials\"y\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fTYPE_PRESENT\x10\x01\x12\x0f\n" +
 	"\vTYPE_SYNCED\x10\x02\x12\x10\n" +
 	"\fTYPE_CHANGED\x10\x03\x12\x10\n" +
-	"\fTYPE_DELETED\x10\x04*\xfe\x01\n" +
+	"\fTYPE_DELETED\x10\x04\x12\x14\n" +
+	"\x10TYPE_CREDENTIALS\x10\x05*\xfe\x01\n" +
 	"\x06Reason\x12\x16\n" +
 	"\x12REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12REASON_POD_UNKNOWN\x10\x01\x12\x12\n" +
@@ -605,15 +635,16 @@ var file_podiam_v1_podiam_proto_depIdxs = []int32{
 	3, // 2: podiam.v1.GetPodCredentialsResponse.pod:type_name -> podiam.v1.Pod
 	4, // 3: podiam.v1.GetPodCredentialsResponse.credentials:type_name -> podiam.v1.AWSCredentials
 	1, // 4: podiam.v1.PodEvent.type:type_name -> podiam.v1.PodEvent.Type
-	2, // 5: podiam.v1.Credentials.GetPodCredentials:input_type -> podiam.v1.GetPodCredentialsRequest
-	6, // 6: podiam.v1.Credentials.WatchNodePods:input_type -> podiam.v1.WatchNodePodsRequest
-	5, // 7: podiam.v1.Credentials.GetPodCredentials:output_type -> podiam.v1.GetPodCredentialsResponse
-	7, // 8: podiam.v1.Credentials.WatchNodePods:output_type -> podiam.v1.PodEvent
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	5, // 5: podiam.v1.PodEvent.credentials:type_name -> podiam.v1.GetPodCredentialsResponse
+	2, // 6: podiam.v1.Credentials.GetPodCredentials:input_type -> podiam.v1.GetPodCredentialsRequest
+	6, // 7: podiam.v1.Credentials.WatchNodePods:input_type -> podiam.v1.WatchNodePodsRequest
+	5, // 8: podiam.v1.Credentials.GetPodCredentials:output_type -> podiam.v1.GetPodCredentialsResponse
+	7, // 9: podiam.v1.Credentials.WatchNodePods:output_type -> podiam.v1.PodEvent
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_podiam_v1_podiam_proto_init() }

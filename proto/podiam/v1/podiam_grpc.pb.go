@@ -38,7 +38,9 @@ type CredentialsClient interface {
 	// WatchNodePods streams the pods whose status.hostIPs include host_ip: first
 	// a snapshot (POD_PRESENT for each address), then SYNCED, then changes. An
 	// agent drops cached credentials for an address when the pod there is
-	// deleted, replaced or changes role or policy.
+	// deleted, replaced or changes role or policy. An agent that asks for them
+	// (accept_credentials) may also get a pod's credentials before the pod asks
+	// (TYPE_CREDENTIALS), decided exactly as GetPodCredentials decides.
 	WatchNodePods(ctx context.Context, in *WatchNodePodsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PodEvent], error)
 }
 
@@ -90,7 +92,9 @@ type CredentialsServer interface {
 	// WatchNodePods streams the pods whose status.hostIPs include host_ip: first
 	// a snapshot (POD_PRESENT for each address), then SYNCED, then changes. An
 	// agent drops cached credentials for an address when the pod there is
-	// deleted, replaced or changes role or policy.
+	// deleted, replaced or changes role or policy. An agent that asks for them
+	// (accept_credentials) may also get a pod's credentials before the pod asks
+	// (TYPE_CREDENTIALS), decided exactly as GetPodCredentials decides.
 	WatchNodePods(*WatchNodePodsRequest, grpc.ServerStreamingServer[PodEvent]) error
 	mustEmbedUnimplementedCredentialsServer()
 }
