@@ -86,6 +86,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.IntVar(&c.CacheMaxEntries, "cache-max-entries", credcache.DefaultMaxEntries, "most sessions cached (roles in use are never evicted)")
 	fs.BoolVar(&c.Prefetch, "prefetch", true, "fetch a role's credentials when a pod with that role gets its address, before it asks (--no-prefetch: only on request)")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "listen address of /metrics and the plain-HTTP probes /readyz (serving) and /healthz (alive); empty disables all three")
+	fs.BoolVar(&c.Profiling, "profiling", false, "also serve Go's runtime profiles (/debug/pprof/: heap, goroutines, CPU) on --prometheus-listen-addr, unauthenticated: for diagnosis only")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time-duration", 10*time.Second, "ping idle agents after this long")
 	fs.DurationVar(&c.GRPCKeepaliveTimeout, "grpc-keepalive-timeout-duration", 2*time.Second, "close a connection whose ping is unanswered this long")
