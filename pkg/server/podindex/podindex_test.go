@@ -7,6 +7,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -374,5 +375,29 @@ func TestResolveWithinBucket(t *testing.T) {
 	}
 	if pod, err := idx.Resolve(same[2]); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Resolve(%s) = %v, %v; want ErrNotFound", same[2], pod, err)
+	}
+}
+
+// Kept annotations read back exactly, whatever bytes their values hold and
+// however long they are.
+func TestAnnotationsAnyBytes(t *testing.T) {
+	in := map[string]string{
+		"iam.amazonaws.com/role":         "a\x00iam.amazonaws.com/external-id\x00x",
+		"iam.amazonaws.com/external-id":  strings.Repeat("e", 300),
+		"iam.amazonaws.com/session-name": "",
+		"other/ignored":                  "v",
+	}
+	p := FromAPI(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Annotations: in}})
+	delete(in, "other/ignored")
+	for k, want := range in {
+		if got, ok := p.Annotation(k); !ok || got != want {
+			t.Errorf("Annotation(%q) = %q, %v; want %q", k, got, ok, want)
+		}
+	}
+	if got := p.GetAnnotations(); !maps.Equal(got, in) {
+		t.Errorf("GetAnnotations() = %q, want %q", got, in)
+	}
+	if _, ok := p.Annotation("other/ignored"); ok {
+		t.Error("an annotation outside iam.amazonaws.com/ was kept")
 	}
 }
