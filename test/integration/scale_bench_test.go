@@ -96,7 +96,8 @@ type scaleFigures struct {
 	StreamsSynced           time.Duration // from the first WatchNodePods call to the last SYNCED
 	Streams, Present        int
 	Mem                     testenv.Memory
-	Heap, HeapLive, GoSys   float64 // in use; allocated after a forced GC; from the OS
+	MemNoStreams            testenv.Memory // before the streams connect
+	Heap, HeapLive, GoSys   float64        // in use; allocated after a forced GC; from the OS
 	Goroutines              float64
 	STS                     stsCounts
 	Warm                    warmResult
@@ -198,6 +199,10 @@ func measureScale(b *testing.B, c *cluster, nodes []string, profiles string, chu
 	f.Prefetches = waitSettled(b, sp, "podiam_credcache_prefetches_total", nil, float64(len(c.pods)), 5*time.Minute)
 	f.Settled = time.Since(start)
 	waitWatchCurrent(b, sp, time.Minute)
+	var err error
+	if f.MemNoStreams, err = testenv.ProcMemory(sp.Pid()); err != nil {
+		b.Fatal(err)
+	}
 
 	streams := openNodeStreams(b, sp, nodes)
 	f.Streams, f.StreamsSynced, f.Present = len(nodes), streams.syncedAfter, int(streams.present.Load())
@@ -205,7 +210,6 @@ func measureScale(b *testing.B, c *cluster, nodes []string, profiles string, chu
 	// the streams' snapshots is garbage the next collection takes, and
 	// anonymous memory the runtime has not yet returned.
 	time.Sleep(2 * time.Second)
-	var err error
 	if f.Mem, err = testenv.ProcMemory(sp.Pid()); err != nil {
 		b.Fatal(err)
 	}
@@ -552,7 +556,8 @@ func reportScale(b *testing.B, c *cluster, rows []scaleFigures, nNamespaces, nNo
 	row("agent streams: all SYNCED after (PRESENT events)", func(r scaleFigures) string {
 		return fmt.Sprintf("%s (%d)", dur(r.StreamsSynced), r.Present)
 	})
-	row("anon RSS (RssAnon)", func(r scaleFigures) string { return mib(float64(r.Mem.Anon)) })
+	row("anon RSS (RssAnon), before the streams", func(r scaleFigures) string { return mib(float64(r.MemNoStreams.Anon)) })
+	row("anon RSS (RssAnon), streams connected", func(r scaleFigures) string { return mib(float64(r.Mem.Anon)) })
 	row("RSS (anon + file), peak", func(r scaleFigures) string {
 		return fmt.Sprintf("%s (%s + %s), peak %s", testenv.MiB(float64(r.Mem.RSS)), testenv.MiB(float64(r.Mem.Anon)),
 			testenv.MiB(float64(r.Mem.File)), mib(float64(r.Mem.Peak)))
