@@ -121,19 +121,29 @@ demo: deps
 #   - cold path: a new pod's first credentials, server prefetch on and off;
 #   - abuse: one pod holding 20,000 connections (agent RSS, another pod's
 #     p99) and a denied pod asking in a tight loop (server calls a second);
-#   - server at scale: 10,000 pods, informer sync, RSS, heap, STS calls;
+#   - server at scale: 5,000 namespaces, 500 nodes with one agent stream
+#     each, 100 roles; a fresh server at 0, 10,000, 50,000 and 100,000
+#     pods (start-up, anon RSS, heap per pod, STS calls), then 100 pods/s
+#     replaced for 60 s (server CPU, the streams' event lag);
 #   - STS economy: 1,000 pods sharing 10 roles over two refresh periods;
 #   - session choices: the STS calls of 1,000 pods in 10 namespaces on 10
 #     roles for KIAM's names, a namespace template, namespace tags and
 #     per-pod tags.
-# Every table is printed again at the end. About ten minutes on two cores.
+# Every table is printed again at the end. About half an hour on two
+# cores, most of it loading 100,000 pods into the API server.
 # Knobs (environment): PODIAM_BENCH_WRK_SECONDS, PODIAM_BENCH_WRK_ROUNDS,
-# PODIAM_BENCH_COLD_TRIALS, PODIAM_BENCH_SCALE_PODS, and
+# PODIAM_BENCH_COLD_TRIALS; for the scale rows PODIAM_BENCH_SCALE_PODS
+# (the rows' pod counts, comma-separated: 2000 for a quick look),
+# PODIAM_BENCH_SCALE_NAMESPACES, PODIAM_BENCH_SCALE_NODES,
+# PODIAM_BENCH_SCALE_LOAD_MINUTES (25: rows not loaded by then are
+# reported as the count reached), PODIAM_BENCH_SCALE_CHURN_RATE (100),
+# PODIAM_BENCH_SCALE_CHURN_SECONDS (60; 0: no churn) and
+# PODIAM_BENCH_SCALE_PROFILES=/some/dir for the server's heap profiles;
 # PODIAM_BENCH_PERF=/some/dir to profile agent and ceiling with perf;
 # BENCH=ServerScale (a -bench pattern) runs a part.
 .PHONY: bench
 BENCH ?= .
-BENCHFLAGS = -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m
+BENCHFLAGS = -count=1 -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 60m
 bench: deps
 	@summary=$$(mktemp); trap 'rm -f "$$summary"' EXIT; \
 	export PODIAM_BENCH_SUMMARY=$$summary; rc=0; \

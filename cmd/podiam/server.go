@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -75,6 +76,7 @@ func (c *serverConfig) register(fs *flag.FlagSet) {
 	fs.BoolVar(&c.Prefetch, "prefetch", true, "fetch a role's credentials when a pod with that role gets its address, before it asks (--no-prefetch: only on request)")
 	fs.BoolVar(&c.PushCredentials, "push-credentials", true, "send a pod's credentials to its node's agent when the pod gets its address, decided as its request would be, so its first request is answered on the node (agents that do not ask for them get none)")
 	fs.StringVar(&c.PrometheusListenAddr, "prometheus-listen-addr", "localhost:9620", "listen address of /metrics and the plain-HTTP probes /readyz (serving) and /healthz (alive); empty disables all three")
+	fs.BoolVar(&c.Profiling, "profiling", false, "also serve Go's runtime profiles (/debug/pprof/: heap, goroutines, CPU) on --prometheus-listen-addr, unauthenticated: for diagnosis only")
 	fs.DurationVar(&c.PrometheusSyncInterval, "prometheus-sync-interval", 5*time.Second, "accepted for KIAM compatibility; metrics are always current")
 	fs.DurationVar(&c.GRPCKeepaliveTime, "grpc-keepalive-time-duration", 10*time.Second, "ping idle agents after this long")
 	fs.DurationVar(&c.GRPCKeepaliveTimeout, "grpc-keepalive-timeout-duration", 2*time.Second, "close a connection whose ping is unanswered this long")
@@ -257,6 +259,12 @@ func kubeConfig(path, userAgent string) (*rest.Config, error) {
 		return nil, fmt.Errorf("kubernetes configuration: %w", err)
 	}
 	cfg.UserAgent = userAgent
+	// Typed clients read and write protobuf: decoding every pod of a large
+	// cluster from JSON at start-up costs the server and the API server
+	// several times the CPU. The dynamic client (custom resources, which
+	// have no protobuf form) sets JSON on its own copy.
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	return cfg, nil
 }
 

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"strings"
@@ -123,6 +124,10 @@ type Config struct {
 	// PrometheusListenAddr (--prometheus-listen-addr) serves metrics and
 	// the plain-HTTP probes /readyz and /healthz; empty disables them all.
 	PrometheusListenAddr string
+	// Profiling (--profiling) adds Go's /debug/pprof/ handlers to that
+	// listener. They are unauthenticated and a heap profile names what
+	// the server holds, so they are off unless someone diagnosing asks.
+	Profiling bool
 
 	// The gRPC server's --grpc-* flags, and --drain-time.
 	GRPCKeepaliveTime         time.Duration
@@ -166,6 +171,9 @@ func (c Config) Validate() error {
 		if _, err := policy.ParseExternalIDFrom(string(c.ExternalIDFrom)); err != nil {
 			errs = append(errs, fmt.Errorf("--external-id-from: %w", err))
 		}
+	}
+	if c.Profiling && c.PrometheusListenAddr == "" {
+		errs = append(errs, errors.New("--profiling needs --prometheus-listen-addr, whose listener it shares"))
 	}
 	if c.Session == "" {
 		errs = append(errs, errors.New("--session must not be empty"))
@@ -532,6 +540,9 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 		probes := map[string]http.Handler{
 			"GET /readyz":  s.state,
 			"GET /healthz": http.HandlerFunc(healthz),
+		}
+		if s.cfg.Profiling {
+			maps.Copy(probes, profilingHandlers())
 		}
 		parts = append(parts, supervise.Part{Name: "metrics server", Run: func(ctx context.Context) error {
 			return metricsserver.Serve(ctx, metricsserver.ListenTCP, s.cfg.PrometheusListenAddr, s.reg, probes, s.log)

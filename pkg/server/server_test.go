@@ -70,6 +70,7 @@ func TestValidate(t *testing.T) {
 		{"negative drain", func(c *Config) { c.DrainTime = -time.Second }, "--drain-time"},
 		{"no session", func(c *Config) { c.Session = "" }, "--session"},
 		{"unknown External ID source", func(c *Config) { c.ExternalIDFrom = "both" }, "--external-id-from"},
+		{"profiling without a listener", func(c *Config) { c.Profiling, c.PrometheusListenAddr = true, "" }, "--profiling"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := validConfig()

@@ -32,16 +32,9 @@ import (
 	"github.com/podiam/podiam/test/testenv"
 )
 
-// Scale of BenchmarkServerScale; PODIAM_BENCH_SCALE_PODS changes the pod
-// count for a quicker look (namespaces, nodes and roles stay).
+// bulkWorkers and bulkQPS: enough to keep a two-core apiserver and etcd
+// busy without turning the run into a test of client throttling.
 const (
-	envScalePods    = "PODIAM_BENCH_SCALE_PODS"
-	scalePods       = 10000
-	scaleNamespaces = 500
-	scaleNodes      = 50
-	scaleRoles      = 16
-	// bulkWorkers and bulkQPS: enough to keep a two-core apiserver and
-	// etcd busy without turning the run into a test of client throttling.
 	bulkWorkers = 48
 	bulkQPS     = 1000
 )
@@ -194,39 +187,43 @@ func createNamespaces(ctx context.Context, c kubernetes.Interface, names []strin
 	})
 }
 
-// createPods creates each pod and sets its address through the status
-// subresource, as a kubelet would.
-func createPods(ctx context.Context, c kubernetes.Interface, pods []bulkPod) error {
-	return parallel(ctx, "pods", len(pods), bulkWorkers, 1000, func(ctx context.Context, i int) error {
-		p := pods[i]
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name,
-				Annotations: map[string]string{"iam.amazonaws.com/role": p.Role}},
-			Spec: corev1.PodSpec{NodeName: p.Node, ServiceAccountName: "default",
-				Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/podiam/bench:latest"}}},
-		}
-		created, err := c.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
-		}
-		created.Status.Phase = corev1.PodRunning
-		created.Status.PodIP, created.Status.PodIPs = p.IP, []corev1.PodIP{{IP: p.IP}}
-		created.Status.HostIP, created.Status.HostIPs = p.HostIP, []corev1.HostIP{{IP: p.HostIP}}
-		if _, err := c.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
-			return fmt.Errorf("set status of pod %s/%s: %w", p.Namespace, p.Name, err)
-		}
-		return nil
-	})
+// createPod creates one pod and then sets its address; beforeStatus, if
+// set, runs just before the status write, which is when the pod's address
+// becomes known, and what it returns runs when the write is answered.
+func createPod(ctx context.Context, c kubernetes.Interface, p bulkPod, beforeStatus func() (acked func())) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name,
+			Annotations: map[string]string{"iam.amazonaws.com/role": p.Role}},
+		Spec: corev1.PodSpec{NodeName: p.Node, ServiceAccountName: "default",
+			Containers: []corev1.Container{{Name: "app", Image: "registry.invalid/podiam/bench:latest"}}},
+	}
+	created, err := c.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	created.Status.Phase = corev1.PodRunning
+	created.Status.PodIP, created.Status.PodIPs = p.IP, []corev1.PodIP{{IP: p.IP}}
+	created.Status.HostIP, created.Status.HostIPs = p.HostIP, []corev1.HostIP{{IP: p.HostIP}}
+	acked := func() {}
+	if beforeStatus != nil {
+		acked = beforeStatus()
+	}
+	if _, err := c.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("set status of pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	acked()
+	return nil
 }
 
 // cluster is a kube-apiserver and moto behind an STS counter, loaded with
 // pods by loadPods.
 type cluster struct {
-	kube    *testenv.Kube
-	sts     *testenv.Moto // moto as the server should see it: behind counter
-	counter *stsCounter
-	pods    []bulkPod
-	load    time.Duration // to create the namespaces and pods
+	kube       *testenv.Kube
+	sts        *testenv.Moto // moto as the server should see it: behind counter
+	counter    *stsCounter
+	pods       []bulkPod
+	namespaces []string
+	load       time.Duration // to create the namespaces and pods
 }
 
 func newCluster(b *testing.B) *cluster {
@@ -242,25 +239,55 @@ func newCluster(b *testing.B) *cluster {
 // by place(i) for pod i.
 func (c *cluster) loadPods(b *testing.B, prefix string, n, nPods int, rolePrefix string, place func(i int) (role, node, hostIP string)) {
 	b.Helper()
-	client := bulkClient(b, c.kube)
-	namespaces := make([]string, n)
-	for i := range namespaces {
-		namespaces[i] = fmt.Sprintf("%s-%03d", prefix, i)
-	}
-	c.pods = make([]bulkPod, nPods)
-	for i := range c.pods {
-		role, node, hostIP := place(i)
-		c.pods[i] = bulkPod{Namespace: namespaces[i%n], Name: fmt.Sprintf("pod-%05d", i), Role: role, IP: podIP(i), Node: node, HostIP: hostIP}
-	}
 	start := time.Now()
-	ctx := context.Background()
-	if err := createNamespaces(ctx, client, namespaces, map[string]string{"iam.amazonaws.com/permitted": roleARN(rolePrefix + ".*")}); err != nil {
-		b.Fatal(err)
-	}
-	if err := createPods(ctx, client, c.pods); err != nil {
+	c.loadNamespaces(b, prefix, n, rolePrefix)
+	if err := c.addPods(context.Background(), b, nPods, place); err != nil {
 		b.Fatal(err)
 	}
 	c.load = time.Since(start)
+}
+
+// loadNamespaces creates namespaces prefix-000.. (n of them), each
+// permitting the roles rolePrefix*.
+func (c *cluster) loadNamespaces(b *testing.B, prefix string, n int, rolePrefix string) {
+	b.Helper()
+	c.namespaces = make([]string, n)
+	for i := range c.namespaces {
+		c.namespaces[i] = fmt.Sprintf("%s-%03d", prefix, i)
+	}
+	if err := createNamespaces(context.Background(), bulkClient(b, c.kube), c.namespaces,
+		map[string]string{"iam.amazonaws.com/permitted": roleARN(rolePrefix + ".*")}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// addPods grows the cluster to nPods pods in its namespaces, pod i in
+// namespace i mod their number, with role and node chosen by place(i).
+// When ctx ends first it keeps the pods whose status was set and returns
+// ctx's error: the figure a slow API server reached.
+func (c *cluster) addPods(ctx context.Context, b *testing.B, nPods int, place func(i int) (role, node, hostIP string)) error {
+	b.Helper()
+	var add []bulkPod
+	for i := len(c.pods); i < nPods; i++ {
+		role, node, hostIP := place(i)
+		add = append(add, bulkPod{Namespace: c.namespaces[i%len(c.namespaces)], Name: fmt.Sprintf("pod-%05d", i),
+			Role: role, IP: podIP(i), Node: node, HostIP: hostIP})
+	}
+	client := bulkClient(b, c.kube)
+	done := make([]bool, len(add))
+	err := parallel(ctx, "pods", len(add), bulkWorkers, 1000, func(ctx context.Context, i int) error {
+		if err := createPod(ctx, client, add[i], nil); err != nil {
+			return err
+		}
+		done[i] = true
+		return nil
+	})
+	for i, p := range add {
+		if done[i] {
+			c.pods = append(c.pods, p)
+		}
+	}
+	return err
 }
 
 // podIP is the i-th pod address in 10.100.0.0/14.
@@ -303,119 +330,6 @@ func waitSettled(t testing.TB, sp *serverProc, name string, labels map[string]st
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// serverFigures is what BenchmarkServerScale measures of one server.
-type serverFigures struct {
-	Serving, Synced, Settled time.Duration // from exec
-	Prefetches, Indexed      float64
-	Mem, MemAfterWarm        testenv.Memory
-	Heap, HeapAfterWarm      float64 // go_memstats_heap_inuse_bytes
-	GoSys, Goroutines        float64
-	STS                      stsCounts // at STS, during this server's start
-	STSMetric                float64   // AssumeRole, server metric
-	Warm                     warmResult
-}
-
-// measureServer starts a server on c, waits for its sync and prefetches,
-// samples it, and for a loaded cluster plays agents against it. The
-// server stops when b ends.
-func measureServer(b *testing.B, c *cluster) serverFigures {
-	b.Helper()
-	var f serverFigures
-	sts0 := c.counter.counts()
-	start := time.Now()
-	sp := startServer(b, c.kube, c.sts, "--level=info",
-		"--assume-role-arn="+roleARN(baseRole), "--role-base-arn-autodetect")
-	f.Serving = time.Since(start)
-	f.Synced = logTimes(sp.Logs(), "informers synced")["informers synced"].Sub(start)
-	f.Prefetches = waitSettled(b, sp, "podiam_credcache_prefetches_total", nil, float64(len(c.pods)), 2*time.Minute)
-	f.Settled = time.Since(start)
-	// Sample once the pod watch has settled, as a server runs from then on:
-	// until then lookups are checked with the API server, and memory freed
-	// by the initial list depends on when the last collection ran.
-	waitWatchCurrent(b, sp, time.Minute)
-	var err error
-	if f.Mem, err = testenv.ProcMemory(sp.Pid()); err != nil {
-		b.Fatal(err)
-	}
-	f.Heap = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
-	f.GoSys = metric(b, sp, "go_memstats_sys_bytes", nil)
-	f.Goroutines = metric(b, sp, "go_goroutines", nil)
-	f.Indexed = metric(b, sp, "podiam_server_pods", nil)
-	f.STSMetric = metric(b, sp, "podiam_sts_requests_total", map[string]string{"operation": "assume_role"})
-	f.STS = c.counter.counts().minus(sts0)
-	if len(c.pods) == 0 {
-		return f
-	}
-	f.Warm = benchWarmRequests(b, sp, c.pods, 4, 32, 3*time.Second)
-	if f.MemAfterWarm, err = testenv.ProcMemory(sp.Pid()); err != nil {
-		b.Fatal(err)
-	}
-	f.HeapAfterWarm = metric(b, sp, "go_memstats_heap_inuse_bytes", nil)
-	return f
-}
-
-// BenchmarkServerScale starts the server on an empty cluster, then loads
-// 10,000 pods in 500 namespaces on 50 nodes with 16 roles into the API and
-// starts it again: start-up time, memory and STS calls, and its warm
-// request path.
-func BenchmarkServerScale(b *testing.B) {
-	nPods := testenv.EnvInt(envScalePods, scalePods)
-	c := newCluster(b)
-	var empty, loaded serverFigures
-	b.Run("pods=0", func(b *testing.B) {
-		empty = measureServer(b, c)
-		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(float64(empty.Mem.RSS)/(1<<20), "rss-MiB")
-		b.ReportMetric(empty.Heap/(1<<20), "heap-inuse-MiB")
-	})
-	c.loadPods(b, "scale", scaleNamespaces, nPods, "scale-role-", func(i int) (string, string, string) {
-		node := i % scaleNodes
-		return fmt.Sprintf("scale-role-%02d", i%scaleRoles), fmt.Sprintf("node-%02d", node), fmt.Sprintf("127.0.1.%d", node+1)
-	})
-	b.Run(fmt.Sprintf("pods=%d", nPods), func(b *testing.B) {
-		loaded = measureServer(b, c)
-		b.ReportMetric(0, "ns/op")
-		b.ReportMetric(loaded.Synced.Seconds(), "sync-s")
-		b.ReportMetric(loaded.Serving.Seconds(), "serving-s")
-		b.ReportMetric(float64(loaded.Mem.RSS)/(1<<20), "rss-MiB")
-		b.ReportMetric(loaded.Heap/(1<<20), "heap-inuse-MiB")
-		b.ReportMetric(float64(loaded.STS.Target), "assumerole-target")
-		b.ReportMetric(loaded.Warm.RPS(), "grpc-req/s")
-	})
-
-	table := testenv.Table{
-		Title:  fmt.Sprintf("Server at scale: %d pods in %d namespaces on %d nodes, %d roles, in a real kube-apiserver", nPods, scaleNamespaces, scaleNodes, scaleRoles),
-		Header: []string{"figure", "no pods", fmt.Sprintf("%d pods", nPods)},
-		Notes: []string{
-			"times are from the server's exec; the API was loaded before it started (client-go, 48 workers)",
-			"RSS = anon (heap, stacks, runtime) + file (the binary's own pages, shared with the page cache)",
-			"target (issue; reported, not asserted): RSS < 64 MiB",
-		},
-	}
-	dur := func(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
-	mib := func(v float64) string { return testenv.MiB(v) + " MiB" }
-	table.Row("API load: namespaces + pods with status", "", fmt.Sprintf("%.1f s (%.0f pods/s)", c.load.Seconds(), float64(nPods)/c.load.Seconds()))
-	table.Row("informers synced (server log)", dur(empty.Synced), dur(loaded.Synced))
-	table.Row("health SERVING (podiam health poll)", dur(empty.Serving), dur(loaded.Serving))
-	table.Row("prefetch settled", "", fmt.Sprintf("%s (%.0f prefetch attempts)", dur(loaded.Settled), loaded.Prefetches))
-	table.Row("pods indexed (podiam_server_pods)", fmt.Sprintf("%.0f", empty.Indexed), fmt.Sprintf("%.0f", loaded.Indexed))
-	table.Row("RSS after sync, watch settled (VmRSS)", memRow(empty.Mem), memRow(loaded.Mem))
-	table.Row("peak RSS (VmHWM)", mib(float64(empty.Mem.Peak)), mib(float64(loaded.Mem.Peak)))
-	table.Row("Go heap in use (go_memstats_heap_inuse_bytes)", mib(empty.Heap), mib(loaded.Heap))
-	table.Row("Go runtime total from the OS (go_memstats_sys_bytes)", mib(empty.GoSys), mib(loaded.GoSys))
-	table.Row("RSS / heap in use after the warm requests", "", memRow(loaded.MemAfterWarm)+" / "+mib(loaded.HeapAfterWarm))
-	table.Row("goroutines", fmt.Sprintf("%.0f", empty.Goroutines), fmt.Sprintf("%.0f", loaded.Goroutines))
-	table.Row("STS AssumeRole at STS: target roles", fmt.Sprint(empty.STS.Target),
-		fmt.Sprintf("%d calls for %d distinct roles", loaded.STS.Target, loaded.STS.TargetRoles))
-	table.Row("STS AssumeRole at STS: base role", empty.STS.Base, loaded.STS.Base)
-	table.Row("STS GetCallerIdentity at STS", empty.STS.CallerIdentity, loaded.STS.CallerIdentity)
-	table.Row("STS AssumeRole (server metric)", fmt.Sprintf("%.0f", empty.STSMetric), fmt.Sprintf("%.0f", loaded.STSMetric))
-	w := loaded.Warm
-	table.Row(fmt.Sprintf("warm GetPodCredentials, %d streams from %d nodes", w.Workers, w.Nodes), "",
-		fmt.Sprintf("%.0f req/s, p50 %s, p99 %s, server CPU %s/req", w.RPS(), msStr(w.P50), msStr(w.P99), usStr(w.CPUPerRequest())))
-	table.Report(b)
 }
 
 // memRow shows RSS with its split: file-backed pages are mostly the binary

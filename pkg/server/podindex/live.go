@@ -110,17 +110,16 @@ func (i *Index) lookupLive(ctx context.Context, ip string) (*Pod, error) {
 // addIndexed adds to listed the pods the index holds under ip that the
 // field selector did not return and the API server still has.
 func (i *Index) addIndexed(ctx context.Context, ip string, listed []*corev1.Pod) ([]*corev1.Pod, error) {
-	objs, err := i.informer.GetIndexer().ByIndex(IndexIP, ip)
+	pods, err := i.indexed(ip)
 	if err != nil {
-		return nil, fmt.Errorf("index lookup: %w", err)
+		return nil, err
 	}
 	seen := map[types.UID]bool{}
 	for _, p := range listed {
 		seen[p.UID] = true
 	}
-	for _, obj := range objs {
-		indexed, ok := obj.(*Pod)
-		if !ok || seen[indexed.UID] {
+	for _, indexed := range pods {
+		if seen[indexed.UID] {
 			continue
 		}
 		pod, err := i.live.Get(ctx, indexed.Namespace, indexed.Name)

@@ -1,6 +1,7 @@
 package podindex
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"strings"
@@ -49,10 +50,12 @@ type Pod struct {
 	// HostIPs are status.hostIPs, or status.hostIP, canonical.
 	HostIPs []string
 
-	// annotations are the iam.amazonaws.com/ annotations as key, value,
-	// key, value: a map costs about 330 bytes even for one entry, more
-	// than the rest of a pod.
-	annotations []string
+	// annotations are the iam.amazonaws.com/ annotations, sorted by key,
+	// as one interned string of length-prefixed keys and values
+	// (appendAnnotation): a map costs about 330 bytes even for one entry,
+	// more than the rest of a pod, and the pods of one workload share one
+	// string. Lengths, not separators, because a value may hold any byte.
+	annotations string
 }
 
 // FromAPI keeps what the server needs of p. Strings that many pods share
@@ -128,9 +131,9 @@ func addCanonical(list []string, s string, shared bool) []string {
 	return append(list, c)
 }
 
-// iamAnnotations returns the iam.amazonaws.com/ annotations as sorted
-// key, value pairs, nil when there are none.
-func iamAnnotations(in map[string]string) []string {
+// iamAnnotations returns the iam.amazonaws.com/ annotations in the form of
+// Pod.annotations, "" when there are none.
+func iamAnnotations(in map[string]string) string {
 	var keys []string
 	for k := range in {
 		if strings.HasPrefix(k, annotationPrefix) {
@@ -138,37 +141,72 @@ func iamAnnotations(in map[string]string) []string {
 		}
 	}
 	if len(keys) == 0 {
-		return nil
+		return ""
 	}
 	slices.Sort(keys)
-	out := make([]string, 0, 2*len(keys))
+	var b []byte
 	for _, k := range keys {
-		out = append(out, intern(k), intern(in[k]))
+		b = appendAnnotation(b, k, in[k])
 	}
-	return out
+	return intern(string(b))
+}
+
+// appendAnnotation appends key and value, each as its length (uvarint)
+// and its bytes.
+func appendAnnotation(b []byte, key, value string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(key)))
+	b = append(b, key...)
+	b = binary.AppendUvarint(b, uint64(len(value)))
+	return append(b, value...)
+}
+
+// eachAnnotation calls f with each kept annotation until f returns false.
+func (p *Pod) eachAnnotation(f func(key, value string) bool) {
+	rest := p.annotations
+	next := func() (string, bool) {
+		n, w := binary.Uvarint([]byte(rest[:min(len(rest), binary.MaxVarintLen64)]))
+		if w <= 0 || n > uint64(len(rest)-w) {
+			return "", false // not written by appendAnnotation
+		}
+		s := rest[w : w+int(n)]
+		rest = rest[w+int(n):]
+		return s, true
+	}
+	for rest != "" {
+		key, ok := next()
+		if !ok {
+			return
+		}
+		value, ok := next()
+		if !ok || !f(key, value) {
+			return
+		}
+	}
 }
 
 // Annotation returns one of the pod's iam.amazonaws.com/ annotations and
 // whether it is set, without the allocation of GetAnnotations.
-func (p *Pod) Annotation(key string) (string, bool) {
-	for i := 0; i+1 < len(p.annotations); i += 2 {
-		if p.annotations[i] == key {
-			return p.annotations[i+1], true
+func (p *Pod) Annotation(key string) (value string, ok bool) {
+	p.eachAnnotation(func(k, v string) bool {
+		if k == key {
+			value, ok = v, true
 		}
-	}
-	return "", false
+		return !ok
+	})
+	return value, ok
 }
 
 // GetAnnotations returns the pod's iam.amazonaws.com/ annotations as a new
 // map (nil when it has none), the only annotations the server reads.
 func (p *Pod) GetAnnotations() map[string]string {
-	if len(p.annotations) == 0 {
+	if p.annotations == "" {
 		return nil
 	}
-	m := make(map[string]string, len(p.annotations)/2)
-	for i := 0; i+1 < len(p.annotations); i += 2 {
-		m[p.annotations[i]] = p.annotations[i+1]
-	}
+	m := map[string]string{}
+	p.eachAnnotation(func(k, v string) bool {
+		m[k] = v
+		return true
+	})
 	return m
 }
 
@@ -188,7 +226,6 @@ func (p *Pod) DeepCopy() *Pod {
 	}
 	out.IPs = slices.Clone(p.IPs)
 	out.HostIPs = slices.Clone(p.HostIPs)
-	out.annotations = slices.Clone(p.annotations)
 	return &out
 }
 

@@ -16,8 +16,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -26,8 +29,33 @@ import (
 	"k8s.io/client-go/tools/cache"
 )
 
-// IndexIP is the informer index from pod address to pods.
+// IndexIP is the informer index from pod address to pods: its values are
+// buckets of addresses (ipBucket), and a lookup keeps the bucket's pods
+// that hold the address.
 const IndexIP = "podiam-ip"
+
+// ipBuckets is how many index values pod addresses are spread over. The
+// informer keeps a set per index value, about 200 bytes even with one
+// member: one set per address was a fifth of what the server held per
+// pod. A few dozen pods to a bucket at 100,000 pods cost a few bytes
+// each, and a lookup checks them all, which is cheap beside the request.
+const ipBuckets = 4096
+
+var (
+	bucketSeed = maphash.MakeSeed()
+	// bucketNames are the index values, made once so that indexing a pod
+	// allocates none.
+	bucketNames = func() []string {
+		names := make([]string, ipBuckets)
+		for i := range names {
+			names[i] = strconv.Itoa(i)
+		}
+		return names
+	}()
+)
+
+// ipBucket is the index value of a canonical address.
+func ipBucket(ip string) string { return bucketNames[maphash.String(bucketSeed, ip)%ipBuckets] }
 
 var (
 	// ErrNotFound means no live pod holds the address.
@@ -194,17 +222,26 @@ func (i *Index) Lookup(ctx context.Context, ip string) (*Pod, error) {
 
 // Resolve returns the pod that holds ip now, without waiting.
 func (i *Index) Resolve(ip string) (*Pod, error) {
-	objs, err := i.informer.GetIndexer().ByIndex(IndexIP, ip)
+	pods, err := i.indexed(ip)
+	if err != nil {
+		return nil, err
+	}
+	return Choose(pods, i.now())
+}
+
+// indexed returns the pods the index holds under canonical address ip.
+func (i *Index) indexed(ip string) ([]*Pod, error) {
+	objs, err := i.informer.GetIndexer().ByIndex(IndexIP, ipBucket(ip))
 	if err != nil {
 		return nil, fmt.Errorf("index lookup: %w", err)
 	}
-	pods := make([]*Pod, 0, len(objs))
+	var pods []*Pod
 	for _, obj := range objs {
-		if pod, ok := obj.(*Pod); ok {
+		if pod, ok := obj.(*Pod); ok && slices.Contains(pod.IPs, ip) {
 			pods = append(pods, pod)
 		}
 	}
-	return Choose(pods, i.now())
+	return pods, nil
 }
 
 // Choose picks the pod entitled to an address among those indexed under it.
@@ -253,13 +290,30 @@ func Live(pod *Pod) bool {
 	return true
 }
 
-// IPIndexFunc indexes live pods under each of their addresses.
+// IPIndexFunc indexes live pods under the bucket of each of their
+// addresses (IndexedAddrs).
 func IPIndexFunc(obj any) ([]string, error) {
-	pod, ok := obj.(*Pod)
-	if !ok || !Live(pod) {
+	addrs := IndexedAddrs(obj)
+	if len(addrs) == 0 {
 		return nil, nil
 	}
-	return pod.IPs, nil
+	buckets := make([]string, 0, len(addrs))
+	for _, ip := range addrs {
+		if b := ipBucket(ip); !slices.Contains(buckets, b) {
+			buckets = append(buckets, b)
+		}
+	}
+	return buckets, nil
+}
+
+// IndexedAddrs are the addresses a pod can be found by: every address of
+// a live pod, none of another.
+func IndexedAddrs(obj any) []string {
+	pod, ok := obj.(*Pod)
+	if !ok || !Live(pod) {
+		return nil
+	}
+	return pod.IPs
 }
 
 func (i *Index) register(ip string) chan struct{} {

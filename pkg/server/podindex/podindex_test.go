@@ -3,9 +3,11 @@ package podindex
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -121,9 +123,16 @@ func TestIPIndexFunc(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := IPIndexFunc(FromAPI(tc.pod))
+			pod := FromAPI(tc.pod)
+			got := IndexedAddrs(pod)
+			buckets, err := IPIndexFunc(pod)
 			if err != nil {
 				t.Fatal(err)
+			}
+			for _, ip := range tc.want {
+				if !slices.Contains(buckets, ipBucket(ip)) {
+					t.Fatalf("indexed under %v, not under %s's bucket", buckets, ip)
+				}
 			}
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
@@ -328,5 +337,67 @@ func TestLookupWaitsForEvent(t *testing.T) {
 	}
 	if _, err := idx.Lookup(ctx, "not-an-ip"); err == nil || errors.Is(err, ErrNotFound) {
 		t.Fatalf("bad address err = %v", err)
+	}
+}
+
+// Addresses share index buckets: a lookup answers only the pod holding the
+// very address, never another pod of its bucket, and an address nobody
+// holds in a busy bucket is not found.
+func TestResolveWithinBucket(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset()
+	factory := informers.NewSharedInformerFactory(client, 0)
+	idx, err := New(factory.Core().V1().Pods().Informer(), Config{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Three addresses of one bucket.
+	var same []string
+	for i := 0; len(same) < 3; i++ {
+		ip := fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)
+		if len(same) == 0 || ipBucket(ip) == ipBucket(same[0]) {
+			same = append(same, ip)
+		}
+	}
+	for i, ip := range same[:2] {
+		if _, err := client.CoreV1().Pods("ns").Create(ctx, mkPod(fmt.Sprint("p", i), ips(ip)), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	factory.Start(ctx.Done())
+	factory.WaitForCacheSync(ctx.Done())
+	for i, ip := range same[:2] {
+		pod, err := idx.Resolve(ip)
+		if err != nil || pod.Name != fmt.Sprint("p", i) {
+			t.Fatalf("Resolve(%s) = %v, %v; want p%d", ip, pod, err, i)
+		}
+	}
+	if pod, err := idx.Resolve(same[2]); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Resolve(%s) = %v, %v; want ErrNotFound", same[2], pod, err)
+	}
+}
+
+// Kept annotations read back exactly, whatever bytes their values hold and
+// however long they are.
+func TestAnnotationsAnyBytes(t *testing.T) {
+	in := map[string]string{
+		"iam.amazonaws.com/role":         "a\x00iam.amazonaws.com/external-id\x00x",
+		"iam.amazonaws.com/external-id":  strings.Repeat("e", 300),
+		"iam.amazonaws.com/session-name": "",
+		"other/ignored":                  "v",
+	}
+	p := FromAPI(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Annotations: in}})
+	delete(in, "other/ignored")
+	for k, want := range in {
+		if got, ok := p.Annotation(k); !ok || got != want {
+			t.Errorf("Annotation(%q) = %q, %v; want %q", k, got, ok, want)
+		}
+	}
+	if got := p.GetAnnotations(); !maps.Equal(got, in) {
+		t.Errorf("GetAnnotations() = %q, want %q", got, in)
+	}
+	if _, ok := p.Annotation("other/ignored"); ok {
+		t.Error("an annotation outside iam.amazonaws.com/ was kept")
 	}
 }

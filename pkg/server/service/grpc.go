@@ -98,6 +98,11 @@ func NewGRPCServer(cfg GRPCConfig, svc pb.CredentialsServer, reg prometheus.Regi
 			MinTime:             5 * time.Second,
 			PermitWithoutStream: true,
 		}),
+		// Every agent holds a connection, and grpc's 32 KiB read buffer
+		// on each was most of the server's memory with 500 nodes. The
+		// connection is TLS, which buffers a whole record already, so
+		// frames are read from that buffer directly instead.
+		grpc.ReadBufferSize(0),
 		grpc.ChainUnaryInterceptor(m.unary, agents.unary),
 		grpc.ChainStreamInterceptor(m.stream, agents.stream),
 	)

@@ -29,6 +29,10 @@ const IndexHostIP = "podiam-hostip"
 // other consumer.
 const subscriberBuffer = 1024
 
+// spareQueue is the capacity of an emptied queue a subscriber keeps for
+// the next events; a larger one, left by a burst, is dropped.
+const spareQueue = 16
+
 // NodeWatcher fans pod changes out to the agents on each node, so an agent
 // forgets a pod's credentials as soon as the pod is deleted, replaced or
 // loses its permission, not when they expire.
@@ -50,14 +54,75 @@ type NodeWatcher struct {
 	lastChange uint64
 }
 
+// subscriber is one stream's queue of events not yet sent. It grows with
+// what is pending, not up front: a channel of subscriberBuffer events
+// would be 8 KiB per connected agent, most of a stream's memory with
+// hundreds of nodes, for bursts that seldom come.
 type subscriber struct {
 	hostIP string
 	// credentials: the agent takes pushed credentials.
 	credentials bool
-	ch          chan *pb.PodEvent
-	// overflow is closed when the subscriber fell too far behind.
-	overflow chan struct{}
-	once     sync.Once
+	// wake holds a token while the queue may have events.
+	wake chan struct{}
+
+	mu    sync.Mutex
+	queue []*pb.PodEvent // pending from head on
+	head  int
+	// overflowed is set when the subscriber fell too far behind.
+	overflowed bool
+}
+
+func newSubscriber(hostIP string, credentials bool) *subscriber {
+	return &subscriber{hostIP: hostIP, credentials: credentials, wake: make(chan struct{}, 1)}
+}
+
+// push queues events, or marks the subscriber overflowed when that would
+// leave more than subscriberBuffer pending.
+func (s *subscriber) push(events []*pb.PodEvent) {
+	s.mu.Lock()
+	switch {
+	case s.overflowed:
+	case len(s.queue)-s.head+len(events) > subscriberBuffer:
+		s.overflowed, s.queue, s.head = true, nil, 0
+	default:
+		if s.head > 0 && len(s.queue)+len(events) > cap(s.queue) {
+			// Reuse the sent prefix before append grows the array.
+			n := copy(s.queue, s.queue[s.head:])
+			clear(s.queue[n:])
+			s.queue, s.head = s.queue[:n], 0
+		}
+		s.queue = append(s.queue, events...)
+	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// pop returns the next pending event (nil when there is none) and whether
+// the subscriber overflowed. Events are taken one at a time, so that the
+// one being sent counts as sent and everything else as pending, as in a
+// channel.
+func (s *subscriber) pop() (*pb.PodEvent, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.overflowed {
+		return nil, true
+	}
+	if s.head == len(s.queue) {
+		return nil, false
+	}
+	ev := s.queue[s.head]
+	s.queue[s.head] = nil
+	s.head++
+	if s.head == len(s.queue) {
+		s.queue, s.head = s.queue[:0], 0
+		if cap(s.queue) > spareQueue {
+			s.queue = nil
+		}
+	}
+	return ev, false
 }
 
 // NewNodeWatcher registers indexes and handlers on informers that have not
@@ -103,8 +168,7 @@ func (w *NodeWatcher) stream(ctx context.Context, hostIP string, credentials boo
 	if err != nil {
 		return status.Errorf(codes.InvalidArgument, "invalid host address %q", hostIP)
 	}
-	sub := &subscriber{hostIP: addr.Unmap().String(), credentials: credentials,
-		ch: make(chan *pb.PodEvent, subscriberBuffer), overflow: make(chan struct{})}
+	sub := newSubscriber(addr.Unmap().String(), credentials)
 	// Subscribe before the snapshot so that no change falls between them;
 	// an event repeated by both is harmless.
 	w.mu.Lock()
@@ -138,11 +202,21 @@ func (w *NodeWatcher) stream(ctx context.Context, hostIP string, credentials boo
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-sub.overflow:
-			return status.Error(codes.ResourceExhausted, "agent fell behind pod events; reconnect to resync")
-		case ev := <-sub.ch:
+		case <-sub.wake:
+		}
+		for {
+			ev, overflowed := sub.pop()
+			if overflowed {
+				return status.Error(codes.ResourceExhausted, "agent fell behind pod events; reconnect to resync")
+			}
+			if ev == nil {
+				break
+			}
 			if err := send(ev); err != nil {
 				return err
+			}
+			if ctx.Err() != nil {
+				return nil
 			}
 		}
 	}
@@ -270,7 +344,7 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 			continue
 		}
 		pushing = pushing || sub.credentials
-		w.sendLocked(sub, events...)
+		sub.push(events)
 	}
 	if w.onChanged == nil {
 		return
@@ -287,18 +361,6 @@ func (w *NodeWatcher) publish(hosts []string, events []*pb.PodEvent) {
 			// No agent of this node takes pushes: any push decided
 			// before this change must not go out later either.
 			delete(w.changes, ev.GetIp())
-		}
-	}
-}
-
-// sendLocked queues events for sub, ending its stream if it fell too far
-// behind. w.mu must be held.
-func (w *NodeWatcher) sendLocked(sub *subscriber, events ...*pb.PodEvent) {
-	for _, ev := range events {
-		select {
-		case sub.ch <- ev:
-		default:
-			sub.once.Do(func() { close(sub.overflow) })
 		}
 	}
 }
@@ -336,7 +398,7 @@ func (w *NodeWatcher) publishCredentials(hosts []string, ip string, change uint6
 	sent := false
 	for sub := range w.subs {
 		if sub.credentials && contains(hosts, sub.hostIP) {
-			w.sendLocked(sub, ev)
+			sub.push([]*pb.PodEvent{ev})
 			sent = true
 		}
 	}
