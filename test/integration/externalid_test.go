@@ -139,7 +139,7 @@ func TestNamespaceExternalID(t *testing.T) {
 	)
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy := testenv.StartSTSFaultProxy(t, "", moto.Endpoint)
 	viaProxy := *moto // the servers reach STS through the proxy only
 	viaProxy.Endpoint = proxy.URL
 	serverArgs := []string{
@@ -452,8 +452,8 @@ func setNamespaceExternalID(t *testing.T, kube *testenv.Kube, name, id string) t
 }
 
 // proxyAssumes returns the AssumeRole calls the proxy saw for roleARN.
-func proxyAssumes(p *stsFaultProxy, roleARN string) []stsAttempt {
-	var out []stsAttempt
+func proxyAssumes(p *testenv.STSFaultProxy, roleARN string) []testenv.STSAttempt {
+	var out []testenv.STSAttempt
 	for _, a := range p.Attempts() {
 		if a.Action == "AssumeRole" && a.RoleARN == roleARN {
 			out = append(out, a)
@@ -472,7 +472,7 @@ func TestNamespaceExternalIDAcrossReconnect(t *testing.T) {
 	const extOld, extNew = "ext-before-9", "ext-after-9"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy := testenv.StartSTSFaultProxy(t, "", moto.Endpoint)
 	viaProxy := *moto
 	viaProxy.Endpoint = proxy.URL
 	args := []string{

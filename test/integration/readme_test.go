@@ -36,7 +36,7 @@ func TestCheckREADME(t *testing.T) {
 	tenantRole := "arn:aws:iam::" + accountB + ":role/tenant-app"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy := testenv.StartSTSFaultProxy(t, "", moto.Endpoint)
 	viaProxy := *moto
 	viaProxy.Endpoint = proxy.URL
 	proxy.RequireExternalID(tenantRole, extID)

@@ -507,7 +507,7 @@ func TestServerReadyz(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy := startSTSFaultProxy(t, moto.Endpoint)
+	proxy := testenv.StartSTSFaultProxy(t, "", moto.Endpoint)
 	proxy.SetFaulting(true) // every AssumeRole fails, the base role's too
 	viaProxy := *moto
 	viaProxy.Endpoint = proxy.URL
