@@ -1,0 +1,145 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/podiam/podiam/test/testenv"
+)
+
+// Chaos timings.
+const (
+	serverDown     = 5 * time.Second  // a killed server stays down this long
+	apiserverDown  = 2 * time.Second  // kube-apiserver, between SIGKILL and start
+	stsFaultWindow = 20 * time.Second // every AssumeRole throttled or failing
+	cutWindow      = 10 * time.Second // server 1 cut off from kube-apiserver
+	rotationStep   = 3 * time.Second  // between the certificate rotation's steps
+	// flipSettle is how long after a server or its watch came back flips
+	// stay held (see flipLoop).
+	flipSettle = 3 * time.Second
+)
+
+// chaosEvent is one kind of fault.
+type chaosEvent struct {
+	name string
+	run  func(t *testing.T)
+}
+
+// chaos runs the fault events in a seeded random order, with seeded gaps,
+// until deadline; the first round always runs every event, so a short soak
+// sees each fault once.
+func (s *soak) chaos(t *testing.T, rng *rand.Rand, deadline time.Time) {
+	events := []chaosEvent{
+		{"server SIGKILL", s.killServer},
+		{"agent SIGKILL", s.killAgent},
+		{"kube-apiserver restart", s.restartAPIServer},
+		{"STS throttling and 5xx", s.stsFaults},
+		{"certificate rotation", s.rotateCertificates},
+		{"server cut off from kube-apiserver", s.cutServer},
+	}
+	for round := 0; ; round++ {
+		for _, i := range rng.Perm(len(events)) {
+			if round > 0 && time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(time.Second + time.Duration(rng.Int64N(int64(2*time.Second))))
+			ev := events[i]
+			start := time.Now()
+			ev.run(t)
+			w := window{name: ev.name, start: start, end: time.Now()}
+			t.Logf("chaos: %s from %s for %s", w.name, w.start.Format("15:04:05.000"), w.end.Sub(w.start).Round(time.Millisecond))
+			s.evMu.Lock()
+			s.events = append(s.events, w)
+			s.evMu.Unlock()
+		}
+		if time.Now().After(deadline) {
+			return
+		}
+	}
+}
+
+// holdFlipsUntilSettled holds policy flips now and releases them
+// flipSettle after the returned function is called.
+func (s *soak) holdFlipsUntilSettled() func() {
+	s.holdFlips.Add(1)
+	return func() {
+		time.AfterFunc(flipSettle, func() { s.holdFlips.Add(-1) })
+	}
+}
+
+// killServer kills server 2 with SIGKILL; server 1 keeps serving. It comes
+// back after serverDown, as a Deployment replaces a crashed pod.
+func (s *soak) killServer(t *testing.T) {
+	release := s.holdFlipsUntilSettled()
+	defer release()
+	if err := s.server2.Kill(); err != nil {
+		t.Errorf("server 2 SIGKILL: %v", err)
+	}
+	time.Sleep(serverDown)
+	s.server2 = s.track(s.startServerAt(t, s.server2Place, s.serverArgs()...))
+}
+
+// killAgent kills node 2's agent with SIGKILL and starts it again at once,
+// as a DaemonSet's restart does. The DNAT rule stays: while no agent
+// listens, pods are refused, never sent to the node's metadata.
+func (s *soak) killAgent(t *testing.T) {
+	n := s.nodes[1]
+	start := time.Now()
+	if err := n.currentAgent().Kill(); err != nil {
+		t.Errorf("agent 2 SIGKILL: %v", err)
+	}
+	if c := dnatCount(natRulesIn(t, n.netns)); c != 1 {
+		s.harnessError("node 2 with its agent killed has %d metadata DNAT rules, want 1", c)
+	}
+	n.setAgent(s.track(s.startAgentAt(t, "agent2", n.netns, n.host, s.agentArgs()...)))
+	n.mu.Lock()
+	n.down = append(n.down, window{name: "agent SIGKILL", start: start, end: time.Now()})
+	n.mu.Unlock()
+}
+
+// restartAPIServer kills kube-apiserver and starts it again; etcd keeps
+// the state. Churn and flips wait meanwhile.
+func (s *soak) restartAPIServer(t *testing.T) {
+	release := s.holdFlipsUntilSettled()
+	defer release()
+	s.apiDown.Store(true)
+	defer s.apiDown.Store(false)
+	s.kube.RestartAPIServer(t, apiserverDown)
+}
+
+// stsFaults makes STS answer every AssumeRole with throttling, 500 and
+// 503 in turn.
+func (s *soak) stsFaults(*testing.T) {
+	s.proxy.SetFaulting(true)
+	time.Sleep(stsFaultWindow)
+	s.proxy.SetFaulting(false)
+}
+
+// rotateCertificates rotates the CA and every leaf on disk in the order
+// that keeps peers talking (see testCertRotation): both CAs trusted, new
+// leaves, old CA dropped. Nothing restarts; the servers' connection age
+// makes new handshakes.
+func (s *soak) rotateCertificates(t *testing.T) {
+	pki := s.pki
+	old := pki.CABundle(t)
+	next := testenv.NewCA(t, fmt.Sprintf("podiam soak ca %d", time.Now().UnixNano()))
+	pki.WriteCABundle(t, old, next.PEM())
+	time.Sleep(rotationStep)
+	pki.IssueServer(t, next)
+	pki.IssueAgent(t, next)
+	time.Sleep(rotationStep)
+	pki.WriteCABundle(t, next.PEM())
+	time.Sleep(rotationStep)
+}
+
+// cutServer cuts server 1 off from kube-apiserver: its connections are
+// reset and new ones refused, while agents still reach it.
+func (s *soak) cutServer(t *testing.T) {
+	release := s.holdFlipsUntilSettled()
+	defer release()
+	s.cut.Cut()
+	time.Sleep(cutWindow)
+	s.cut.Restore(t)
+}
