@@ -3,6 +3,8 @@ package e2e
 import (
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,9 +18,12 @@ const (
 	stsFaultWindow = 20 * time.Second // every AssumeRole throttled or failing
 	cutWindow      = 10 * time.Second // server 1 cut off from kube-apiserver
 	rotationStep   = 3 * time.Second  // between the certificate rotation's steps
-	// flipSettle is how long after a server or its watch came back flips
-	// stay held (see flipLoop).
-	flipSettle = 3 * time.Second
+	// flipSettle is how long flips stay held after both servers' watches
+	// are current again (see flipLoop).
+	flipSettle = time.Second
+	// nextRoundMin: a round after the first starts only with this much of
+	// the run left, so that a short soak ends near its length.
+	nextRoundMin = 20 * time.Second
 )
 
 // chaosEvent is one kind of fault.
@@ -41,7 +46,7 @@ func (s *soak) chaos(t *testing.T, rng *rand.Rand, deadline time.Time) {
 	}
 	for round := 0; ; round++ {
 		for _, i := range rng.Perm(len(events)) {
-			if round > 0 && time.Now().After(deadline) {
+			if round > 0 && time.Until(deadline) < nextRoundMin {
 				return
 			}
 			time.Sleep(time.Second + time.Duration(rng.Int64N(int64(2*time.Second))))
@@ -60,19 +65,48 @@ func (s *soak) chaos(t *testing.T, rng *rand.Rand, deadline time.Time) {
 	}
 }
 
-// holdFlipsUntilSettled holds policy flips now and releases them
-// flipSettle after the returned function is called.
-func (s *soak) holdFlipsUntilSettled() func() {
+// holdFlipsUntilSettled holds policy flips now; the returned function
+// waits until both servers' pod watches are current again and releases
+// them flipSettle later. A server whose watch is behind does not see a
+// policy change, so it cannot stream it to the agents that follow it:
+// until it catches up, those agents keep serving what they hold (see the
+// README's Resilience section). The denied oracle's one second starts
+// once the servers can know.
+func (s *soak) holdFlipsUntilSettled(t *testing.T) func() {
 	s.holdFlips.Add(1)
 	return func() {
+		s.waitWatchesCurrent(t)
 		time.AfterFunc(flipSettle, func() { s.holdFlips.Add(-1) })
+	}
+}
+
+// waitWatchesCurrent waits until both servers say their pod watch is open
+// and current (podiam_server_pod_watch_current).
+func (s *soak) waitWatchesCurrent(t *testing.T) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	for _, host := range []string{nodeIP, node2IP} {
+		testenv.Eventually(t, 2*time.Minute, "server at "+host+" has a current pod watch", func() error {
+			code, body, err := get(client, "http://"+hostPort(host, serverMetr)+"/metrics")
+			if err != nil || code != http.StatusOK {
+				return fmt.Errorf("/metrics: %d %v", code, err)
+			}
+			v, err := testenv.MetricValue(strings.NewReader(body), "podiam_server_pod_watch_current", nil)
+			if err != nil {
+				return err
+			}
+			if v != 1 {
+				return fmt.Errorf("podiam_server_pod_watch_current %v", v)
+			}
+			return nil
+		})
 	}
 }
 
 // killServer kills server 2 with SIGKILL; server 1 keeps serving. It comes
 // back after serverDown, as a Deployment replaces a crashed pod.
 func (s *soak) killServer(t *testing.T) {
-	release := s.holdFlipsUntilSettled()
+	release := s.holdFlipsUntilSettled(t)
 	defer release()
 	if err := s.server2.Kill(); err != nil {
 		t.Errorf("server 2 SIGKILL: %v", err)
@@ -102,7 +136,7 @@ func (s *soak) killAgent(t *testing.T) {
 // restartAPIServer kills kube-apiserver and starts it again; etcd keeps
 // the state. Churn and flips wait meanwhile.
 func (s *soak) restartAPIServer(t *testing.T) {
-	release := s.holdFlipsUntilSettled()
+	release := s.holdFlipsUntilSettled(t)
 	defer release()
 	s.apiDown.Store(true)
 	defer s.apiDown.Store(false)
@@ -137,7 +171,7 @@ func (s *soak) rotateCertificates(t *testing.T) {
 // cutServer cuts server 1 off from kube-apiserver: its connections are
 // reset and new ones refused, while agents still reach it.
 func (s *soak) cutServer(t *testing.T) {
-	release := s.holdFlipsUntilSettled()
+	release := s.holdFlipsUntilSettled(t)
 	defer release()
 	s.cut.Cut()
 	time.Sleep(cutWindow)
