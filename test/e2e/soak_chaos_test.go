@@ -1,12 +1,15 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podiam/podiam/test/testenv"
 )
@@ -66,37 +69,61 @@ func (s *soak) chaos(t *testing.T, rng *rand.Rand, deadline time.Time) {
 }
 
 // holdFlipsUntilSettled holds policy flips now; the returned function
-// waits until both servers' pod watches are current again and releases
-// them flipSettle later. A server whose watch is behind does not see a
-// policy change, so it cannot stream it to the agents that follow it:
-// until it catches up, those agents keep serving what they hold (see the
-// README's Resilience section). The denied oracle's one second starts
-// once the servers can know.
+// waits until both servers' pod watches are current and both have seen a
+// namespace created after the event, and releases flips flipSettle later.
+// A server whose namespace watch is behind does not see a policy change:
+// it decides requests on the namespace it knew and streams nothing to the
+// agents, which keep serving what they hold. After kube-apiserver comes
+// back that lasts as long as client-go's backoff keeps the namespace
+// watch away (see the README's Resilience section). The denied oracle's
+// one second starts once the servers can know.
 func (s *soak) holdFlipsUntilSettled(t *testing.T) func() {
 	s.holdFlips.Add(1)
 	return func() {
 		s.waitWatchesCurrent(t)
+		s.waitNamespaceSeen(t)
 		time.AfterFunc(flipSettle, func() { s.holdFlips.Add(-1) })
 	}
+}
+
+// waitNamespaceSeen creates a namespace and waits until both servers
+// count it (podiam_server_namespaces): a watch delivers in order, so a
+// server that has it will see the flips that follow at once.
+func (s *soak) waitNamespaceSeen(t *testing.T) {
+	s.probes++
+	s.kube.CreateNamespace(t, fmt.Sprintf("soak-probe-%d", s.probes), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	list, err := s.kube.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	cancel()
+	if err != nil {
+		t.Fatalf("list namespaces: %v", err)
+	}
+	want := float64(len(list.Items))
+	s.waitServerMetric(t, "podiam_server_namespaces", func(v float64) bool { return v >= want })
 }
 
 // waitWatchesCurrent waits until both servers say their pod watch is open
 // and current (podiam_server_pod_watch_current).
 func (s *soak) waitWatchesCurrent(t *testing.T) {
+	s.waitServerMetric(t, "podiam_server_pod_watch_current", func(v float64) bool { return v == 1 })
+}
+
+// waitServerMetric waits until ok accepts both servers' value of metric.
+func (s *soak) waitServerMetric(t *testing.T, metric string, ok func(float64) bool) {
 	client := &http.Client{Timeout: 5 * time.Second}
 	defer client.CloseIdleConnections()
 	for _, host := range []string{nodeIP, node2IP} {
-		testenv.Eventually(t, 2*time.Minute, "server at "+host+" has a current pod watch", func() error {
+		testenv.Eventually(t, 2*time.Minute, "server at "+host+": "+metric, func() error {
 			code, body, err := get(client, "http://"+hostPort(host, serverMetr)+"/metrics")
 			if err != nil || code != http.StatusOK {
 				return fmt.Errorf("/metrics: %d %v", code, err)
 			}
-			v, err := testenv.MetricValue(strings.NewReader(body), "podiam_server_pod_watch_current", nil)
+			v, err := testenv.MetricValue(strings.NewReader(body), metric, nil)
 			if err != nil {
 				return err
 			}
-			if v != 1 {
-				return fmt.Errorf("podiam_server_pod_watch_current %v", v)
+			if !ok(v) {
+				return fmt.Errorf("%s is %v", metric, v)
 			}
 			return nil
 		})

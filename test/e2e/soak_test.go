@@ -184,6 +184,7 @@ type soak struct {
 	events []window
 	flips  []flip
 	churns int
+	probes int // namespaces created to see that servers are current
 	// harness errors from goroutines other than the test's
 	harness []string
 }
