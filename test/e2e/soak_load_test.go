@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+
 	"github.com/podiam/podiam/test/testenv"
 )
 
@@ -340,7 +342,12 @@ func (s *soak) churnLoop(ctx context.Context, rng *rand.Rand) {
 // ended or the harness failed.
 func (s *soak) churnOne(ctx context.Context, sl *soakSlot, old *soakGen, role string) bool {
 	if !s.retryAPI(ctx, "delete pod "+old.pod, func(c context.Context) error {
-		return s.kube.TryDeletePod(c, sl.kns, old.pod, 0)
+		// A retry after a call that timed out here but was stored finds
+		// the pod gone.
+		if err := s.kube.TryDeletePod(c, sl.kns, old.pod, 0); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+		return nil
 	}) {
 		return false
 	}
@@ -357,8 +364,11 @@ func (s *soak) churnOne(ctx context.Context, sl *soakSlot, old *soakGen, role st
 	name := sl.podName()
 	spec := sl.podSpec(name, false)
 	if !s.retryAPI(ctx, "create pod "+name, func(c context.Context) error {
-		_, err := s.kube.TryCreatePod(c, spec)
-		return err
+		// As for the deletion: a timed-out create may have been stored.
+		if _, err := s.kube.TryCreatePod(c, spec); err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		return nil
 	}) {
 		return false
 	}

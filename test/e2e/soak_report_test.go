@@ -77,8 +77,9 @@ type soakReport struct {
 	byKind       map[string]int
 	refusals     map[string]int // status and reason, or transport error
 
-	availCounted, availOK int // requests of pods holding valid credentials
-	noAgentReqs           int // requests while no agent listened on the pod's node
+	availCounted, availOK int            // requests of pods holding valid credentials
+	availMisses           map[string]int // the counted requests that failed, by phase and answer
+	noAgentReqs           int            // requests while no agent listened on the pod's node
 	noAgentOK             int
 	noAgentTime           time.Duration
 
@@ -128,7 +129,7 @@ func (r *soakReport) violationList() string {
 // report evaluates every record against the oracles and sums up.
 func (s *soak) report(t *testing.T, start, end time.Time, before, after map[string]procFigures) *soakReport {
 	r := &soakReport{cfg: s.cfg, start: start, end: end, before: before, after: after,
-		byKind: map[string]int{}, refusals: map[string]int{}, latency: map[string][]time.Duration{},
+		byKind: map[string]int{}, refusals: map[string]int{}, latency: map[string][]time.Duration{}, availMisses: map[string]int{},
 		dnat: map[string]int{}, sdkFailures: map[string]int{},
 		violations: map[string][]string{}, violationsCnt: map[string]int{}}
 	s.recMu.Lock()
@@ -246,8 +247,13 @@ func (s *soak) report(t *testing.T, start, end time.Time, before, after map[stri
 			continue
 		}
 		r.availCounted++
-		if success {
+		switch {
+		case success:
 			r.availOK++
+		case rec.err != "":
+			r.availMisses[phaseAt(rec.start)+": no answer: "+rec.err]++
+		default:
+			r.availMisses[fmt.Sprintf("%s: %d %s", phaseAt(rec.start), rec.code, rec.reason)]++
 		}
 	}
 	for _, n := range s.nodes {
@@ -378,17 +384,13 @@ func (r *soakReport) table() string {
 	}
 
 	p("\n| refusal (status and body, or no answer) | count |\n|---|---|\n")
-	kinds := make([]string, 0, len(r.refusals))
-	for k := range r.refusals {
-		kinds = append(kinds, k)
-	}
-	sort.Slice(kinds, func(i, j int) bool { return r.refusals[kinds[i]] > r.refusals[kinds[j]] })
-	for _, k := range kinds {
-		p("| %s | %d |\n", strings.ReplaceAll(k, "|", "\\|"), r.refusals[k])
-	}
+	writeCounts(&b, r.refusals)
 	for k, n := range r.sdkFailures {
 		p("| Go SDK failed: %s | %d |\n", strings.ReplaceAll(k, "|", "\\|"), n)
 	}
+
+	p("\n| availability misses (phase: answer) | count |\n|---|---|\n")
+	writeCounts(&b, r.availMisses)
 
 	p("\n| phase | time | answers | p50 ms | p99 ms |\n|---|---|---|---|---|\n")
 	spent := map[string]time.Duration{}
@@ -425,4 +427,21 @@ func (r *soakReport) table() string {
 	}
 	p("\n\n")
 	return b.String()
+}
+
+// writeCounts writes counts as table rows, most first.
+func writeCounts(b *strings.Builder, counts map[string]int) {
+	kinds := make([]string, 0, len(counts))
+	for k := range counts {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool {
+		if counts[kinds[i]] != counts[kinds[j]] {
+			return counts[kinds[i]] > counts[kinds[j]]
+		}
+		return kinds[i] < kinds[j]
+	})
+	for _, k := range kinds {
+		fmt.Fprintf(b, "| %s | %d |\n", strings.ReplaceAll(k, "|", "\\|"), counts[k])
+	}
 }
