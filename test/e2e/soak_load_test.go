@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -122,6 +123,13 @@ type soakRecord struct {
 // soakPace is the pause between a pod's rounds (list, then credentials).
 const soakPace = 100 * time.Millisecond
 
+// IMDSv2 tokens are asked for with soakTokenTTL and renewed after
+// soakTokenRenew.
+const (
+	soakTokenTTL   = 60 * time.Second
+	soakTokenRenew = 50 * time.Second
+)
+
 // load asks like an SDK: list the role, then get its credentials, IMDSv1
 // and IMDSv2 (a token, kept until refused) in turn. Odd slots open a new
 // connection per request, as curl and the AWS CLI do; even ones keep
@@ -135,16 +143,19 @@ func (g *soakGen) load(ctx context.Context, s *soak) {
 	client := &http.Client{Timeout: 3 * time.Second, Transport: tr}
 	base := "http://" + testenv.MetadataIP
 	var token string
+	var tokenAt time.Time
 	for round := 0; ctx.Err() == nil; round++ {
 		v2 := round%2 == 1
-		if v2 && token == "" {
-			r := g.do(ctx, client, http.MethodPut, base+testenv.TokenPath, kindToken, true, map[string]string{testenv.TokenTTLHeader: "60"})
+		// SDKs renew a token before it expires; one that expires in use
+		// would be the client's own refusal, not the agent's.
+		if v2 && (token == "" || time.Since(tokenAt) > soakTokenRenew) {
+			r := g.do(ctx, client, http.MethodPut, base+testenv.TokenPath, kindToken, true, map[string]string{testenv.TokenTTLHeader: strconv.Itoa(int(soakTokenTTL.Seconds()))})
 			s.record(r)
 			if r.code != http.StatusOK {
 				sleepCtx(ctx, soakPace)
 				continue
 			}
-			token = r.reason
+			token, tokenAt = r.reason, r.start
 		}
 		hdr := map[string]string{}
 		if v2 {
