@@ -24,6 +24,9 @@ const (
 	// flipSettle is how long flips stay held after both servers' watches
 	// are current again (see flipLoop).
 	flipSettle = time.Second
+	// probeSeen: servers that see a new namespace this soon have a
+	// working namespace watch (waitNamespaceSeen).
+	probeSeen = time.Second
 	// nextRoundMin: a round after the first starts only with this much of
 	// the run left, so that a short soak ends near its length.
 	nextRoundMin = 20 * time.Second
@@ -86,20 +89,32 @@ func (s *soak) holdFlipsUntilSettled(t *testing.T) func() {
 	}
 }
 
-// waitNamespaceSeen creates a namespace and waits until both servers
-// count it (podiam_server_namespaces): a watch delivers in order, so a
-// server that has it will see the flips that follow at once.
+// waitNamespaceSeen creates namespaces until both servers count one
+// (podiam_server_namespaces) within probeSeen of its creation: a watch
+// delivers in order, so servers that do will see the flips that follow as
+// fast. One seen later may have come with a relist while the watch still
+// fails: after a restart kube-apiserver's watch cache can lag etcd, and
+// watches from a newer resource version are refused until it catches up.
 func (s *soak) waitNamespaceSeen(t *testing.T) {
-	s.probes++
-	s.kube.CreateNamespace(t, fmt.Sprintf("soak-probe-%d", s.probes), nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	list, err := s.kube.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
-	cancel()
-	if err != nil {
-		t.Fatalf("list namespaces: %v", err)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		s.probes++
+		created := time.Now()
+		s.kube.CreateNamespace(t, fmt.Sprintf("soak-probe-%d", s.probes), nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		list, err := s.kube.Client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+		cancel()
+		if err != nil {
+			t.Fatalf("list namespaces: %v", err)
+		}
+		want := float64(len(list.Items))
+		s.waitServerMetric(t, "podiam_server_namespaces", func(v float64) bool { return v >= want })
+		if took := time.Since(created); took <= probeSeen {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("the servers still took %s to see a new namespace two minutes after a fault", took)
+		}
 	}
-	want := float64(len(list.Items))
-	s.waitServerMetric(t, "podiam_server_namespaces", func(v float64) bool { return v >= want })
 }
 
 // waitWatchesCurrent waits until both servers say their pod watch is open
