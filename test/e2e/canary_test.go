@@ -49,7 +49,24 @@ type canary struct {
 
 func startCanary(t testing.TB, addr string) *canary {
 	t.Helper()
-	l, err := net.Listen("tcp", addr)
+	return startCanaryIn(t, "", addr)
+}
+
+// startCanaryIn is startCanary in network namespace ns, another node's
+// ("" is this process's).
+func startCanaryIn(t testing.TB, ns, addr string) *canary {
+	t.Helper()
+	var l net.Listener
+	listen := func() (err error) {
+		l, err = net.Listen("tcp", addr)
+		return err
+	}
+	var err error
+	if ns == "" {
+		err = listen()
+	} else {
+		err = testenv.InNetNS(ns, listen)
+	}
 	if err != nil {
 		t.Fatalf("canary listen %s: %v", addr, err)
 	}

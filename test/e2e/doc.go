@@ -20,4 +20,12 @@
 // rule. The canary answers every path with node-looking secrets and records
 // every connection, so a request that slips past the rule or the agent is
 // caught.
+//
+// TestSoak (soak_*_test.go) adds a second node: a namespace of the
+// supervisor's joined to this one by a veth pair, with its own agent,
+// DNAT rule and canary (listening there through testenv.InNetNS), and
+// runs two servers, one per node, that agents find under one name. Its
+// pods' workloads are Go clients dialing from inside the pod namespaces,
+// and the STS proxy between the servers and moto tells which role each
+// access key was issued for.
 package e2e

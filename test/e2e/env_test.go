@@ -60,6 +60,20 @@ type env struct {
 // started by the scenarios, after the harness has been checked.
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	e := newNodeEnv(t)
+	topo := e.topo
+	e.web = topo.wirePod(t, topo.PodNS[0], "pdm1", fmt.Sprintf(podIPFormat, 1))
+	e.intruder = topo.wirePod(t, topo.PodNS[1], "pdm2", fmt.Sprintf(podIPFormat, 2))
+	e.norole = topo.wirePod(t, topo.PodNS[2], "pdm3", fmt.Sprintf(podIPFormat, 3))
+	e.old = topo.wirePod(t, topo.PodNS[3], "pdm4", fmt.Sprintf(podIPFormat, 4))
+	e.spareNS = topo.PodNS[4]
+	return e
+}
+
+// newNodeEnv is newEnv without pods: the node's addresses, the canaries,
+// etcd and kube-apiserver, moto and the PKI.
+func newNodeEnv(t testing.TB) *env {
+	t.Helper()
 	needBinaries(t)
 	topo := childTopology(t)
 	wd, err := os.Getwd()
@@ -91,17 +105,12 @@ func newEnv(t testing.TB) *env {
 	}
 
 	topo.setUpNode(t)
-	e.web = topo.wirePod(t, topo.PodNS[0], "pdm1", fmt.Sprintf(podIPFormat, 1))
-	e.intruder = topo.wirePod(t, topo.PodNS[1], "pdm2", fmt.Sprintf(podIPFormat, 2))
-	e.norole = topo.wirePod(t, topo.PodNS[2], "pdm3", fmt.Sprintf(podIPFormat, 3))
-	e.old = topo.wirePod(t, topo.PodNS[3], "pdm4", fmt.Sprintf(podIPFormat, 4))
-	e.spareNS = topo.PodNS[4]
 
 	e.canary = startCanary(t, hostPort(testenv.MetadataIP, 80))
 	e.canary6 = startCanary(t, hostPort(metadataIPv6, 80))
 	e.kube = testenv.StartKube(t, testenv.KubeOptions{Addr: nodeIP, NetNS: topo.NodeNS})
 	e.moto = testenv.StartMoto(t, testenv.MotoOptions{Addr: nodeIP, NetNS: topo.NodeNS})
-	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP, nodeIP6)
+	e.pki = testenv.NewPKI(t, filepath.Join(e.tmp, "pki"), nodeIP, nodeIP6, node2IP)
 	e.podEnv = testenv.PodEnv(t, e.moto.Endpoint, "PODIAM_E2E_")
 	return e
 }

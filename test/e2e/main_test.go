@@ -31,8 +31,9 @@ const nsPrefix = "podiam-e2e-"
 // pods of the fault scenarios, and a pod and its successor on the same
 // address for the sandbox scenario, and two pods on a Linux bridge with a
 // successor of one of them (bridge CNIs: one host interface for all), and
-// a pod with an IPv6 address only.
-const podNamespaces = 13
+// a pod with an IPv6 address only; then the soak's second node and its
+// pod namespaces (soakNamespaces).
+const podNamespaces = 13 + soakNamespaces
 
 func TestMain(m *testing.M) {
 	flag.Parse()

@@ -28,7 +28,13 @@ func (e *env) startProc(t testing.TB, name string, args, env []string) *testenv.
 // startExe is startProc for any executable.
 func (e *env) startExe(t testing.TB, exe, name string, args, env []string) *testenv.Proc {
 	t.Helper()
-	p, err := testenv.Spawn(testenv.ProcSpec{Name: name, Path: exe, Args: args,
+	return e.startExeIn(t, "", exe, name, args, env)
+}
+
+// startExeIn is startExe in network namespace ns ("" is this process's).
+func (e *env) startExeIn(t testing.TB, ns, exe, name string, args, env []string) *testenv.Proc {
+	t.Helper()
+	p, err := testenv.Spawn(testenv.ProcSpec{Name: name, Path: exe, Args: args, NetNS: ns,
 		Env: append([]string{raceEnv()}, env...),
 		Log: filepath.Join(e.logDir, fmt.Sprintf("%s-%d.log", name, e.seq.Add(1)))})
 	if err != nil {
@@ -65,13 +71,32 @@ func raceEnv() string {
 // extra flags come last, so they override the defaults here.
 func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
-	addr := hostPort(nodeIP, serverPort)
-	p := e.startProc(t, "server", append([]string{"server",
+	return e.startServerAt(t, serverPlace{host: nodeIP, kubeconfig: e.kube.KubeconfigPath, sts: e.moto}, extra...)
+}
+
+// serverPlace is where a server runs and what it talks to.
+type serverPlace struct {
+	name       string // for logs; default "server"
+	netns      string // "" is this process's (the node's)
+	host       string // its address: gRPC and metrics listen there
+	kubeconfig string
+	sts        *testenv.Moto // moto, or a proxy in front of it
+}
+
+// startServerAt is startServer at place.
+func (e *env) startServerAt(t testing.TB, place serverPlace, extra ...string) *testenv.Proc {
+	t.Helper()
+	addr := hostPort(place.host, serverPort)
+	name := place.name
+	if name == "" {
+		name = "server"
+	}
+	p := e.startExeIn(t, place.netns, e.podiam, name, append([]string{"server",
 		"--json-log", "--level=debug",
 		"--bind=" + addr,
 		"--cert=" + e.pki.ServerCert, "--key=" + e.pki.ServerKey, "--ca=" + e.pki.CA,
-		"--kubeconfig=" + e.kube.KubeconfigPath,
-		"--prometheus-listen-addr=" + hostPort(nodeIP, serverMetr),
+		"--kubeconfig=" + place.kubeconfig,
+		"--prometheus-listen-addr=" + hostPort(place.host, serverMetr),
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
 		"--drain-time=0s",
@@ -79,7 +104,7 @@ func (e *env) startServer(t testing.TB, extra ...string) *testenv.Proc {
 		// Pods with their own role annotation, all but one scenario's,
 		// are served as without it.
 		"--service-account-roles",
-	}, extra...), e.moto.Env())
+	}, extra...), place.sts.Env())
 	testenv.Ready(t, 90*time.Second, "podiam health", func(ctx context.Context) error {
 		out, err := exec.CommandContext(ctx, e.podiam, "health",
 			"--cert="+e.pki.AgentCert, "--key="+e.pki.AgentKey, "--ca="+e.pki.CA,
@@ -113,15 +138,26 @@ func (e *env) agentArgs(host string) []string {
 // the node's nat table.
 func (e *env) startAgent(t testing.TB, extra ...string) *testenv.Proc {
 	t.Helper()
-	p := e.startProc(t, "agent", append(e.agentArgs(nodeIP), extra...), nil)
+	return e.startAgentAt(t, "agent", "", nodeIP, extra...)
+}
+
+// startAgentAt is startAgent for the node in network namespace ns ("" is
+// this process's) whose address is host.
+func (e *env) startAgentAt(t testing.TB, name, ns, host string, extra ...string) *testenv.Proc {
+	t.Helper()
+	p := e.startExeIn(t, ns, e.podiam, name, append(e.agentArgs(host), extra...), nil)
 	client := &http.Client{Timeout: 2 * time.Second}
 	defer client.CloseIdleConnections()
-	testenv.Ready(t, 60*time.Second, "agent /ping and DNAT rule", func(context.Context) error {
-		status, body, err := get(client, fmt.Sprintf("http://%s/ping", hostPort(nodeIP, agentPort)))
+	testenv.Ready(t, 60*time.Second, name+" /ping and DNAT rule", func(context.Context) error {
+		status, body, err := get(client, fmt.Sprintf("http://%s/ping", hostPort(host, agentPort)))
 		if err != nil || status != http.StatusOK {
 			return fmt.Errorf("/ping: %d %q %v", status, body, err)
 		}
-		if rules := natRules(t); !ruleInstalled(rules) {
+		rules := natRules(t)
+		if ns != "" {
+			rules = natRulesIn(t, ns)
+		}
+		if !ruleInstalledFor(rules, host) {
 			return fmt.Errorf("no DNAT rule for the agent; nat rules:\n%s", rules)
 		}
 		return nil

@@ -92,14 +92,35 @@ func sh(t testing.TB, name string, args ...string) string {
 // setUpNode gives the node namespace its addresses: the node IP and the
 // metadata address (for the canary) on lo, since the kernel has no dummy
 // link type.
+// The addresses are replaced, not added, so that a second test of the run
+// (the soak after TestE2E) can set up the same node again.
 func (tp *topology) setUpNode(t testing.TB) {
 	t.Helper()
 	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", "lo", "up")
-	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", nodeIP+"/32", "dev", "lo")
-	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "add", testenv.MetadataIP+"/32", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "replace", nodeIP+"/32", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "addr", "replace", testenv.MetadataIP+"/32", "dev", "lo")
 	// The IPv6 metadata address, for the IPv6 canary.
-	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", metadataIPv6+"/128", "dev", "lo")
-	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", nodeIP6+"/128", "dev", "lo", "nodad")
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "replace", metadataIPv6+"/128", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "replace", nodeIP6+"/128", "dev", "lo", "nodad")
+}
+
+// linkNode makes network namespace ns a second node with address ip,
+// joined to this node by a veth pair (host side named veth here): each
+// node reaches the other's address and pod subnet (podNet, a CIDR)
+// through it, and forwards its pods' traffic, as routed nodes do. The
+// node gets the metadata address too, for its own canary.
+func (tp *topology) linkNode(t testing.TB, ns, veth, ip, podNet string) {
+	t.Helper()
+	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
+	sh(t, tp.ip, "-n", ns, "addr", "add", testenv.MetadataIP+"/32", "dev", "lo")
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
+	sh(t, tp.ip, "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
+	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
+	sh(t, tp.ip, "-n", tp.NodeNS, "route", "add", ip+"/32", "dev", veth)
+	sh(t, tp.ip, "-n", tp.NodeNS, "route", "add", podNet, "via", ip, "dev", veth, "onlink")
+	sh(t, tp.ip, "-n", ns, "route", "add", nodeIP+"/32", "dev", "eth0")
+	sh(t, tp.ip, "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 }
 
 // wirePod6 joins pod namespace ns to the node with IPv6 only: the pod has
@@ -127,20 +148,43 @@ func (tp *topology) wirePod6(t testing.TB, ns, veth, ip6 string) *podNet {
 // so that a pod can try the IPv6 metadata address.
 func (tp *topology) wirePod(t testing.TB, ns, veth, ip string) *podNet {
 	t.Helper()
+	return tp.wirePodTo(t, tp.NodeNS, nodeIP, ns, veth, ip)
+}
+
+// wirePodTo is wirePod for the node in network namespace node, whose
+// address is host.
+func (tp *topology) wirePodTo(t testing.TB, node, host, ns, veth, ip string) *podNet {
+	t.Helper()
+	p, err := tp.wirePodErr(node, host, ns, veth, ip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// wirePodErr is wirePodTo for a goroutine other than the test's: it
+// returns the first failure.
+func (tp *topology) wirePodErr(node, host, ns, veth, ip string) (*podNet, error) {
 	last := ip[strings.LastIndex(ip, ".")+1:]
 	hostSide6, ip6 := fmt.Sprintf(podIP6Format, last, 1), fmt.Sprintf(podIP6Format, last, 2)
-	sh(t, tp.ip, "-n", ns, "link", "set", "lo", "up")
-	sh(t, tp.ip, "-n", tp.NodeNS, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-	sh(t, tp.ip, "-n", tp.NodeNS, "-6", "addr", "add", hostSide6+"/64", "dev", veth, "nodad")
-	sh(t, tp.ip, "-n", tp.NodeNS, "link", "set", veth, "up")
-	sh(t, tp.ip, "-n", ns, "addr", "add", ip+"/32", "dev", "eth0")
-	sh(t, tp.ip, "-n", ns, "-6", "addr", "add", ip6+"/64", "dev", "eth0", "nodad")
-	sh(t, tp.ip, "-n", ns, "link", "set", "eth0", "up")
-	sh(t, tp.ip, "-n", tp.NodeNS, "route", "add", ip+"/32", "dev", veth)
-	sh(t, tp.ip, "-n", ns, "route", "add", nodeIP+"/32", "dev", "eth0")
-	sh(t, tp.ip, "-n", ns, "route", "add", "default", "via", nodeIP, "dev", "eth0")
-	sh(t, tp.ip, "-n", ns, "-6", "route", "add", "default", "via", hostSide6, "dev", "eth0")
-	return &podNet{NS: ns, Veth: veth, IP: ip, IP6: ip6}
+	for _, args := range [][]string{
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", node, "-6", "addr", "add", hostSide6 + "/64", "dev", veth, "nodad"},
+		{"-n", node, "link", "set", veth, "up"},
+		{"-n", ns, "addr", "add", ip + "/32", "dev", "eth0"},
+		{"-n", ns, "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-n", node, "route", "add", ip + "/32", "dev", veth},
+		{"-n", ns, "route", "add", host + "/32", "dev", "eth0"},
+		{"-n", ns, "route", "add", "default", "via", host, "dev", "eth0"},
+		{"-n", ns, "-6", "route", "add", "default", "via", hostSide6, "dev", "eth0"},
+	} {
+		if out, err := exec.Command(tp.ip, args...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("ip %s: %w\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return &podNet{NS: ns, Veth: veth, IP: ip, IP6: ip6}, nil
 }
 
 // Addresses of the bridge scenario: every pod sits behind one Linux
@@ -187,6 +231,12 @@ func natRules(t testing.TB) string {
 	return sh(t, testenv.Bin(t, "iptables"), "-w", "5", "-t", "nat", "-S")
 }
 
+// natRulesIn is natRules of the node in network namespace ns.
+func natRulesIn(t testing.TB, ns string) string {
+	t.Helper()
+	return sh(t, testenv.Bin(t, "ip"), "netns", "exec", ns, testenv.Bin(t, "iptables"), "-w", "5", "-t", "nat", "-S")
+}
+
 // dnatRules returns the nat rules that mention the metadata address.
 func dnatRules(rules string) []string {
 	var out []string
@@ -211,8 +261,11 @@ func dnatCount(rules string) int {
 
 // ruleInstalled reports whether the nat table sends pod traffic for the
 // metadata address to the agent.
-func ruleInstalled(rules string) bool {
-	want := fmt.Sprintf("--to-destination %s:%d", nodeIP, agentPort)
+func ruleInstalled(rules string) bool { return ruleInstalledFor(rules, nodeIP) }
+
+// ruleInstalledFor is ruleInstalled for the agent of the node at host.
+func ruleInstalledFor(rules, host string) bool {
+	want := fmt.Sprintf("--to-destination %s:%d", host, agentPort)
 	for _, l := range dnatRules(rules) {
 		if strings.Contains(l, "-j DNAT") && strings.Contains(l, want) && strings.Contains(l, "--dport 80") {
 			return true

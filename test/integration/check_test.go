@@ -56,7 +56,7 @@ func TestCheck(t *testing.T) {
 	const extID = "ext-tenant-1"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	env := viaProxy.Env()
 
 	proxy.RequireExternalID(roleARN("tenant-app"), extID)
@@ -97,7 +97,7 @@ func TestCheck(t *testing.T) {
 		"--role-base-arn-autodetect",
 		"--session-duration=15m", "--session-refresh=5m",
 	}
-	assumes := func(role string) []stsAttempt { return proxyAssumes(proxy, roleARN(role)) }
+	assumes := func(role string) []testenv.STSAttempt { return proxyAssumes(proxy, roleARN(role)) }
 	noSecrets := func(t *testing.T, out string) {
 		t.Helper()
 		// moto's access keys start ASIA and its session tokens FQoGZXIvYXdzE.

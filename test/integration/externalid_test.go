@@ -139,7 +139,7 @@ func TestNamespaceExternalID(t *testing.T) {
 	)
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	serverArgs := []string{
 		"--assume-role-arn=" + roleARN("podiam-server"),
 		"--role-base-arn=" + roleARN(""),
@@ -450,8 +450,8 @@ func setNamespaceExternalID(t *testing.T, kube *testenv.Kube, name, id string) t
 }
 
 // proxyAssumes returns the AssumeRole calls the proxy saw for roleARN.
-func proxyAssumes(p *stsFaultProxy, roleARN string) []stsAttempt {
-	var out []stsAttempt
+func proxyAssumes(p *testenv.STSFaultProxy, roleARN string) []testenv.STSAttempt {
+	var out []testenv.STSAttempt
 	for _, a := range p.Attempts() {
 		if a.Action == "AssumeRole" && a.RoleARN == roleARN {
 			out = append(out, a)
@@ -470,7 +470,7 @@ func TestNamespaceExternalIDAcrossReconnect(t *testing.T) {
 	const extOld, extNew = "ext-before-9", "ext-after-9"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	args := []string{
 		"--assume-role-arn=" + roleARN("podiam-server"),
 		"--role-base-arn=" + roleARN(""),

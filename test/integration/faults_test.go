@@ -119,7 +119,7 @@ func TestFaultSTSOutage(t *testing.T) {
 	)
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
@@ -399,9 +399,9 @@ func TestFaultAPIServerRestart(t *testing.T) {
 	const down = 8 * time.Second
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	cut := startNetCut(t, strings.TrimPrefix(kube.URL, "https://"))
+	cut := testenv.StartNetCut(t, "", strings.TrimPrefix(kube.URL, "https://"))
 	sp := startServer(t, kube, moto,
-		"--kubeconfig="+kubeconfigVia(t, kube.KubeconfigPath, kube.URL, cut.Addr),
+		"--kubeconfig="+testenv.KubeconfigVia(t, kube.KubeconfigPath, kube.URL, cut.Addr),
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
 		"--session-duration=15m", "--session-refresh=5m")

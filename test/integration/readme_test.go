@@ -36,7 +36,7 @@ func TestCheckREADME(t *testing.T) {
 	tenantRole := "arn:aws:iam::" + accountB + ":role/tenant-app"
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	proxy.RequireExternalID(tenantRole, extID)
 	kube.CreateNamespace(t, "tenant-b", map[string]string{
 		"iam.amazonaws.com/permitted":   "arn:aws:iam::" + accountB + ":role/tenant-.*",

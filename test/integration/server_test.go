@@ -507,7 +507,7 @@ func TestServerReadyz(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	proxy.SetFaulting(true) // every AssumeRole fails, the base role's too
 	sp := spawnServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),

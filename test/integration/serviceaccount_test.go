@@ -26,7 +26,7 @@ func TestServiceAccountRoles(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),

@@ -31,7 +31,7 @@ func TestSessionParameters(t *testing.T) {
 	t.Parallel()
 	kube := testenv.StartKube(t, testenv.KubeOptions{})
 	moto := testenv.StartMoto(t, testenv.MotoOptions{})
-	proxy, viaProxy := behindProxy(t, moto)
+	proxy, viaProxy := testenv.BehindProxy(t, moto)
 	sp := startServer(t, kube, viaProxy,
 		"--assume-role-arn="+roleARN("podiam-server"),
 		"--role-base-arn="+roleARN(""),
@@ -156,7 +156,7 @@ func TestSessionParameters(t *testing.T) {
 	// A second server on the same cluster, tagging each pod with its UID:
 	// every pod is a session of its own, and each costs exactly one call.
 	t.Run("per-pod tags mean one session per pod", func(t *testing.T) {
-		proxy, viaProxy := behindProxy(t, moto)
+		proxy, viaProxy := testenv.BehindProxy(t, moto)
 		sp := startServer(t, kube, viaProxy,
 			"--assume-role-arn="+roleARN("podiam-server"),
 			"--role-base-arn="+roleARN(""),

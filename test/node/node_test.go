@@ -8,20 +8,19 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/podiam/podiam/test/testenv"
 )
 
 // The node's fixed names and addresses. They live in the node's own
@@ -79,47 +78,11 @@ func repoRoot(t *testing.T) string {
 	return strings.TrimSpace(string(out))
 }
 
-// inNetns runs fn on a thread in the node's network namespace: sockets fn
-// creates (listeners, connections) stay there afterwards.
-func inNetns(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open("/run/netns/"+netnsName, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns: %w", err)
-			return
-		}
-		err = fn()
-		// A thread that cannot go back stays locked, so Go discards it.
-		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	return <-errc
-}
+// inNetns runs fn on a thread in the node's network namespace.
+func inNetns(fn func() error) error { return testenv.InNetNS(netnsName, fn) }
 
-func dialInNetns(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := inNetns(func() error {
-		var err error
-		c, err = (&net.Dialer{Timeout: 10 * time.Second}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
-}
+// dialInNetns connects from the node's network namespace.
+var dialInNetns = testenv.DialInNetNS(netnsName, 10*time.Second)
 
 // sweep removes what a run killed with SIGKILL may have left: the fixed
 // names make that possible.

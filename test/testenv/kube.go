@@ -199,11 +199,18 @@ func (k *Kube) EnsureServiceAccount(t testing.TB, namespace, name string) {
 
 func (k *Kube) ensureServiceAccount(t testing.TB, ctx context.Context, namespace, name string) {
 	t.Helper()
+	if err := k.tryEnsureServiceAccount(ctx, namespace, name); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+func (k *Kube) tryEnsureServiceAccount(ctx context.Context, namespace, name string) error {
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name}}
 	_, err := k.Client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("testenv: create serviceaccount %s/%s: %v", namespace, name, err)
+		return fmt.Errorf("create serviceaccount %s/%s: %w", namespace, name, err)
 	}
+	return nil
 }
 
 // PodSpec describes a pod as podiam sees it: what the informer indexes
@@ -228,6 +235,16 @@ func (k *Kube) CreatePod(t testing.TB, p PodSpec) *corev1.Pod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
+	pod, err := k.TryCreatePod(ctx, p)
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	return pod
+}
+
+// TryCreatePod is CreatePod for callers that are not the test's goroutine
+// or that expect failures, such as a soak while kube-apiserver restarts.
+func (k *Kube) TryCreatePod(ctx context.Context, p PodSpec) (*corev1.Pod, error) {
 	sa := p.ServiceAccount
 	_, mirror := p.Annotations[corev1.MirrorPodAnnotationKey]
 	switch {
@@ -238,7 +255,9 @@ func (k *Kube) CreatePod(t testing.TB, p PodSpec) *corev1.Pod {
 	case sa == "":
 		sa = "default"
 	case sa != "default":
-		k.ensureServiceAccount(t, ctx, p.Namespace, sa)
+		if err := k.tryEnsureServiceAccount(ctx, p.Namespace, sa); err != nil {
+			return nil, err
+		}
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name, Annotations: p.Annotations},
@@ -251,16 +270,16 @@ func (k *Kube) CreatePod(t testing.TB, p PodSpec) *corev1.Pod {
 	}
 	created, err := k.Client.CoreV1().Pods(p.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatalf("testenv: create pod %s/%s: %v", p.Namespace, p.Name, err)
+		return nil, fmt.Errorf("create pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	if len(p.PodIPs) == 0 && p.Phase == "" {
-		return created
+		return created, nil
 	}
 	phase := p.Phase
 	if phase == "" {
 		phase = corev1.PodRunning
 	}
-	return k.setPodStatus(t, ctx, p.Namespace, p.Name, phase, p.PodIPs, p.HostIPs)
+	return k.TrySetPodStatus(ctx, p.Namespace, p.Name, phase, p.PodIPs, p.HostIPs)
 }
 
 // SetPodStatus sets phase and addresses through the status subresource, the
@@ -269,11 +288,13 @@ func (k *Kube) SetPodStatus(t testing.TB, namespace, name string, phase corev1.P
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
-	k.setPodStatus(t, ctx, namespace, name, phase, podIPs, hostIPs)
+	if _, err := k.TrySetPodStatus(ctx, namespace, name, phase, podIPs, hostIPs); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 }
 
-func (k *Kube) setPodStatus(t testing.TB, ctx context.Context, namespace, name string, phase corev1.PodPhase, podIPs, hostIPs []string) *corev1.Pod {
-	t.Helper()
+// TrySetPodStatus is SetPodStatus returning its error, as TryCreatePod.
+func (k *Kube) TrySetPodStatus(ctx context.Context, namespace, name string, phase corev1.PodPhase, podIPs, hostIPs []string) (*corev1.Pod, error) {
 	pods := k.Client.CoreV1().Pods(namespace)
 	var updated *corev1.Pod
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -300,9 +321,9 @@ func (k *Kube) setPodStatus(t testing.TB, ctx context.Context, namespace, name s
 		return err
 	})
 	if err != nil {
-		t.Fatalf("testenv: set status of pod %s/%s: %v", namespace, name, err)
+		return nil, fmt.Errorf("set status of pod %s/%s: %w", namespace, name, err)
 	}
-	return updated
+	return updated, nil
 }
 
 // DeletePod deletes a pod with the given grace period. Without a kubelet, a
@@ -313,10 +334,18 @@ func (k *Kube) DeletePod(t testing.TB, namespace, name string, gracePeriodSecond
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
+	if err := k.TryDeletePod(ctx, namespace, name, gracePeriodSeconds); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+}
+
+// TryDeletePod is DeletePod returning its error, as TryCreatePod.
+func (k *Kube) TryDeletePod(ctx context.Context, namespace, name string, gracePeriodSeconds int64) error {
 	err := k.Client.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &gracePeriodSeconds})
 	if err != nil {
-		t.Fatalf("testenv: delete pod %s/%s: %v", namespace, name, err)
+		return fmt.Errorf("delete pod %s/%s: %w", namespace, name, err)
 	}
+	return nil
 }
 
 // writeServiceAccountKey writes the key pair kube-apiserver 1.34 requires
@@ -356,4 +385,27 @@ func writeFile(t testing.TB, path string, data []byte, mode os.FileMode) {
 	if err := os.WriteFile(path, data, mode); err != nil {
 		t.Fatalf("testenv: write %s: %v", path, err)
 	}
+}
+
+// TryAnnotateNamespace sets one annotation of a namespace, as an admin's
+// kubectl annotate --overwrite does, and returns once the API server has
+// stored it.
+func (k *Kube) TryAnnotateNamespace(ctx context.Context, name, key, value string) error {
+	nss := k.Client.CoreV1().Namespaces()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		ns, err := nss.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if ns.Annotations == nil {
+			ns.Annotations = map[string]string{}
+		}
+		ns.Annotations[key] = value
+		_, err = nss.Update(ctx, ns, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("annotate namespace %s: %w", name, err)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,9 +227,19 @@ func deleteNamespaces(ip string, names []string) error {
 		if out, err := exec.Command(ip, "netns", "del", ns).CombinedOutput(); err != nil {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %w: %s", ns, err, strings.TrimSpace(string(out))))
 		}
+		// The files `ip netns exec` mounts over /etc for the namespace
+		// (NetNSEtc) go with it.
+		if err := os.RemoveAll(NetNSEtc(ns)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
+
+// NetNSEtc is the directory whose files `ip netns exec` bind-mounts over
+// /etc's for programs it runs in ns: a hosts file there gives the
+// namespace's programs names no other namespace sees.
+func NetNSEtc(ns string) string { return filepath.Join("/etc/netns", ns) }
 
 func netnsPids(ip, ns string) []int {
 	out, _ := exec.Command(ip, "netns", "pids", ns).Output()

@@ -1,7 +1,6 @@
-package integration
+package testenv
 
 import (
-	"errors"
 	"io"
 	"net"
 	"os"
@@ -12,12 +11,12 @@ import (
 	"time"
 )
 
-// netCut forwards TCP connections to an upstream address and can cut the
+// NetCut forwards TCP connections to an upstream address and can cut the
 // network between the two sides: Cut closes the listener, so new
 // connections are refused, and every open connection; Restore listens on
 // the same port again. The server reaches kube-apiserver through it, so a
 // test can make the API server unreachable for the server alone.
-type netCut struct {
+type NetCut struct {
 	Addr     string
 	upstream string
 
@@ -27,13 +26,18 @@ type netCut struct {
 	wg    sync.WaitGroup
 }
 
-func startNetCut(t *testing.T, upstream string) *netCut {
+// StartNetCut listens on listen, a host:port ("" means a free port on
+// 127.0.0.1), and forwards to upstream until t ends.
+func StartNetCut(t testing.TB, listen, upstream string) *NetCut {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if listen == "" {
+		listen = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &netCut{Addr: ln.Addr().String(), upstream: upstream, conns: map[net.Conn]struct{}{}}
+	c := &NetCut{Addr: ln.Addr().String(), upstream: upstream, conns: map[net.Conn]struct{}{}}
 	c.serve(ln)
 	t.Cleanup(func() {
 		c.Cut()
@@ -42,7 +46,7 @@ func startNetCut(t *testing.T, upstream string) *netCut {
 	return c
 }
 
-func (c *netCut) serve(ln net.Listener) {
+func (c *NetCut) serve(ln net.Listener) {
 	c.mu.Lock()
 	c.ln = ln
 	c.mu.Unlock()
@@ -57,7 +61,7 @@ func (c *netCut) serve(ln net.Listener) {
 	})
 }
 
-func (c *netCut) forward(down net.Conn) {
+func (c *NetCut) forward(down net.Conn) {
 	up, err := net.DialTimeout("tcp", c.upstream, 5*time.Second)
 	if err != nil {
 		down.Close()
@@ -80,7 +84,7 @@ func (c *netCut) forward(down net.Conn) {
 
 // track registers an open pair, or closes it if the network was cut
 // meanwhile.
-func (c *netCut) track(conns ...net.Conn) bool {
+func (c *NetCut) track(conns ...net.Conn) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ln == nil {
@@ -95,7 +99,7 @@ func (c *netCut) track(conns ...net.Conn) bool {
 	return true
 }
 
-func (c *netCut) untrack(conns ...net.Conn) {
+func (c *NetCut) untrack(conns ...net.Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, conn := range conns {
@@ -105,7 +109,7 @@ func (c *netCut) untrack(conns ...net.Conn) {
 }
 
 // Cut refuses new connections and resets the open ones.
-func (c *netCut) Cut() {
+func (c *NetCut) Cut() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ln != nil {
@@ -119,7 +123,7 @@ func (c *netCut) Cut() {
 }
 
 // Restore accepts connections on the same address again.
-func (c *netCut) Restore(t *testing.T) {
+func (c *NetCut) Restore(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -135,10 +139,10 @@ func (c *netCut) Restore(t *testing.T) {
 	}
 }
 
-// kubeconfigVia writes a copy of a kubeconfig whose server is reached
+// KubeconfigVia writes a copy of a kubeconfig whose server is reached
 // through addr. The API server's certificate names 127.0.0.1, which the
 // proxy's address is too.
-func kubeconfigVia(t *testing.T, path, apiURL, addr string) string {
+func KubeconfigVia(t testing.TB, path, apiURL, addr string) string {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -152,61 +156,4 @@ func kubeconfigVia(t *testing.T, path, apiURL, addr string) string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-func TestFaultNetCut(t *testing.T) {
-	echo, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer echo.Close()
-	go func() {
-		for {
-			conn, err := echo.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(conn, conn); conn.Close() }()
-		}
-	}()
-	c := startNetCut(t, echo.Addr().String())
-	roundTrip := func(conn net.Conn) error {
-		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := conn.Write([]byte("ping")); err != nil {
-			return err
-		}
-		buf := make([]byte, 4)
-		if _, err := io.ReadFull(conn, buf); err != nil {
-			return err
-		}
-		if string(buf) != "ping" {
-			return errors.New("garbled: " + string(buf))
-		}
-		return nil
-	}
-	open, err := net.Dial("tcp", c.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer open.Close()
-	if err := roundTrip(open); err != nil {
-		t.Fatalf("through the proxy: %v", err)
-	}
-	c.Cut()
-	if err := roundTrip(open); err == nil {
-		t.Fatal("an open connection survived Cut")
-	}
-	if conn, err := net.DialTimeout("tcp", c.Addr, time.Second); err == nil {
-		conn.Close()
-		t.Fatal("a new connection was accepted after Cut")
-	}
-	c.Restore(t)
-	again, err := net.Dial("tcp", c.Addr)
-	if err != nil {
-		t.Fatalf("dial after Restore: %v", err)
-	}
-	defer again.Close()
-	if err := roundTrip(again); err != nil {
-		t.Fatalf("after Restore: %v", err)
-	}
 }
