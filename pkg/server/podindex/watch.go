@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"sync"
 	"time"
 
@@ -21,6 +22,11 @@ const DefaultSettle = 2 * time.Second
 
 // WatchConfig tunes a WatchTracker.
 type WatchConfig struct {
+	// Resource names what the informer watches, in singular ("pod",
+	// "namespace"), for the metric names, podiam_server_<resource>_watch_*,
+	// and log lines: a server tracks several watches on one registry. ""
+	// means "pod".
+	Resource string
 	// Settle is how long a watch must have been open before the informer
 	// counts as current again. A watch resumed after an outage first
 	// replays what it missed, or fails at once as too old and makes the
@@ -41,10 +47,11 @@ type WatchConfig struct {
 // pod deleted meanwhile still holds its address, which may already belong
 // to a pod with another role.
 type WatchTracker struct {
-	settle time.Duration
-	now    func() time.Time
-	log    *slog.Logger
-	errors prometheus.Counter
+	resource string
+	settle   time.Duration
+	now      func() time.Time
+	log      *slog.Logger
+	errors   prometheus.Counter
 
 	mu       sync.Mutex
 	open     int       // watches open now; 0 or 1 for one informer
@@ -60,6 +67,9 @@ type WatchTracker struct {
 	failures     int
 }
 
+// resourceName is what WatchConfig.Resource may be: part of metric names.
+var resourceName = regexp.MustCompile(`^[a-z][a-z_]*$`)
+
 // errShortWatch is a watch that ended within the settle time without an
 // event: what client-go hands out when a watch call met EOF.
 var errShortWatch = errors.New("watch ended at once without events")
@@ -72,6 +82,12 @@ func NewWatchTracker(cfg WatchConfig, reg prometheus.Registerer, log *slog.Logge
 	if cfg.Settle == 0 {
 		cfg.Settle = DefaultSettle
 	}
+	if cfg.Resource == "" {
+		cfg.Resource = "pod"
+	}
+	if !resourceName.MatchString(cfg.Resource) {
+		return nil, fmt.Errorf("podindex: watch resource %q is not a lowercase word", cfg.Resource)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -79,18 +95,19 @@ func NewWatchTracker(cfg WatchConfig, reg prometheus.Registerer, log *slog.Logge
 		log = slog.New(slog.DiscardHandler)
 	}
 	w := &WatchTracker{
-		settle: cfg.Settle,
-		now:    cfg.Now,
-		log:    log,
+		resource: cfg.Resource,
+		settle:   cfg.Settle,
+		now:      cfg.Now,
+		log:      log,
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "podiam_server_pod_watch_errors_total",
-			Help: "Failed pod list or watch calls and watch error events.",
+			Name: "podiam_server_" + cfg.Resource + "_watch_errors_total",
+			Help: "Failed " + cfg.Resource + " list or watch calls and watch error events.",
 		}),
 	}
 	if reg != nil {
 		current := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "podiam_server_pod_watch_current",
-			Help: "1 while the pod watch is open and settled; 0 while pod lookups are checked with the API server.",
+			Name: "podiam_server_" + cfg.Resource + "_watch_current",
+			Help: "1 while the " + cfg.Resource + " watch is open and settled; 0 while " + cfg.Resource + " reads go to the API server.",
 		}, func() float64 {
 			if w.Current() {
 				return 1
@@ -155,9 +172,9 @@ func (w *WatchTracker) failed(call string, err error, since time.Time) {
 	w.failures++
 	w.mu.Unlock()
 	if first {
-		w.log.Warn("pod watch failing; pod lookups go to the api server until it is back", "call", call, "error", err)
+		w.log.Warn(w.resource+" watch failing; "+w.resource+" reads go to the api server until it is back", "call", call, "error", err)
 	} else {
-		w.log.Debug("pod watch still failing", "call", call, "error", err)
+		w.log.Debug(w.resource+" watch still failing", "call", call, "error", err)
 	}
 }
 
@@ -186,7 +203,7 @@ func (w *WatchTracker) proven() {
 	w.failing = false
 	w.mu.Unlock()
 	if wasFailing {
-		w.log.Info("pod watch restored", "failing_for", w.now().Sub(since).Round(time.Millisecond).String(), "failed_calls", failures)
+		w.log.Info(w.resource+" watch restored", "failing_for", w.now().Sub(since).Round(time.Millisecond).String(), "failed_calls", failures)
 	}
 }
 
@@ -212,7 +229,7 @@ func (w *WatchTracker) eventError(obj runtime.Object) {
 	err := apierrors.FromObject(obj)
 	if apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 		w.errors.Inc()
-		w.log.Debug("pod watch expired; relisting", "error", err)
+		w.log.Debug(w.resource+" watch expired; relisting", "error", err)
 		return
 	}
 	w.failed("watch event", err, w.now())

@@ -27,6 +27,7 @@ const (
 	resultBadRequest        result = "bad_request"
 	resultNotSynced         result = "not_synced"
 	resultPodIndexStale     result = "pod_index_stale"
+	resultNamespaceStale    result = "namespace_stale"
 	resultPodUnknown        result = "pod_unknown"
 	resultIPConflict        result = "ip_conflict"
 	resultWrongNode         result = "wrong_node"
@@ -54,6 +55,7 @@ var resultCodes = map[result]codes.Code{
 	resultBadRequest:        codes.InvalidArgument,
 	resultNotSynced:         codes.Unavailable,
 	resultPodIndexStale:     codes.Unavailable,
+	resultNamespaceStale:    codes.Unavailable,
 	resultPodUnknown:        codes.NotFound,
 	resultNoRole:            codes.NotFound,
 	resultStaticPod:         codes.PermissionDenied,

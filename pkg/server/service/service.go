@@ -38,7 +38,10 @@ type PodLookup interface {
 	Lookup(ctx context.Context, ip string) (*podindex.Pod, error)
 }
 
-// NamespaceGetter returns a namespace from the informer cache.
+// NamespaceGetter returns a namespace: from the informer cache, or from the
+// API server while the cache may be behind (podindex.Namespaces), in which
+// case an error wrapping podindex.ErrNamespaceStale means its policy cannot
+// be known now.
 type NamespaceGetter interface {
 	Get(name string) (*corev1.Namespace, error)
 }
@@ -299,6 +302,11 @@ func (s *Service) authorize(ctx context.Context, ip, agent string, push bool) (g
 	log = log.With("role_arn", key.RoleARN)
 
 	decision, err := Decide(s.deps.Namespaces, s.deps.Policy, pod.Namespace, key)
+	if errors.Is(err, podindex.ErrNamespaceStale) {
+		// Not a denial: the policy is unknown for now. Unavailable, as for
+		// a stale pod index, and no Event blaming the pod.
+		return grant{}, deny(resultNamespaceStale, pb.Reason_REASON_UNSPECIFIED, err)
+	}
 	if err != nil {
 		denied(log, pod, policy.Reason(err), err)
 		return grant{}, deny(resultPolicyDenied, pb.Reason_REASON_POLICY_DENIED, err)
@@ -357,7 +365,9 @@ func response(g grant, c creds.Credentials) *pb.GetPodCredentialsResponse {
 // the pod may use in place of key (its annotations' own). The service, the
 // prefetch controller and the credential cache's "in use" all come here,
 // so none of them can decide differently. A namespace the informer does
-// not know is decided as one without annotations: deny.
+// not know is decided as one without annotations: deny. A namespace that
+// cannot be read now (podindex.ErrNamespaceStale) is an error, not a
+// decision.
 func Decide(namespaces NamespaceGetter, p Policy, namespace string, key creds.Key) (policy.Decision, error) {
 	ns, err := namespaces.Get(namespace)
 	if err != nil && !apierrors.IsNotFound(err) {

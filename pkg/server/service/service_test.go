@@ -108,7 +108,7 @@ func TestLookupFailuresMapToCodes(t *testing.T) {
 
 // Every result a denial can carry has a code; a missing one would be OK.
 func TestEveryResultHasACode(t *testing.T) {
-	for _, r := range []result{resultBadRequest, resultNotSynced, resultPodIndexStale, resultPodUnknown, resultIPConflict,
+	for _, r := range []result{resultBadRequest, resultNotSynced, resultPodIndexStale, resultNamespaceStale, resultPodUnknown, resultIPConflict,
 		resultWrongNode, resultNoRole, resultStaticPod, resultInvalidAnnotation, resultPolicyDenied, resultSTSDenied, resultSTSUnavailable} {
 		if c, ok := resultCodes[r]; !ok || c == codes.OK {
 			t.Errorf("result %q has no code", r)
@@ -498,6 +498,29 @@ func TestUnknownNamespaceCheckedWithoutAnnotation(t *testing.T) {
 	}
 	if fx.policy.calls != 1 || fx.policy.ns != (policy.Namespace{Name: "ns"}) {
 		t.Fatalf("policy asked %d times with %+v, want once without annotations", fx.policy.calls, fx.policy.ns)
+	}
+}
+
+// A namespace whose policy cannot be read now (its watch is behind and the
+// API server does not answer) is Unavailable, not a denial: no policy
+// decision on what may be stale, no Event, and agents keep what they hold.
+func TestStaleNamespaceUnavailable(t *testing.T) {
+	fx := newSvcFixture(t, Config{}, true)
+	fx.svc.deps.Namespaces = fakeNamespaces{err: fmt.Errorf("namespace ns: %w: dial tcp: connection refused", podindex.ErrNamespaceStale)}
+	_, err := fx.svc.GetPodCredentials(fromAgent(context.Background(), nodeIP), &pb.GetPodCredentialsRequest{Ip: podIP})
+	if status.Code(err) != codes.Unavailable || refusal.Reason(err) != pb.Reason_REASON_UNSPECIFIED {
+		t.Fatalf("got %v (reason %v), want Unavailable without a reason", err, refusal.Reason(err))
+	}
+	if fx.policy.calls != 0 {
+		t.Fatalf("policy asked %d times, want never", fx.policy.calls)
+	}
+	if got := testutil.ToFloat64(fx.svc.requests.WithLabelValues(string(resultNamespaceStale))); got != 1 {
+		t.Fatalf("requests{result=namespace_stale} = %v, want 1", got)
+	}
+	select {
+	case e := <-fx.events.Events:
+		t.Fatalf("event %q for an unknown policy", e)
+	default:
 	}
 }
 

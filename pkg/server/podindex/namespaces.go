@@ -1,0 +1,151 @@
+package podindex
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
+)
+
+// ErrNamespaceStale means the namespace cache may be out of date (its
+// watch is down) and the API server did not answer either: the namespace's
+// policy is unknown for now, which is not the same as "no policy".
+var ErrNamespaceStale = errors.New("namespace cache may be stale and the api server did not answer")
+
+// DefaultNamespaceTimeout is NamespacesConfig.Timeout's default.
+const DefaultNamespaceTimeout = 2 * time.Second
+
+// NamespaceLister is the informer's namespace lister, or what reads the
+// same way.
+type NamespaceLister interface {
+	Get(name string) (*corev1.Namespace, error)
+}
+
+// LiveNamespaces reads a namespace from the API server, bypassing the
+// informer. Get returns an error for which apierrors.IsNotFound holds when
+// there is no such namespace.
+type LiveNamespaces interface {
+	Get(ctx context.Context, name string) (*corev1.Namespace, error)
+}
+
+// APINamespaces is LiveNamespaces on a clientset. Its reads are consistent
+// (no resourceVersion), so they see every change the API server
+// acknowledged.
+type APINamespaces struct {
+	Client corev1client.NamespacesGetter
+}
+
+// Get implements LiveNamespaces.
+func (a APINamespaces) Get(ctx context.Context, name string) (*corev1.Namespace, error) {
+	ns, err := a.Client.Namespaces().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get namespace %s: %w", name, err)
+	}
+	return ns, nil
+}
+
+// NamespacesConfig configures Namespaces.
+type NamespacesConfig struct {
+	// Cached is the namespace informer's lister.
+	Cached NamespaceLister
+	// Current reports whether the namespace informer's watch is current
+	// (WatchTracker.Current on its ListerWatcher).
+	Current func() bool
+	// Live reads namespaces from the API server while it is not.
+	Live LiveNamespaces
+	// Timeout bounds a live read; 0 means DefaultNamespaceTimeout. A
+	// request waits for it, and agents give up on the server after a few
+	// seconds.
+	Timeout time.Duration
+}
+
+// Validate reports a configuration Namespaces cannot work with.
+func (c NamespacesConfig) Validate() error {
+	if c.Cached == nil || c.Current == nil || c.Live == nil {
+		return errors.New("podindex: namespaces need a lister, a watch tracker and a live reader")
+	}
+	if c.Timeout < 0 {
+		return fmt.Errorf("podindex: namespace timeout %s is negative", c.Timeout)
+	}
+	return nil
+}
+
+// Namespaces reads namespaces for policy decisions: from the informer
+// while its watch is current, from the API server while it is not. After
+// an API server restart, or a cut from it, client-go's backoff may keep the
+// namespace watch away for tens of seconds after the pod watch is back; a
+// policy changed meanwhile must not be decided on the old annotations.
+// When the API server does not answer either, Get fails with
+// ErrNamespaceStale rather than answer from the cache: stale annotations
+// may permit what the namespace no longer does.
+type Namespaces struct {
+	cfg  NamespacesConfig
+	log  *slog.Logger
+	live *prometheus.CounterVec
+}
+
+// NewNamespaces registers the live reads' metric on reg (nil: none).
+func NewNamespaces(cfg NamespacesConfig, reg prometheus.Registerer, log *slog.Logger) (*Namespaces, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultNamespaceTimeout
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := &Namespaces{cfg: cfg, log: log, live: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "podiam_server_namespace_reads_live_total",
+		Help: "Namespaces read from the API server because the namespace watch was not current, by result (confirmed, corrected, failed).",
+	}, []string{"result"})}
+	if reg != nil {
+		if err := reg.Register(n.live); err != nil {
+			return nil, fmt.Errorf("podindex: register namespace metrics: %w", err)
+		}
+	}
+	return n, nil
+}
+
+// Get returns the namespace as the API server has it now, as far as this
+// server can tell: apierrors.IsNotFound holds for its error when there is
+// no such namespace, and errors.Is(err, ErrNamespaceStale) when its policy
+// cannot be known now. It takes no context because the decisions that call
+// it (service.Decide) take none; the live read has its own timeout.
+func (n *Namespaces) Get(name string) (*corev1.Namespace, error) {
+	cached, cachedErr := n.cfg.Cached.Get(name)
+	if n.cfg.Current() {
+		return cached, cachedErr
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.Timeout)
+	defer cancel()
+	ns, err := n.cfg.Live.Get(ctx, name)
+	if err != nil && !apierrors.IsNotFound(err) {
+		n.live.WithLabelValues(liveFailed).Inc()
+		return nil, fmt.Errorf("namespace %s: %w: %w", name, ErrNamespaceStale, err)
+	}
+	if samePolicy(cached, cachedErr, ns, err) {
+		n.live.WithLabelValues(liveConfirmed).Inc()
+	} else {
+		n.live.WithLabelValues(liveCorrected).Inc()
+		n.log.Info("namespace cache is behind the api server; decided on the api server's namespace", "namespace", name)
+	}
+	return ns, err
+}
+
+// samePolicy reports whether two reads of a namespace carry the same
+// annotations (or both found none), for the metric and the log line.
+func samePolicy(a *corev1.Namespace, aErr error, b *corev1.Namespace, bErr error) bool {
+	if aErr != nil || bErr != nil {
+		return apierrors.IsNotFound(aErr) && apierrors.IsNotFound(bErr)
+	}
+	return maps.Equal(a.Annotations, b.Annotations)
+}
