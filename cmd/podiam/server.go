@@ -170,14 +170,15 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		starters = append(starters, fs...)
 	}
 	srv, err := server.New(ctx, cfg.Config, server.Deps{
-		Kubernetes:  client,
-		Informers:   factory,
-		LivePods:    podindex.APIPods{Client: liveClient.CoreV1()},
-		STS:         stsClient,
-		TLS:         tlsCfg,
-		Registry:    reg,
-		Log:         log,
-		AssumeRoles: assumeRoles,
+		Kubernetes:     client,
+		Informers:      factory,
+		LivePods:       podindex.APIPods{Client: liveClient.CoreV1()},
+		LiveNamespaces: podindex.APINamespaces{Client: liveClient.CoreV1()},
+		STS:            stsClient,
+		TLS:            tlsCfg,
+		Registry:       reg,
+		Log:            log,
+		AssumeRoles:    assumeRoles,
 	})
 	if err != nil {
 		return err

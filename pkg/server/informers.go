@@ -42,6 +42,28 @@ func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, tim
 	}
 }
 
+// trackedNamespaceInformer builds the namespace informer as the factory
+// would, on a ListerWatcher the tracker observes, so policy decisions know
+// when the namespaces they read may be behind (podindex.Namespaces).
+func trackedNamespaceInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
+	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
+		namespaces := c.CoreV1().Namespaces()
+		lw := &cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return namespaces.List(ctx, o)
+			},
+			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return namespaces.Watch(ctx, o)
+			},
+		}
+		return cache.NewSharedIndexInformerWithOptions(t.Wrap(lw), &corev1.Namespace{}, cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: "namespaces",
+		})
+	}
+}
+
 // registerInformerMetrics exposes how many pods and namespaces the server
 // knows, read from the informer stores at scrape time.
 func registerInformerMetrics(reg prometheus.Registerer, pods, namespaces cache.SharedIndexInformer) error {

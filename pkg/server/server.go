@@ -259,6 +259,10 @@ type Deps struct {
 	// down (podindex.APIPods), on a client of its own so that those reads
 	// neither wait behind nor starve the informers' client-side limit.
 	LivePods podindex.LivePods
+	// LiveNamespaces reads namespaces from the API server while the
+	// namespace watch is down (podindex.APINamespaces), on the same
+	// client as LivePods.
+	LiveNamespaces podindex.LiveNamespaces
 	// STS assumes the target roles.
 	STS STS
 	// TLS is the mutual TLS server configuration (pkg/tlsconfig.Server).
@@ -321,7 +325,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("server configuration: %w", err)
 	}
-	if deps.Kubernetes == nil || deps.Informers == nil || deps.LivePods == nil || deps.STS == nil ||
+	if deps.Kubernetes == nil || deps.Informers == nil || deps.LivePods == nil || deps.LiveNamespaces == nil || deps.STS == nil ||
 		deps.TLS == nil || deps.Registry == nil || deps.Log == nil {
 		return nil, errors.New("server: every dependency is required")
 	}
@@ -349,8 +353,20 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		return nil, err
 	}
 	podInformer := deps.Informers.InformerFor(&corev1.Pod{}, trackedPodInformer(podWatch))
+	// The namespace watch is tracked too: after an API server restart or
+	// a cut, client-go's backoff may keep it away for tens of seconds
+	// after the pod watch is back, and a policy changed meanwhile must
+	// not be decided on the old annotations. Registered before the typed
+	// informer is asked for, which then is this one.
+	nsWatch, err := podindex.NewWatchTracker(podindex.WatchConfig{Resource: "namespace"}, reg, log.With("component", "namespacewatch"))
+	if err != nil {
+		return nil, err
+	}
+	nsInformer := deps.Informers.InformerFor(&corev1.Namespace{}, trackedNamespaceInformer(nsWatch))
 	namespaces := deps.Informers.Core().V1().Namespaces()
-	nsInformer := namespaces.Informer()
+	if namespaces.Informer() != nsInformer {
+		return nil, errors.New("server: the informer factory already had a namespace informer")
+	}
 	// Namespaces are slimmed as pods are (podindex.New sets the pod
 	// informer's), whatever transform the factory was built with.
 	if err := nsInformer.SetTransform(podindex.Transform); err != nil {
@@ -393,6 +409,17 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Decisions that hand out credentials read namespaces through this;
+	// the credential cache's "in use" keeps the lister, as an API server
+	// outage must not make every key look unused.
+	currentNamespaces, err := podindex.NewNamespaces(podindex.NamespacesConfig{
+		Cached:  namespaces.Lister(),
+		Current: nsWatch.Current,
+		Live:    deps.LiveNamespaces,
+	}, reg, log.With("component", "namespaces"))
+	if err != nil {
+		return nil, err
+	}
 	limiter, err := ratelimit.New(ratelimit.Config{Rate: cfg.STSRate, Burst: cfg.STSBurst})
 	if err != nil {
 		return nil, fmt.Errorf("sts rate limit: %w", err)
@@ -424,6 +451,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		s.prefetch, err = prefetch.New(prefetch.Config{ServiceAccountRoles: cfg.ServiceAccountRoles}, prefetch.Deps{
 			Pods:       podInformer,
 			Namespaces: namespaces,
+			Current:    currentNamespaces,
 			Keys:       keys,
 			Policy:     checker,
 			Cache:      s.credentials,
@@ -450,6 +478,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 			Objects:    deps.AssumeRoles.Objects,
 			Secrets:    deps.AssumeRoles.Secrets,
 			Namespaces: namespaces,
+			Current:    currentNamespaces,
 			SecretAPI:  deps.Kubernetes.CoreV1(),
 			Status:     assumerole.DynamicStatus{Client: deps.AssumeRoles.Dynamic},
 			Roles:      resolver,
@@ -472,7 +501,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		PushPrefetch: cfg.Prefetch,
 	}, service.Deps{
 		Pods:        pods,
-		Namespaces:  namespaces.Lister(),
+		Namespaces:  currentNamespaces,
 		Keys:        keys,
 		Policy:      checker,
 		Credentials: s.credentials,

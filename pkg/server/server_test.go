@@ -170,13 +170,14 @@ func testServer(t *testing.T, cfg Config, sts *fakeSTS, logs *syncbuf.Buffer, ob
 		log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	s, err := New(context.Background(), cfg, Deps{
-		Kubernetes: client,
-		Informers:  factory,
-		LivePods:   podindex.APIPods{Client: client.CoreV1()},
-		STS:        sts,
-		TLS:        &tls.Config{},
-		Registry:   prometheus.NewRegistry(),
-		Log:        log,
+		Kubernetes:     client,
+		Informers:      factory,
+		LivePods:       podindex.APIPods{Client: client.CoreV1()},
+		LiveNamespaces: podindex.APINamespaces{Client: client.CoreV1()},
+		STS:            sts,
+		TLS:            &tls.Config{},
+		Registry:       prometheus.NewRegistry(),
+		Log:            log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -38,13 +38,13 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	coreinformers "k8s.io/client-go/informers/core/v1"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/podiam/podiam/pkg/apis/iam/v1alpha1"
 	"github.com/podiam/podiam/pkg/creds"
+	"github.com/podiam/podiam/pkg/server/podindex"
 	"github.com/podiam/podiam/pkg/server/policy"
 	"github.com/podiam/podiam/pkg/server/role"
 )
@@ -86,6 +86,14 @@ type PolicyChecker interface {
 	Decide(ns policy.Namespace, key creds.Key) (policy.Decision, error)
 }
 
+// NamespaceGetter returns a namespace, or an error for which
+// apierrors.IsNotFound holds when there is none, or one wrapping
+// podindex.ErrNamespaceStale when its policy cannot be known now
+// (podindex.Namespaces).
+type NamespaceGetter interface {
+	Get(name string) (*corev1.Namespace, error)
+}
+
 // ECRTokens gets ECR authorisation tokens as a role (*ECRClient).
 type ECRTokens interface {
 	Token(ctx context.Context, c creds.Credentials, reg Registry) (ECRToken, error)
@@ -122,11 +130,15 @@ type Deps struct {
 	// Secrets holds the Secrets selected by ManagedSelector.
 	Secrets    cache.SharedIndexInformer
 	Namespaces coreinformers.NamespaceInformer
-	SecretAPI  typedcorev1.SecretsGetter
-	Status     StatusWriter
-	Roles      RoleResolver
-	Policy     PolicyChecker
-	Cache      Credentials
+	// Current reads the namespaces decisions are taken on: the server's
+	// podindex.Namespaces, which reads the API server while the namespace
+	// watch is behind. nil means the informer's lister.
+	Current   NamespaceGetter
+	SecretAPI typedcorev1.SecretsGetter
+	Status    StatusWriter
+	Roles     RoleResolver
+	Policy    PolicyChecker
+	Cache     Credentials
 	// ECR may be nil: EcrDockerConfigJson objects then fail with ECRFailed.
 	ECR    ECRTokens
 	InUse  *InUse
@@ -142,7 +154,7 @@ type Controller struct {
 	deps       Deps
 	objects    cache.Indexer
 	secrets    cache.Indexer
-	namespaces corelisters.NamespaceLister
+	namespaces NamespaceGetter
 	synced     []cache.InformerSynced
 	queue      workqueue.TypedRateLimitingInterface[string]
 	log        *slog.Logger
@@ -185,12 +197,16 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	if err := deps.Secrets.AddIndexers(cache.Indexers{indexOwner: ownerIndex}); err != nil {
 		return nil, fmt.Errorf("assumerole: secret indexer: %w", err)
 	}
+	var namespaces NamespaceGetter = deps.Namespaces.Lister()
+	if deps.Current != nil {
+		namespaces = deps.Current
+	}
 	c := &Controller{
 		cfg:        cfg,
 		deps:       deps,
 		objects:    deps.Objects.GetIndexer(),
 		secrets:    deps.Secrets.GetIndexer(),
-		namespaces: deps.Namespaces.Lister(),
+		namespaces: namespaces,
 		synced:     []cache.InformerSynced{deps.Objects.HasSynced, deps.Secrets.HasSynced, deps.Namespaces.Informer().HasSynced},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](cfg.RetryBase, cfg.RetryMax),
@@ -377,6 +393,10 @@ func (c *Controller) reconcile(ctx context.Context, key string) (time.Duration, 
 		return 0, nil
 	}
 	out, after, rerr := c.sync(ctx, key, obj)
+	if errors.Is(rerr, podindex.ErrNamespaceStale) {
+		// Nothing was decided: the status keeps what it said.
+		return 0, rerr
+	}
 	c.m.reconciles.WithLabelValues(out.reason).Inc()
 	if serr := c.writeStatus(ctx, obj, out); serr != nil {
 		return 0, errors.Join(rerr, serr)
@@ -408,6 +428,14 @@ func (c *Controller) sync(ctx context.Context, key string, obj *v1alpha1.AWSAssu
 	}
 	log = log.With("role_arn", roleARN)
 	decision, err := c.decide(obj.Namespace, creds.Key{RoleARN: roleARN, SessionName: role.SessionName("", c.cfg.DefaultSession)})
+	if errors.Is(err, podindex.ErrNamespaceStale) {
+		// The policy cannot be known now: neither write credentials on a
+		// namespace that may be old, nor delete those written, nor tell
+		// the object it was denied. Retried with backoff; the relist
+		// that brings the watch back queues the namespace's objects too
+		// if its policy changed.
+		return outcome{}, 0, err
+	}
 	if err != nil {
 		c.deps.InUse.Drop(key)
 		// Denied: nothing is written, and credentials written while the

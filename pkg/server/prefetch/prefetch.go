@@ -21,7 +21,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	coreinformers "k8s.io/client-go/informers/core/v1"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
@@ -57,6 +56,10 @@ type Deps struct {
 	Pods cache.SharedIndexInformer
 	// Namespaces is the server's namespace informer.
 	Namespaces coreinformers.NamespaceInformer
+	// Current reads the namespaces decisions are taken on: the server's
+	// podindex.Namespaces, which reads the API server while the namespace
+	// watch is behind. nil means the informer's lister.
+	Current service.NamespaceGetter
 	Keys       service.KeyResolver
 	Policy     service.Policy
 	Cache      Prefetcher
@@ -66,7 +69,7 @@ type Deps struct {
 // Controller is the prefetch controller.
 type Controller struct {
 	pods       cache.Indexer
-	namespaces corelisters.NamespaceLister
+	namespaces service.NamespaceGetter
 	synced     []cache.InformerSynced
 	keys       service.KeyResolver
 	policy     service.Policy
@@ -89,9 +92,13 @@ func New(cfg Config, deps Deps) (*Controller, error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = DefaultWorkers
 	}
+	var namespaces service.NamespaceGetter = deps.Namespaces.Lister()
+	if deps.Current != nil {
+		namespaces = deps.Current
+	}
 	c := &Controller{
 		pods:       deps.Pods.GetIndexer(),
-		namespaces: deps.Namespaces.Lister(),
+		namespaces: namespaces,
 		synced:     []cache.InformerSynced{deps.Pods.HasSynced, deps.Namespaces.Informer().HasSynced},
 		keys:       deps.Keys,
 		policy:     deps.Policy,
@@ -192,36 +199,46 @@ func (c *Controller) processNext() bool {
 		return false
 	}
 	defer c.queue.Done(key)
-	c.prefetch(key)
+	if c.prefetch(key) {
+		c.queue.AddRateLimited(key)
+		return true
+	}
 	c.queue.Forget(key)
 	return true
 }
 
 // prefetch applies the same policy as a request: the server must never call
 // STS for a role the pod's namespace does not permit, or creating pods would
-// be a way to make it assume arbitrary roles.
-func (c *Controller) prefetch(podKey string) {
+// be a way to make it assume arbitrary roles. It reports whether to try
+// again later: the namespace's policy could not be known now.
+func (c *Controller) prefetch(podKey string) (retry bool) {
 	obj, exists, err := c.pods.GetByKey(podKey)
 	if err != nil || !exists {
-		return
+		return false
 	}
 	pod := asPod(obj)
 	if pod == nil || !podindex.Live(pod) || pod.Mirror {
-		return
+		return false
 	}
 	// The same resolver as requests use, so that a prefetch warms the very
 	// key a request will ask for.
 	key, err := c.keys.Key(pod)
 	if err != nil {
-		return
+		return false
 	}
 	decision, err := service.Decide(c.namespaces, c.policy, pod.Namespace, key)
+	if errors.Is(err, podindex.ErrNamespaceStale) {
+		// Neither warm on a policy that may be old, nor forget the pod:
+		// its namespace may well permit the role.
+		return true
+	}
 	if err != nil {
-		return
+		return false
 	}
 	c.log.Debug("prefetching credentials", "namespace", pod.Namespace, "pod", pod.Name, "role_arn", decision.Key.RoleARN,
 		"external_id_set", decision.Key.ExternalID != "")
 	c.cache.Prefetch(decision.Key)
+	return false
 }
 
 // asPod returns the *podindex.Pod an informer handler was given, or nil.

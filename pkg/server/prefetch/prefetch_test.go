@@ -395,3 +395,47 @@ func TestEnqueueWithoutOwnRole(t *testing.T) {
 		t.Fatalf("%d queued with ServiceAccount roles, want 1", n)
 	}
 }
+
+// staleNamespaces fails with ErrNamespaceStale until it has been asked
+// fail times, then answers from ns, as the server's namespace reader does
+// while its watch is behind and then the API server answers.
+type staleNamespaces struct {
+	mu    sync.Mutex
+	fail  int
+	calls int
+	ns    map[string]*corev1.Namespace
+}
+
+func (s *staleNamespaces) Get(name string) (*corev1.Namespace, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.calls <= s.fail {
+		return nil, fmt.Errorf("namespace %s: %w", name, podindex.ErrNamespaceStale)
+	}
+	return s.ns[name], nil
+}
+
+// A pod whose namespace's policy cannot be known now is neither prefetched
+// on the informer's (maybe old) namespace nor forgotten: it is tried again,
+// and prefetched once the policy can be read and permits the role.
+func TestPrefetchWaitsForStaleNamespace(t *testing.T) {
+	c, factory, _, rec := setup(t,
+		// The informer's namespace permits nothing: a prefetch decided on
+		// it would never happen; one decided on the reader's does.
+		namespace("app", ""),
+		pod("app", "web", "10.1.0.2", "app-web"),
+	)
+	reader := &staleNamespaces{fail: 3, ns: map[string]*corev1.Namespace{"app": namespace("app", "^"+base+"app-.*$")}}
+	c.namespaces = reader
+	run(t, c)
+	startInformers(t, factory)
+	if k := waitKey(t, rec); k.RoleARN != base+"app-web" {
+		t.Fatalf("prefetched %+v, want %sapp-web", k, base)
+	}
+	reader.mu.Lock()
+	defer reader.mu.Unlock()
+	if reader.calls != 4 {
+		t.Fatalf("namespace read %d times, want 3 stale and 1 answered", reader.calls)
+	}
+}
