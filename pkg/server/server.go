@@ -305,6 +305,7 @@ type Server struct {
 	grpc        *service.GRPCServer
 	svc         *service.Service
 	credentials *credcache.Cache
+	namespaces  *podindex.Namespaces
 	prefetch    *prefetch.Controller   // nil with --no-prefetch
 	assumeRoles *assumerole.Controller // nil without --assume-role-secrets
 	broadcaster record.EventBroadcaster
@@ -409,17 +410,6 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Decisions that hand out credentials read namespaces through this;
-	// the credential cache's "in use" keeps the lister, as an API server
-	// outage must not make every key look unused.
-	currentNamespaces, err := podindex.NewNamespaces(podindex.NamespacesConfig{
-		Cached:  namespaces.Lister(),
-		Current: nsWatch.Current,
-		Live:    deps.LiveNamespaces,
-	}, reg, log.With("component", "namespaces"))
-	if err != nil {
-		return nil, err
-	}
 	limiter, err := ratelimit.New(ratelimit.Config{Rate: cfg.STSRate, Burst: cfg.STSBurst})
 	if err != nil {
 		return nil, fmt.Errorf("sts rate limit: %w", err)
@@ -447,6 +437,21 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 			return nil, err
 		}
 	}
+	// Decisions that hand out credentials read namespaces through this;
+	// the credential cache's "in use" keeps the lister, as an API server
+	// outage must not make every key look unused. While the namespace
+	// watch is behind, its Run tells agents of policy changes it reads
+	// from the API server.
+	currentNamespaces, err := podindex.NewNamespaces(podindex.NamespacesConfig{
+		Cached:  namespaces.Lister(),
+		Current: nsWatch.Current,
+		Live:    deps.LiveNamespaces,
+		Changed: watcher.NamespaceChanged,
+	}, reg, log.With("component", "namespaces"))
+	if err != nil {
+		return nil, err
+	}
+	s.namespaces = currentNamespaces
 	if cfg.Prefetch {
 		s.prefetch, err = prefetch.New(prefetch.Config{ServiceAccountRoles: cfg.ServiceAccountRoles}, prefetch.Deps{
 			Pods:       podInformer,
@@ -558,6 +563,7 @@ func (s *Server) run(ctx context.Context, extra []supervise.Part) error {
 	parts := []supervise.Part{
 		{Name: "grpc server", Run: func(ctx context.Context) error { return s.grpc.Serve(ctx, lis) }},
 		{Name: "credential cache", Run: s.credentials.Run},
+		{Name: "namespace recheck", Run: s.namespaces.Run},
 		{Name: "readiness", Run: func(ctx context.Context) error {
 			return readiness(ctx, s.ready, s.state.set, s.sts.CheckBase, s.synced, s.log)
 		}},

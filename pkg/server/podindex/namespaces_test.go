@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,6 +49,26 @@ func (f *fakeLiveNS) Get(ctx context.Context, name string) (*corev1.Namespace, e
 		return nil, f.err
 	}
 	return f.ns.Get(name)
+}
+
+func (f *fakeLiveNS) List(context.Context) ([]*corev1.Namespace, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.err != nil {
+		return nil, f.err
+	}
+	var out []*corev1.Namespace
+	for _, ns := range f.ns {
+		out = append(out, ns)
+	}
+	return out, nil
+}
+
+func (f *fakeLiveNS) set(ns *corev1.Namespace) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ns[ns.Name] = ns
 }
 
 func namespace(name, permitted string) *corev1.Namespace {
@@ -199,4 +220,80 @@ func TestWatchTrackerMetricNames(t *testing.T) {
 	if _, err := NewWatchTracker(WatchConfig{Resource: "Name Space"}, nil, nil); err == nil {
 		t.Error("a resource name that cannot be part of a metric name was accepted")
 	}
+}
+
+// While the watch is not current, Run tells of each policy change it
+// reads from the API server once (against the store at first, then against
+// what it told), ignores other annotations and namespaces new since, and
+// reads nothing while the watch is current.
+func TestNamespacesRecheck(t *testing.T) {
+	var current atomic.Bool
+	cached := nsMap{"app": namespace("app", ".*"), "same": namespace("same", "x")}
+	live := &fakeLiveNS{ns: nsMap{"app": namespace("app", ".*"), "same": namespace("same", "x"), "new": namespace("new", "y")}}
+	type change struct{ old, cur string }
+	changes := make(chan change, 10)
+	n, err := NewNamespaces(NamespacesConfig{
+		Cached: cached, Current: current.Load, Live: live, RecheckInterval: 5 * time.Millisecond,
+		Changed: func(old, cur *corev1.Namespace) {
+			changes <- change{old.Annotations["iam.amazonaws.com/permitted"], cur.Annotations["iam.amazonaws.com/permitted"]}
+		},
+	}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current.Store(true)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	live.mu.Lock()
+	calls := live.calls
+	live.mu.Unlock()
+	if calls != 0 {
+		t.Fatalf("%d live reads while the watch was current", calls)
+	}
+
+	next := func(want change) {
+		t.Helper()
+		select {
+		case got := <-changes:
+			if got != want {
+				t.Fatalf("told %+v, want %+v", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not told %+v", want)
+		}
+	}
+	quiet := func() {
+		t.Helper()
+		select {
+		case got := <-changes:
+			t.Fatalf("told %+v, want nothing", got)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	current.Store(false)
+	quiet()
+	denied := namespace("app", "^$")
+	live.set(denied)
+	next(change{".*", "^$"})
+	quiet() // once, not on every round
+	other := namespace("same", "x")
+	other.Annotations["unrelated"] = "1"
+	live.set(other)
+	quiet()
+	live.set(namespace("app", "a"))
+	next(change{"^$", "a"})
+
+	// Current again: what was told is forgotten; the relist tells the rest.
+	current.Store(true)
+	time.Sleep(20 * time.Millisecond)
+	current.Store(false)
+	next(change{".*", "a"})
 }

@@ -60,10 +60,10 @@ type Deps struct {
 	// podindex.Namespaces, which reads the API server while the namespace
 	// watch is behind. nil means the informer's lister.
 	Current service.NamespaceGetter
-	Keys       service.KeyResolver
-	Policy     service.Policy
-	Cache      Prefetcher
-	Log        *slog.Logger
+	Keys    service.KeyResolver
+	Policy  service.Policy
+	Cache   Prefetcher
+	Log     *slog.Logger
 }
 
 // Controller is the prefetch controller.

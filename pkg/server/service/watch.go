@@ -248,6 +248,12 @@ func (w *NodeWatcher) podChanged(old, cur *podindex.Pod) {
 	w.publish(hosts, events)
 }
 
+// NamespaceChanged tells agents about every pod in a namespace whose
+// policy changed from old to cur, as a namespace informer update does: for
+// changes read from the API server while the namespace watch is behind
+// (podindex.Namespaces.Run).
+func (w *NodeWatcher) NamespaceChanged(old, cur *corev1.Namespace) { w.namespaceChanged(old, cur) }
+
 // namespaceChanged tells agents about every pod in a namespace whose
 // policy changed (permitted expression or External ID), so none keeps
 // serving credentials the new policy would refuse, or that were assumed
