@@ -43,13 +43,20 @@ func trackedPodInformer(t *podindex.WatchTracker) func(kubernetes.Interface, tim
 }
 
 // trackedNamespaceInformer builds the namespace informer as the factory
-// would, on a ListerWatcher the tracker observes, so policy decisions know
-// when the namespaces they read may be behind (podindex.Namespaces).
+// would, on a ListerWatcher the tracker observes and that lists
+// consistently, so policy decisions know when the namespaces they read may
+// be behind (podindex.Namespaces).
 func trackedNamespaceInformer(t *podindex.WatchTracker) func(kubernetes.Interface, time.Duration) cache.SharedIndexInformer {
 	return func(c kubernetes.Interface, resync time.Duration) cache.SharedIndexInformer {
 		namespaces := c.CoreV1().Namespaces()
 		lw := &cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				// Consistent lists, as ListInPages reads pods: the tracker
+				// counts a watch that follows a list as current at once,
+				// which holds only if the list was. A relist at the
+				// reflector's resourceVersion may come from a watch cache
+				// still behind etcd after a restart.
+				o.ResourceVersion, o.ResourceVersionMatch = "", ""
 				return namespaces.List(ctx, o)
 			},
 			WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
