@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	"github.com/podiam/podiam/pkg/server/policy"
@@ -48,13 +49,21 @@ type APINamespaces struct {
 	Client corev1client.NamespacesGetter
 }
 
-// Get implements LiveNamespaces.
+// Get implements LiveNamespaces. It lists by name rather than gets: the
+// server's RBAC grants list and watch on namespaces, not get.
 func (a APINamespaces) Get(ctx context.Context, name string) (*corev1.Namespace, error) {
-	ns, err := a.Client.Namespaces().Get(ctx, name, metav1.GetOptions{})
+	list, err := a.Client.Namespaces().List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("metadata.name", name).String(),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("get namespace %s: %w", name, err)
 	}
-	return ns, nil
+	for i := range list.Items {
+		if list.Items[i].Name == name {
+			return &list.Items[i], nil
+		}
+	}
+	return nil, apierrors.NewNotFound(corev1.Resource("namespaces"), name)
 }
 
 // List implements LiveNamespaces.
