@@ -568,3 +568,155 @@ func TestFaultRateBound(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultNamespacePolicyDuringCut flips a namespace's policy to deny
+// while the server is cut off from the API server. As soon as the server
+// reaches the API server again it must refuse the pod's role, though
+// client-go's backoff keeps its namespace watch away for a while after:
+// no credentials for the pod once the cut ends. The node's agent is told
+// to re-check the pod (CHANGED) as soon, so it drops what it holds.
+func TestFaultNamespacePolicyDuringCut(t *testing.T) {
+	t.Parallel()
+	// Long enough for the reflectors' backoff to grow to several seconds.
+	const cutFor = 12 * time.Second
+	kube := testenv.StartKube(t, testenv.KubeOptions{})
+	moto := testenv.StartMoto(t, testenv.MotoOptions{})
+	cut := testenv.StartNetCut(t, "", strings.TrimPrefix(kube.URL, "https://"))
+	sp := startServer(t, kube, moto,
+		"--kubeconfig="+testenv.KubeconfigVia(t, kube.KubeconfigPath, kube.URL, cut.Addr),
+		"--assume-role-arn="+roleARN("podiam-server"),
+		"--role-base-arn="+roleARN(""),
+		"--session-duration=15m", "--session-refresh=5m")
+	const permitted = "iam.amazonaws.com/permitted"
+	kube.CreateNamespace(t, "flip", map[string]string{permitted: roleARN("flip-.*")})
+	const ip = "10.3.0.1"
+	created := kube.CreatePod(t, testenv.PodSpec{Namespace: "flip", Name: "app",
+		Annotations: map[string]string{"iam.amazonaws.com/role": "flip-app"},
+		PodIPs:      []string{ip}, HostIPs: []string{node}})
+	client := credsClient(t, sp)
+	ask := func() (*pb.GetPodCredentialsResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+		defer cancel()
+		return client.GetPodCredentials(ctx, &pb.GetPodCredentialsRequest{Ip: ip})
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := ask()
+		if err == nil && resp.GetPod().GetRoleArn() == roleARN("flip-app") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pod not served before the cut: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The node's agent stream, which the cut does not touch.
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := client.WatchNodePods(ctx, &pb.WatchNodePodsRequest{HostIp: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan time.Time, 16)
+	synced := make(chan struct{})
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			if err != nil {
+				return
+			}
+			switch {
+			case ev.GetType() == pb.PodEvent_TYPE_SYNCED:
+				close(synced)
+			case ev.GetType() == pb.PodEvent_TYPE_CHANGED && ev.GetUid() == string(created.UID):
+				changed <- time.Now()
+			}
+		}
+	}()
+	select {
+	case <-synced:
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent stream not synced")
+	}
+
+	// The cut; once the server's watches count as down, the policy flips.
+	cut.Cut()
+	cutAt := time.Now()
+	time.Sleep(3 * time.Second)
+	if err := kube.TryAnnotateNamespace(context.Background(), "flip", permitted, roleARN("nothing-.*")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(cutFor - time.Since(cutAt))
+	cut.Restore(t)
+	restored := time.Now()
+
+	// From now on: Unavailable until the server can read the API server,
+	// then the policy's denial, and never credentials.
+	nsCurrent := func() float64 {
+		v, err := testenv.ScrapeMetric(context.Background(), "http://"+sp.MetricsAddr+"/metrics", "podiam_server_namespace_watch_current", nil)
+		if err != nil {
+			return -1
+		}
+		return v
+	}
+	var firstDenial, nsBack time.Time
+	var unavailable, denied int
+	deadline = time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) && (nsBack.IsZero() || time.Since(nsBack) < time.Second) {
+		resp, err := ask()
+		switch {
+		case err == nil:
+			t.Fatalf("%s after the cut ended: credentials for %s, which the namespace denied during the cut",
+				time.Since(restored).Round(time.Millisecond), resp.GetPod().GetRoleArn())
+		case status.Code(err) == codes.Unavailable:
+			unavailable++
+		case status.Code(err) == codes.PermissionDenied && refusal.Reason(err) == pb.Reason_REASON_POLICY_DENIED:
+			denied++
+			if firstDenial.IsZero() {
+				firstDenial = time.Now()
+				t.Logf("first denial %s after the cut ended; namespace watch current: %v",
+					firstDenial.Sub(restored).Round(time.Millisecond), nsCurrent())
+			}
+		default:
+			t.Fatalf("after the cut: %v, want Unavailable or a policy denial", err)
+		}
+		if nsBack.IsZero() && nsCurrent() == 1 {
+			nsBack = time.Now()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if firstDenial.IsZero() {
+		t.Fatalf("no policy denial within %s of the cut's end (%d Unavailable)", time.Since(restored), unavailable)
+	}
+	// Live reads need only a new connection; 5 s is generous for a
+	// loaded machine, and far below the reflectors' backoff.
+	if d := firstDenial.Sub(restored); d > 5*time.Second {
+		t.Errorf("first denial %s after the cut ended, want within 5s", d)
+	}
+	if nsBack.IsZero() {
+		t.Fatalf("namespace watch not current %s after the cut ended", time.Since(restored))
+	}
+	t.Logf("cut %s..%s; first denial at +%s, namespace watch current at +%s; %d Unavailable, %d denied",
+		cutAt.Format("15:04:05.000"), restored.Format("15:04:05.000"),
+		firstDenial.Sub(restored).Round(time.Millisecond), nsBack.Sub(restored).Round(time.Millisecond), unavailable, denied)
+	if n := metric(t, sp, "podiam_server_credential_requests_total", map[string]string{"result": "namespace_stale"}); n != 0 {
+		t.Logf("%v requests refused as namespace_stale", n)
+	}
+	if n := metric(t, sp, "podiam_server_namespace_reads_live_total", map[string]string{"result": "corrected"}); n == 0 {
+		t.Errorf("no namespace read corrected the cache, though the policy changed during the cut")
+	}
+
+	// The agent, which would serve the pod from its cache without asking,
+	// is told to re-check the pod as soon as the server reads the new
+	// policy, not only once the namespace watch is back.
+	select {
+	case at := <-changed:
+		t.Logf("agent told the pod changed at +%s", at.Sub(restored).Round(time.Millisecond))
+		if d := at.Sub(restored); d > 5*time.Second {
+			t.Errorf("agent told the pod changed %s after the cut ended, want within 5s", d)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("agent not told the pod changed after its namespace denied its role")
+	}
+}
